@@ -1,0 +1,20 @@
+"""localq: a task queue for one host, on one SQLite file, with Celery's API.
+
+The public names, nothing else.
+"""
+from .app import Localq
+from .exceptions import (ConfigurationError, DatabaseError, EncodeError, LocalqError,
+                         MaxRetriesExceededError, NotRegistered, Retry, SoftTimeLimitExceeded,
+                         TaskError, TaskRevokedError, TimeLimitExceeded, TimeoutError,
+                         WorkerLostError)
+from .mapping import as_completed
+from .result import AsyncResult, EagerResult
+from .task import Task
+
+__version__ = "0.1.0"
+__all__ = [
+    "AsyncResult", "ConfigurationError", "DatabaseError", "EagerResult", "EncodeError",
+    "Localq", "LocalqError", "MaxRetriesExceededError", "NotRegistered", "Retry",
+    "SoftTimeLimitExceeded", "Task", "TaskError", "TaskRevokedError", "TimeLimitExceeded",
+    "TimeoutError", "WorkerLostError", "as_completed",
+]

@@ -1,0 +1,249 @@
+"""Localq: the app. Settings, the task registry, sending jobs, and the embedded worker.
+
+``Localq(path)`` touches no file: the database is opened on first use, so an
+app can be defined at import time anywhere. With no path it uses
+``$LOCALQ_DB``, else ``localq.db`` in the current directory.
+"""
+from __future__ import annotations
+
+import fnmatch
+import importlib
+import os
+import sys
+import time
+import warnings
+from datetime import datetime
+from typing import Any, Callable, Iterable, Iterator
+
+from .config import Settings
+from .control import Control
+from .exceptions import ConfigurationError, NotRegistered
+from .flow import lane_for
+from .result import AsyncResult
+from .serializer import check_serializer, encode_call
+from .store import NewJob, Store
+from .task import Task, job_options, new_id, to_timestamp
+from .wakeup import Ringer, wake_folder
+
+
+class Localq:
+    def __init__(self, path: str | os.PathLike | None = None, *, main: str | None = None,
+                 **settings: Any) -> None:
+        self.main_name = main or "localq"
+        self.conf = Settings()
+        self.conf.update(settings)
+        self.tasks: dict[str, Task] = {}
+        self.control = Control(self)
+        self._store: Store | None = None
+        self._ringer: Ringer | None = None
+        self._path = os.path.abspath(os.fspath(path or os.environ.get("LOCALQ_DB")
+                                               or "localq.db"))
+
+    def __repr__(self) -> str:
+        return f"<Localq {self.main_name} at {self._path}>"
+
+    # -------------------------------------------------------------- database
+
+    @property
+    def path(self) -> str:
+        return self._path
+
+    @path.setter
+    def path(self, value: str | os.PathLike) -> None:
+        """Point the app at another database file (the pytest plugin does this)."""
+        self.close()
+        self._path = os.path.abspath(os.fspath(value))
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            self._store = Store(self._path, self.conf.database_synchronous.upper())
+        return self._store
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+        if self._ringer is not None:
+            self._ringer.close()
+            self._ringer = None
+
+    def nudge_workers(self, message: bytes = b"!") -> None:
+        """Wake sleeping supervisors on this database (best effort)."""
+        if self._ringer is None:
+            self._ringer = Ringer(wake_folder(self._path), "w")
+        self._ringer.ring(message)
+
+    def nudge_waiters(self) -> None:
+        Ringer(wake_folder(self._path), "g").ring()
+
+    # -------------------------------------------------------------- configuration
+
+    def config_from_object(self, obj: Any, namespace: str | None = None) -> None:
+        self.conf.from_object(obj, namespace=namespace)
+
+    def import_task_modules(self) -> None:
+        """Import the modules named in ``imports`` and ``include`` (done by workers)."""
+        for name in (*self.conf.imports, *self.conf.include):
+            importlib.import_module(name)
+
+    # -------------------------------------------------------------- tasks
+
+    def task(self, *args: Any, **options: Any) -> Any:
+        """``@app.task`` or ``@app.task(**options)``: register a function as a task."""
+        def register(fun: Callable) -> Task:
+            task = Task(self, fun, options)
+            if task.name in self.tasks and self.tasks[task.name].run is not fun:
+                existing = self.tasks[task.name].run
+                if (existing.__module__, existing.__qualname__) != (fun.__module__,
+                                                                    fun.__qualname__):
+                    raise ConfigurationError(f"two tasks are named {task.name!r}: give one "
+                                             f"of them name='...'")
+            self.tasks[task.name] = task
+            return task
+        if len(args) == 1 and callable(args[0]) and not options:
+            return register(args[0])
+        if args:
+            raise TypeError("use @app.task or @app.task(option=value, ...)")
+        return register
+
+    def send_task(self, name: str, args: Iterable | None = None, kwargs: dict | None = None,
+                  **options: Any) -> AsyncResult:
+        """Send a job by task name (the task need not be defined in this process)."""
+        task = self.tasks.get(name)
+        if task is None:
+            task = Task(self, _unknown_task, {"name": name})
+        return task.apply_async(tuple(args or ()), kwargs, **options)
+
+    def AsyncResult(self, task_id: str) -> AsyncResult:  # noqa: N802 - Celery's name
+        return AsyncResult(task_id, self)
+
+    def send_job(self, task: Task, args: tuple, kwargs: dict, *, countdown: float | None,
+                 eta: datetime | float | None, expires: float | datetime | None,
+                 queue: str | None, priority: int | None, task_id: str | None,
+                 time_limit: float | None, soft_time_limit: float | None,
+                 serializer: str | None, ignored: dict) -> AsyncResult:
+        if ignored:
+            _warn_ignored(ignored)
+        if self.conf.task_always_eager:
+            from .execute import run_eager
+            return run_eager(task, args, kwargs, {"task_id": task_id, "serializer": serializer})
+        job = self.new_job(task, args, kwargs, countdown=countdown, eta=eta, expires=expires,
+                           queue=queue, priority=priority, task_id=task_id,
+                           time_limit=time_limit, soft_time_limit=soft_time_limit,
+                           serializer=serializer)
+        self.store.enqueue(job)
+        self.nudge_workers()
+        return AsyncResult(job.id, self)
+
+    def new_job(self, task: Task, args: tuple, kwargs: dict, *, countdown: float | None = None,
+                eta: datetime | float | None = None, expires: float | datetime | None = None,
+                queue: str | None = None, priority: int | None = None,
+                task_id: str | None = None, time_limit: float | None = None,
+                soft_time_limit: float | None = None, serializer: str | None = None,
+                group_id: str | None = None, group_index: int | None = None,
+                now: float | None = None) -> NewJob:
+        """Encode a call into a row, checking everything before anything is stored."""
+        serializer = check_serializer(serializer or task.option("serializer"))
+        payload = encode_call(serializer, task.name, args, kwargs)
+        now = time.time() if now is None else now
+        when = 0.0
+        if countdown is not None:
+            when = now + float(countdown)
+        elif eta is not None:
+            when = to_timestamp(eta)
+        expires = expires if expires is not None else task.option("expires")
+        expires_at = None
+        if expires is not None:
+            expires_at = to_timestamp(expires) if isinstance(expires, datetime) \
+                else now + float(expires)
+        prio = task.option("priority") if priority is None else priority
+        prio = 0 if prio is None else prio
+        if not isinstance(prio, int) or not 0 <= prio <= 9:
+            raise ConfigurationError(f"priority must be an integer from 0 to 9 (9 runs first), "
+                                     f"not {prio!r}")
+        return NewJob(task_id or new_id(), task.name,
+                      queue or task.option("queue") or self._route(task.name)
+                      or self.conf.task_default_queue,
+                      lane_for(task), prio, serializer, payload,
+                      job_options(task, time_limit, soft_time_limit), when, expires_at, now,
+                      group_id, group_index)
+
+    def _route(self, name: str) -> str | None:
+        routes = self.conf.task_routes
+        if not routes:
+            return None
+        for pattern, route in (routes.items() if isinstance(routes, dict) else []):
+            if pattern == name or fnmatch.fnmatchcase(name, pattern):
+                return route.get("queue") if isinstance(route, dict) else str(route)
+        return None
+
+    # -------------------------------------------------------------- workers
+
+    def worker(self, concurrency: int | None = None, queues: Iterable[str] | str | None = None,
+               **options: Any) -> Any:
+        """An embedded worker: ``with app.worker(concurrency=2): ...``.
+
+        Starts a supervisor process with its children (the same code as
+        ``python -m localq worker``) and returns once it is ready; leaving the
+        block finishes the running jobs and stops every process it started.
+        """
+        from .embedded import EmbeddedWorker
+        return EmbeddedWorker(self, concurrency=concurrency, queues=queues, **options)
+
+    # -------------------------------------------------------------- scripts
+
+    def map(self, task: Task, iterable: Iterable, **options: Any) -> list:
+        from .mapping import run_map
+        return run_map(self, task, ((item,) for item in iterable), **options)
+
+    def starmap(self, task: Task, iterable: Iterable[Iterable], **options: Any) -> list:
+        from .mapping import run_map
+        return run_map(self, task, (tuple(args) for args in iterable), **options)
+
+    def drop_map(self, name: str) -> int:
+        """Forget a resumable map (``resume=name``) and its stored results."""
+        from .mapping import drop_map
+        return drop_map(self, name)
+
+    def __iter__(self) -> Iterator[Task]:
+        return iter(self.tasks.values())
+
+
+def _unknown_task(*args: Any, **kwargs: Any) -> Any:
+    raise NotRegistered("this task is not defined in this process; it runs on a worker")
+
+
+_warned: set[str] = set()
+
+
+def _warn_ignored(options: dict) -> None:
+    for key in options:
+        if key not in _warned:
+            _warned.add(key)
+            warnings.warn(f"localq ignores the apply_async option {key!r}", stacklevel=4)
+
+
+def load_app(spec: str) -> Localq:
+    """``module:attr`` (or ``module``, finding the one Localq in it) -> the app."""
+    module_name, _, attr = spec.partition(":")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    module = importlib.import_module(module_name)
+    if attr:
+        obj: Any = module
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+        if callable(obj) and not isinstance(obj, Localq):
+            obj = obj()
+    else:
+        apps = [v for v in vars(module).values() if isinstance(v, Localq)]
+        if len(apps) != 1:
+            raise AttributeError(f"module {module_name!r} has {len(apps)} Localq apps: "
+                                 f"name one as {module_name}:NAME")
+        obj = apps[0]
+    if not isinstance(obj, Localq):
+        raise AttributeError(f"{spec} is a {type(obj).__name__}, not a Localq app")
+    if obj.main_name == "localq":
+        obj.main_name = spec if attr else f"{module_name}:app"
+    return obj

@@ -1,0 +1,123 @@
+"""The child loop: take a batch of jobs from the channel, run them, report.
+
+A child never opens the database; it only talks to its supervisor over its
+own channel. It sends outcomes in batches while jobs are fast (so that short
+tasks cost one message per batch, not one per job), and flushes before any
+job that is slow, unknown, or time-limited, so that the supervisor always
+knows which job is running: the first one it has no outcome for.
+
+Messages to the supervisor: ``("o", [outcome, ...])``, and before it exits on
+its own (recycling) ``("x", reason, [seq of jobs it did not start])``.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+import time
+from typing import TYPE_CHECKING, Any
+
+from .execute import execute, install_soft_limit_handler, job_limits
+
+if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
+
+    from .app import Localq
+
+FAST = 0.0005          # a task averaging under this many seconds is batched
+FLUSH_AFTER = 0.002    # never hold an outcome longer than this between fast jobs
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def die_with_parent() -> None:
+    """Ask Linux to kill this process when its parent dies (best effort)."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG
+        except Exception:
+            pass
+
+
+def resident_kib() -> int:
+    """Current resident memory of this process in KiB (not the peak)."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE // 1024
+    except OSError:
+        import resource
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def child_main(app: Localq, conn: Connection, max_tasks: int | None,
+               max_memory_kib: int | None) -> None:
+    """Run jobs until told to stop or recycled. Called in a fresh fork; never returns."""
+    code = 0
+    try:
+        die_with_parent()
+        signal.signal(signal.SIGINT, signal.SIG_IGN)      # Ctrl-C is for the supervisor
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        install_soft_limit_handler()
+        _loop(app, conn, max_tasks, max_memory_kib)
+    except BaseException:    # noqa: BLE001 - a child must never unwind into the caller
+        code = 1
+        try:
+            import traceback
+            traceback.print_exc()
+        except BaseException:
+            pass
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except BaseException:
+            pass
+        os._exit(code)   # never run the parent's atexit handlers or finalizers
+
+
+def _loop(app: Localq, conn: Connection, max_tasks: int | None,
+          max_memory_kib: int | None) -> None:
+    pid = os.getpid()
+    speed: dict[str, float] = {}     # task name -> moving average of its duration
+    done = 0
+    while True:
+        try:
+            batch = conn.recv()
+        except (EOFError, OSError):
+            return                   # the supervisor is gone
+        if batch is None:
+            return                   # warm shutdown: nothing more is coming
+        buffered: list[Any] = []
+        first_buffered = 0.0
+        for index, (seq, job_id, task_name, serializer, payload, options, retries) in \
+                enumerate(batch):
+            task = app.tasks.get(task_name)
+            opts, soft, hard = job_limits(task, options, None, None)
+            if buffered and (hard or soft or speed.get(task_name, 1.0) > FAST):
+                conn.send(("o", buffered))
+                buffered = []
+            t0 = time.perf_counter()
+            outcome = execute(app, seq, job_id, task_name, serializer, payload, opts, retries,
+                              pid, soft)
+            elapsed = time.perf_counter() - t0
+            speed[task_name] = 0.7 * speed.get(task_name, elapsed) + 0.3 * elapsed
+            if not buffered:
+                first_buffered = t0 + elapsed
+            buffered.append(outcome)
+            done += 1
+            reason = None
+            if max_tasks and done >= max_tasks:
+                reason = f"max_tasks_per_child={max_tasks} reached"
+            elif max_memory_kib and resident_kib() > max_memory_kib:
+                reason = f"resident memory {resident_kib()} KiB > max_memory_per_child"
+            if reason:
+                conn.send(("o", buffered))
+                conn.send(("x", reason, [job[0] for job in batch[index + 1:]]))
+                return
+            if time.perf_counter() - first_buffered > FLUSH_AFTER:
+                conn.send(("o", buffered))
+                buffered = []
+        if buffered:
+            conn.send(("o", buffered))

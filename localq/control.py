@@ -1,0 +1,47 @@
+"""``app.control``: revoke jobs and change rate limits at run time, from any process.
+
+Everything here is written to the database and then workers are rung, so
+it holds across worker restarts (Celery keeps revocations in worker memory).
+"""
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Iterable
+
+from .exceptions import TaskRevokedError
+from .limits import parse_rate
+from .serializer import encode_exception
+
+if TYPE_CHECKING:
+    from .app import Localq
+
+
+class Control:
+    def __init__(self, app: Localq) -> None:
+        self.app = app
+
+    def revoke(self, task_id: str | Iterable[str], terminate: bool = False,
+               signal: object = None) -> None:
+        """Revoke: a waiting job never runs; with ``terminate=True`` a running one is
+        killed (its child is replaced). Unknown ids are remembered as revoked."""
+        ids = [task_id] if isinstance(task_id, str) else list(task_id)
+        reason = encode_exception("json", TaskRevokedError("revoked"))
+        running = False
+        for job_id in ids:
+            state = self.app.store.revoke(job_id, terminate, reason, time.time())
+            running = running or state == "STARTED"
+        if running:
+            self.app.nudge_workers(b"R")
+        self.app.nudge_waiters()
+
+    def rate_limit(self, task_name: str, rate: str | int | float | None) -> None:
+        """Set a task's global rate limit at run time (``None`` restores the declared one;
+        ``0`` removes any limit)."""
+        parsed = parse_rate(rate, where=f"rate limit for {task_name}")
+        text = None if rate is None else (parsed.text if parsed else "0")
+        self.app.store.set_rate_override(task_name, text)
+        self.app.nudge_workers()
+
+    def purge(self, queues: Iterable[str] | None = None) -> int:
+        """Delete waiting jobs (of these queues, or all); returns how many."""
+        return self.app.store.purge(list(queues) if queues else None)

@@ -1,0 +1,158 @@
+"""Running one job: decode, call the task, and turn what happened into an outcome.
+
+Used by the child processes and by eager mode, so that both go through the
+same serializer, the same retry rules and the same errors: an eager test
+cannot pass where a real worker would fail.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+import traceback as tb_module
+from typing import TYPE_CHECKING, Any
+
+from .exceptions import NotRegistered, Retry, SoftTimeLimitExceeded
+from .limits import backoff_countdown
+from .serializer import decode_call, encode_exception, encode_value, exception_type_name
+from .task import Request
+
+if TYPE_CHECKING:
+    from .app import Localq
+    from .task import Task
+
+# An outcome as it travels from a child to the supervisor: a plain tuple, the
+# cheapest thing to pickle.  (seq, state, result, exc_type, traceback,
+# started, ended, pid, eta, exc_message)
+OutcomeTuple = tuple
+
+
+def _soft_limit_handler(signum: int, frame: Any) -> None:
+    raise SoftTimeLimitExceeded("soft time limit exceeded")
+
+
+def install_soft_limit_handler() -> None:
+    signal.signal(signal.SIGALRM, _soft_limit_handler)
+
+
+def execute(app: Localq, seq: int, job_id: str, task_name: str, serializer: str, payload: Any,
+            options: dict | None, retries: int, pid: int, soft_limit: float | None,
+            is_eager: bool = False) -> OutcomeTuple:
+    """Run one job and return its outcome tuple. Never raises for task errors."""
+    started = time.time()
+    task = app.tasks.get(task_name)
+    if task is None:
+        exc: BaseException = NotRegistered(
+            f"task {task_name!r} is not registered in the worker's app {app.main_name!r}: "
+            f"import the module that defines it in the app (imports=[...]) or check the name")
+        return _failure(seq, serializer, exc, None, started, pid)
+    try:
+        args, kwargs = decode_call(serializer, payload)
+    except Exception as exc:
+        return _failure(seq, serializer, exc, tb_module.format_exc(), started, pid)
+    request = Request(id=job_id, task=task_name, args=args, kwargs=kwargs, retries=retries,
+                      is_eager=is_eager, options=options or {})
+    task.push_request(request)
+    try:
+        if soft_limit:
+            signal.setitimer(signal.ITIMER_REAL, soft_limit)
+        try:
+            value = task(*args, **kwargs)
+        finally:
+            if soft_limit:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+    except Retry as retry:
+        return _retry(seq, serializer, retry, started, pid)
+    except Exception as exc:
+        retry = _autoretry(task, exc)
+        if isinstance(retry, Retry):
+            return _retry(seq, serializer, retry, started, pid)
+        if retry is not None:       # retry() itself raised: max_retries reached
+            exc = retry
+        return _failure(seq, serializer, exc, tb_module.format_exc(), started, pid)
+    finally:
+        task.pop_request()
+    if task.option("ignore_result"):
+        return (seq, "SUCCESS", None, None, None, started, time.time(), pid, 0.0, None)
+    try:
+        result = encode_value(app.conf.result_serializer or serializer, value)
+    except Exception as exc:
+        err = TypeError(f"the result of task {task_name!r} cannot be encoded with the "
+                        f"{serializer} serializer: {exc} (value: {value!r:.80})")
+        return _failure(seq, serializer, err, None, started, pid)
+    return (seq, "SUCCESS", result, None, None, started, time.time(), pid, 0.0, None)
+
+
+def _autoretry(task: Task, exc: Exception) -> BaseException | None:
+    """Celery's autoretry_for: a Retry, the exception retry() raised, or None."""
+    autoretry = task.option("autoretry_for")
+    if not autoretry or not isinstance(exc, tuple(autoretry)):
+        return None
+    dont = task.option("dont_autoretry_for")
+    if dont and isinstance(exc, tuple(dont)):
+        return None
+    kwargs = dict(task.option("retry_kwargs") or {})
+    backoff = task.option("retry_backoff")
+    if backoff:
+        kwargs["countdown"] = backoff_countdown(
+            task.request.retries, float(backoff), float(task.option("retry_backoff_max")),
+            bool(task.option("retry_jitter")))
+    try:
+        task.retry(exc=exc, **kwargs)
+    except Retry as retry:
+        return retry
+    except BaseException as final:
+        return final
+    return None
+
+
+def _retry(seq: int, serializer: str, retry: Retry, started: float, pid: int) -> OutcomeTuple:
+    exc = retry.exc
+    exc_type = exception_type_name(exc) if exc is not None else "localq.exceptions.Retry"
+    tb = "".join(tb_module.format_exception(exc)) if exc is not None else None
+    return (seq, "RETRY", None, exc_type, tb, started, time.time(), pid,
+            retry.when or time.time(), str(exc) if exc is not None else "retry requested")
+
+
+def _failure(seq: int, serializer: str, exc: BaseException, tb: str | None, started: float,
+             pid: int) -> OutcomeTuple:
+    return (seq, "FAILURE", encode_exception(serializer, exc), exception_type_name(exc), tb,
+            started, time.time(), pid, 0.0, str(exc))
+
+
+def job_limits(task: Task | None, options: str | None, default_soft: float | None,
+               default_hard: float | None) -> tuple[dict, float | None, float | None]:
+    """(per-call options, soft limit, hard limit) for a job: call > task > worker."""
+    opts = json.loads(options) if options else {}
+    soft = opts.get("soft_time_limit")
+    hard = opts.get("time_limit")
+    if task is not None:
+        soft = soft if soft is not None else task.option("soft_time_limit")
+        hard = hard if hard is not None else task.option("time_limit")
+    soft = soft if soft is not None else default_soft
+    hard = hard if hard is not None else default_hard
+    return opts, (float(soft) if soft else None), (float(hard) if hard else None)
+
+
+def run_eager(task: Task, args: tuple, kwargs: dict, options: dict) -> Any:
+    """Eager mode: run here, but through the serializer and the same retry rules, so
+    that what fails on a worker fails here too. Retries run at once."""
+    from .result import EagerResult
+    from .serializer import encode_call
+    from .task import new_id
+    serializer = options.get("serializer") or task.option("serializer")
+    payload = encode_call(serializer, task.name, args, kwargs)   # same TypeError as delay()
+    job_id = options.get("task_id") or new_id()
+    retries = 0
+    while True:
+        outcome = execute(task.app, 0, job_id, task.name, serializer, payload, None, retries,
+                          os.getpid(), None, is_eager=True)
+        if outcome[1] != "RETRY":
+            break
+        retries += 1
+    state, result, exc_type, tb = outcome[1], outcome[2], outcome[3], outcome[4]
+    eager = EagerResult(job_id, task.app, state, serializer, result, exc_type, tb, retries)
+    if state == "FAILURE" and task.app.conf.task_eager_propagates:
+        raise eager.result      # Celery's task_eager_propagates: raise at the call
+    return eager

@@ -1,0 +1,114 @@
+"""Flow control at claim time: global rate limits and per-task concurrency caps.
+
+Runs inside the supervisor's claim transaction, so that every worker on the
+file shares one token bucket per task (kept in the ``rate_limits`` table) and
+one count of running jobs per task: limits are global on the host, where
+Celery's are per worker process.
+
+Jobs of a task that is rate-limited or capped when it is sent go to their own
+lane (``jobs.lane``); a deep backlog of throttled jobs then costs the claim of
+other tasks nothing. A limit set only at run time (``app.control.rate_limit``)
+on a task that was sent without one is honoured too, by filtering the main
+queue: correct, only slower with a very deep backlog of that task.
+"""
+from __future__ import annotations
+
+import math
+import sqlite3
+from typing import TYPE_CHECKING
+
+from .limits import Rate, next_token_at, parse_rate, refill
+from .store import Claimed, Store
+
+if TYPE_CHECKING:
+    from .app import Localq
+
+
+def lane_for(task: object) -> str | None:
+    """The lane a producer puts a job in: the task's name when it is throttled."""
+    option = getattr(task, "option")
+    if option("rate_limit") or option("max_concurrency"):
+        return getattr(task, "name")
+    return None
+
+
+class FlowControl:
+    def __init__(self, app: Localq, store: Store) -> None:
+        self.app = app
+        self.store = store
+        self._refill_at: float | None = None
+
+    def next_refill(self) -> float | None:
+        """Wall-clock time at which a throttled task with waiting jobs gets a token."""
+        return self._refill_at
+
+    def due(self, now: float) -> bool:
+        return self._refill_at is not None and now >= self._refill_at
+
+    def claim(self, conn: sqlite3.Connection, owner: int, queues: list[str], slots: int,
+              now: float) -> list[Claimed]:
+        declared: dict[str, Rate | None] = {}
+        caps: dict[str, int] = {}
+        lanes: set[str] = set()
+        for name, task in self.app.tasks.items():
+            rate = parse_rate(task.option("rate_limit"))
+            cap = task.option("max_concurrency")
+            if rate:
+                declared[name] = rate
+            if cap:
+                caps[name] = int(cap)
+            if rate or cap:
+                lanes.add(name)
+        buckets = self.store.buckets(conn)
+        rates: dict[str, Rate] = {}
+        for name in set(declared) | set(buckets):
+            override = buckets.get(name, (None,))[0]
+            rate = parse_rate(override) if override is not None else declared.get(name)
+            if rate:
+                rates[name] = rate
+        throttled = set(rates) | set(caps)
+        # Runtime-only limits on tasks sent without one: keep them out of the main claim.
+        exclude = sorted(throttled - lanes)
+        claimed: list[Claimed] = []
+        for queue in queues:
+            if len(claimed) >= slots:
+                break
+            claimed += self.store.claim(conn, owner, queue, slots - len(claimed), now,
+                                        exclude=exclude)
+        self._refill_at = None
+        if not throttled and not lanes:
+            return claimed
+        running = self.store.running_counts(conn, sorted(caps)) if caps else {}
+        for name in sorted(throttled | lanes):
+            allowance = slots - len(claimed)
+            if allowance <= 0:
+                break
+            rate = rates.get(name)
+            tokens = 0.0
+            if rate:
+                stored = buckets.get(name)
+                tokens = rate.capacity if stored is None or not stored[2] else \
+                    refill(stored[1], stored[2], now, rate)
+                allowance = min(allowance, math.floor(tokens))
+            if name in caps:
+                allowance = min(allowance, caps[name] - running.get(name, 0))
+            got: list[Claimed] = []
+            if allowance > 0:
+                for queue in queues:
+                    if len(got) >= allowance:
+                        break
+                    got += self.store.claim(conn, owner, queue, allowance - len(got), now,
+                                            lane=name if name in lanes else None,
+                                            only=None if name in lanes else name)
+                claimed += got
+            if rate:
+                tokens -= len(got)
+                self.store.save_bucket(conn, name, tokens, now)
+                # Jobs may still be waiting for a token: wake when the next one drips in.
+                if allowance <= 0 or len(got) >= allowance:
+                    at = next_token_at(tokens, now, rate)
+                    self._refill_at = at if self._refill_at is None else min(self._refill_at, at)
+        return claimed
+
+    def finished(self, count: int) -> None:
+        """Jobs finished; a capped task may run again (checked at the next claim)."""

@@ -1,0 +1,79 @@
+"""Rate limits and retry backoff: parsing and arithmetic, pure functions only.
+
+A rate limit ``"N/s" | "N/m" | "N/h"`` (or a bare number, per second) becomes
+a token bucket: it refills at N per period and holds at most ``capacity``
+tokens, which is N for limits of 10 per second or less and a tenth of a
+second's worth (never less than 10) above that, so that a fast limit starts
+smoothly instead of in one big burst. The bucket's state lives in the
+database (store.py); this module only computes with it.
+"""
+from __future__ import annotations
+
+import math
+import random
+import re
+from typing import NamedTuple
+
+from .exceptions import ConfigurationError
+
+_PERIODS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+_RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:/\s*([smh]))?\s*$")
+RATE_FORMS = "'N/s', 'N/m', 'N/h' or a bare number N (per second), e.g. '100/s', '10/m'"
+
+
+class Rate(NamedTuple):
+    per_second: float   # refill rate, tokens per second
+    capacity: float     # largest burst
+    text: str           # the limit as written, normalised ("10/m")
+
+
+def parse_rate(value: str | int | float | None, *, where: str = "rate_limit") -> Rate | None:
+    """Parse a rate limit; ``None``, ``0`` and ``""`` mean no limit."""
+    if value is None or value == "" or value == 0:
+        return None
+    if isinstance(value, bool):
+        raise ConfigurationError(f"bad {where} {value!r}: use {RATE_FORMS}")
+    if isinstance(value, (int, float)):
+        text = f"{value:g}/s"
+        count, period = float(value), 1.0
+    else:
+        match = _RATE_RE.match(str(value))
+        if not match:
+            raise ConfigurationError(f"bad {where} {value!r}: use {RATE_FORMS}")
+        count = float(match.group(1))
+        unit = match.group(2) or "s"
+        period = _PERIODS[unit]
+        text = f"{count:g}/{unit}"
+    if count <= 0:
+        return None
+    if not math.isfinite(count):
+        raise ConfigurationError(f"bad {where} {value!r}: use {RATE_FORMS}")
+    per_second = count / period
+    capacity = count if per_second <= 10 else max(10.0, per_second / 10)
+    return Rate(per_second, min(capacity, count), text)
+
+
+def refill(tokens: float, updated: float, now: float, rate: Rate) -> float:
+    """Tokens in the bucket at ``now``, given ``tokens`` at ``updated``."""
+    elapsed = max(0.0, now - updated)
+    return min(rate.capacity, tokens + elapsed * rate.per_second)
+
+
+def next_token_at(tokens: float, now: float, rate: Rate) -> float:
+    """When the bucket next holds one whole token."""
+    if tokens >= 1:
+        return now
+    return now + (1 - tokens) / rate.per_second
+
+
+def backoff_countdown(retries: int, factor: float, maximum: float, jitter: bool,
+                      rng: random.Random | None = None) -> float:
+    """Celery's exponential backoff: ``factor * 2**retries``, capped, then jittered.
+
+    With jitter the delay is drawn uniformly from ``[0, countdown]`` (full
+    jitter), as Celery does, so that retries of many jobs spread out.
+    """
+    countdown = min(maximum, factor * (2 ** retries))
+    if jitter:
+        countdown = (rng or random).uniform(0, countdown)
+    return max(0.0, countdown)

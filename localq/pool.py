@@ -1,0 +1,137 @@
+"""The child processes of one supervisor: starting, tracking and killing them.
+
+Children are forked from the supervisor, which holds no open SQLite
+connection at that moment (store.py closes every connection before any fork
+and reopens it lazily). Forking, rather than ``spawn`` or ``forkserver`` as
+DESIGN.md first proposed, is what lets tasks defined in a script's
+``__main__`` (with no ``if __name__ == "__main__"`` guard) run in an embedded
+worker, and it starts a child in about a millisecond instead of ~40 ms.
+
+Each child has its own duplex channel; the supervisor learns of a child's
+death at once from EOF on that channel, because no other process holds the
+child's end (the supervisor closes its copy, and every child closes the
+supervisor-side ends it inherited).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections import deque
+from multiprocessing import Pipe
+from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING, Callable
+
+from .child import child_main
+
+if TYPE_CHECKING:
+    from .app import Localq
+    from .store import Claimed
+
+KILL_GRACE = 0.1      # seconds between SIGTERM and SIGKILL for a child we stop
+
+
+class Inflight:
+    __slots__ = ("job", "hard", "sent")
+
+    def __init__(self, job: Claimed, hard: float | None, sent: float) -> None:
+        self.job = job
+        self.hard = hard        # hard time limit in seconds, if any
+        self.sent = sent        # monotonic time it was handed to the child
+
+
+class Child:
+    """One child process as the supervisor sees it."""
+
+    def __init__(self, pid: int, conn: Connection) -> None:
+        self.pid = pid
+        self.conn = conn
+        self.inflight: deque[Inflight] = deque()
+        self.last_report = time.monotonic()
+        self.avg_duration: float | None = None
+        self.handed = 0               # jobs handed over in its life (for max_tasks)
+        self.leaving: str | None = None   # set when it will exit on its own
+        self.replaced = False         # a replacement was already started for it
+        self.kill_reason: str | None = None
+        self.kill_job: int | None = None
+        self.sigkill_at: float | None = None
+
+    def running(self) -> Inflight | None:
+        return self.inflight[0] if self.inflight else None
+
+    def running_since(self) -> float:
+        """When the job now running started, as near as the supervisor can tell:
+        the child reports outcomes in order, so the head started after the
+        last report and after it was sent."""
+        head = self.inflight[0]
+        return max(self.last_report, head.sent)
+
+    def prefetch(self) -> int:
+        """How many jobs to keep queued in the child: about 5 ms of work."""
+        if self.avg_duration is None:
+            return 1
+        return max(1, min(128, int(0.005 / max(self.avg_duration, 1e-6))))
+
+    def note_duration(self, seconds: float) -> None:
+        avg = self.avg_duration
+        self.avg_duration = seconds if avg is None else 0.8 * avg + 0.2 * seconds
+
+    def stop(self, reason: str, job_seq: int | None) -> None:
+        """SIGTERM now, SIGKILL after a short grace (a task may ignore SIGTERM)."""
+        if self.kill_reason is None:
+            self.kill_reason = reason
+            self.kill_job = job_seq
+        self.sigkill_at = time.monotonic() + KILL_GRACE
+        _signal(self.pid, signal.SIGTERM)
+
+    def escalate(self) -> None:
+        self.sigkill_at = None
+        _signal(self.pid, signal.SIGKILL)
+
+    def reap(self) -> str:
+        """Wait for the exited child; describe how it ended (Celery's wording)."""
+        try:
+            _, status = os.waitpid(self.pid, 0)
+        except ChildProcessError:
+            return "exited"
+        if os.WIFSIGNALED(status):
+            sig = os.WTERMSIG(status)
+            try:
+                name = signal.Signals(sig).name
+            except ValueError:
+                name = str(sig)
+            return f"signal {sig} ({name})"
+        return f"exitcode {os.WEXITSTATUS(status)}"
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def fork_child(app: Localq, siblings: list[Connection], close_fds: list[int],
+               max_tasks: int | None, max_memory_kib: int | None,
+               before_run: Callable[[], None] | None = None) -> Child:
+    ours, theirs = Pipe(duplex=True)
+    pid = os.fork()
+    if pid == 0:    # the child: drop everything that belongs to the supervisor
+        try:
+            signal.set_wakeup_fd(-1)
+            ours.close()
+            for conn in siblings:
+                conn.close()
+            for fd in close_fds:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            if before_run:
+                before_run()
+        except BaseException:
+            os._exit(70)
+        child_main(app, theirs, max_tasks, max_memory_kib)   # never returns
+        os._exit(70)
+    theirs.close()
+    return Child(pid, ours)

@@ -1,0 +1,204 @@
+"""The database file: opening, checking, creating and migrating it.
+
+One SQLite file holds everything. This module decides whether a file may be
+used at all (a localq database of this or an older schema version, or a new
+or empty file) and never writes a byte to a file it refuses. It creates new
+files readable by their owner only, in WAL mode.
+"""
+from __future__ import annotations
+
+import os
+import sqlite3
+
+from .exceptions import DatabaseError
+
+SCHEMA_VERSION = 1
+SQLITE_MAGIC = b"SQLite format 3\x00"
+BUSY_TIMEOUT_MS = 60_000
+
+# Partial indexes keep the claim query's index as small as the backlog:
+# rows leave jobs_ready as soon as they are claimed. Rate-limited and capped
+# tasks go to their own lane (jobs_lane) so that a deep backlog of throttled
+# jobs is never scanned by the claim of other tasks.
+DDL = """
+CREATE TABLE localq_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE jobs (
+    seq         INTEGER PRIMARY KEY,
+    id          TEXT NOT NULL,
+    task        TEXT NOT NULL,
+    queue       TEXT NOT NULL,
+    lane        TEXT,
+    priority    INTEGER NOT NULL DEFAULT 0,
+    state       TEXT NOT NULL,
+    serializer  TEXT NOT NULL,
+    payload,
+    options     TEXT,
+    eta         REAL NOT NULL DEFAULT 0,
+    expires     REAL,
+    retries     INTEGER NOT NULL DEFAULT 0,
+    owner       INTEGER,
+    pid         INTEGER,
+    created     REAL NOT NULL,
+    started     REAL,
+    done        REAL,
+    result,
+    exc_type    TEXT,
+    traceback   TEXT,
+    revoke      INTEGER NOT NULL DEFAULT 0,
+    group_id    TEXT,
+    group_index INTEGER
+);
+CREATE UNIQUE INDEX jobs_id ON jobs(id);
+CREATE INDEX jobs_ready ON jobs(queue, priority DESC, seq)
+    WHERE state IN ('PENDING', 'RETRY') AND lane IS NULL;
+CREATE INDEX jobs_lane ON jobs(lane, priority DESC, seq)
+    WHERE state IN ('PENDING', 'RETRY') AND lane IS NOT NULL;
+CREATE INDEX jobs_delayed ON jobs(eta) WHERE state IN ('PENDING', 'RETRY') AND eta > 0;
+CREATE INDEX jobs_running ON jobs(task) WHERE state = 'STARTED';
+CREATE INDEX jobs_done ON jobs(done) WHERE done IS NOT NULL;
+CREATE INDEX jobs_group ON jobs(group_id, group_index) WHERE group_id IS NOT NULL;
+CREATE TABLE attempts (
+    job_seq   INTEGER NOT NULL,
+    attempt   INTEGER NOT NULL,
+    started   REAL,
+    ended     REAL NOT NULL,
+    pid       INTEGER,
+    outcome   TEXT NOT NULL,
+    exc_type  TEXT,
+    exc_message TEXT,
+    PRIMARY KEY (job_seq, attempt)
+) WITHOUT ROWID;
+CREATE TABLE workers (
+    id          INTEGER PRIMARY KEY,
+    pid         INTEGER NOT NULL,
+    pid_start   TEXT,
+    hostname    TEXT NOT NULL,
+    started     REAL NOT NULL,
+    heartbeat   REAL NOT NULL,
+    queues      TEXT NOT NULL,
+    concurrency INTEGER NOT NULL
+);
+CREATE TABLE rate_limits (
+    task      TEXT PRIMARY KEY,
+    declared  TEXT,
+    override  TEXT,
+    tokens    REAL NOT NULL DEFAULT 0,
+    updated   REAL NOT NULL DEFAULT 0
+);
+CREATE TABLE maps (
+    name      TEXT PRIMARY KEY,
+    task      TEXT NOT NULL,
+    digest    TEXT NOT NULL,
+    total     INTEGER NOT NULL,
+    created   REAL NOT NULL
+);
+"""
+
+MIGRATIONS: dict[int, str] = {}   # from version N to N+1, when there is one
+
+
+def open_database(path: str, synchronous: str = "NORMAL") -> sqlite3.Connection:
+    """Open (creating if new) the localq database at ``path``, or raise DatabaseError."""
+    _check_file(path)
+    try:
+        conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+                               check_same_thread=False, cached_statements=256)
+    except sqlite3.Error as exc:
+        raise DatabaseError(f"cannot open localq database {path}: {exc}") from None
+    try:
+        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        _check_or_create_schema(conn, path)
+        conn.execute(f"PRAGMA synchronous={synchronous}")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _check_file(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        directory = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(directory):
+            raise DatabaseError(f"cannot create localq database {path}: "
+                                f"folder {directory} does not exist") from None
+        try:  # owner-only from the first byte; SQLite gives -wal/-shm the same mode
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+        except OSError as exc:
+            raise DatabaseError(f"cannot create localq database {path}: {exc}") from None
+        return
+    except OSError as exc:
+        raise DatabaseError(f"cannot open localq database {path}: {exc}") from None
+    try:
+        head = os.read(fd, len(SQLITE_MAGIC))
+    finally:
+        os.close(fd)
+    if head and head != SQLITE_MAGIC:
+        raise DatabaseError(
+            f"{path} is not a SQLite database, so it cannot be a localq database. "
+            f"The file was left untouched: point localq at another path "
+            f"(Localq(path) or $LOCALQ_DB).")
+
+
+def _check_or_create_schema(conn: sqlite3.Connection, path: str) -> None:
+    try:
+        tables = {r[0] for r in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type='table'")}
+    except sqlite3.DatabaseError as exc:
+        raise DatabaseError(
+            f"{path} cannot be read as a SQLite database ({exc}): it may be corrupt. "
+            f"The file was left untouched; restore it from a backup or use another path.") from None
+    if "localq_meta" in tables:
+        _check_version(conn, path)
+        return
+    if tables:
+        raise DatabaseError(
+            f"{path} is a SQLite database of another program (tables: "
+            f"{', '.join(sorted(tables)[:5])}), not a localq database. The file was left "
+            f"untouched: point localq at another path.")
+    # A new, empty file. WAL must be set outside a transaction.
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE name='localq_meta'").fetchone():
+            conn.execute("COMMIT")   # another process created it meanwhile
+            _check_version(conn, path)
+            return
+        for statement in DDL.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        conn.execute("INSERT INTO localq_meta VALUES ('schema_version', ?), ('app', 'localq')",
+                     (str(SCHEMA_VERSION),))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def _check_version(conn: sqlite3.Connection, path: str) -> None:
+    row = conn.execute("SELECT value FROM localq_meta WHERE key='schema_version'").fetchone()
+    version = int(row[0]) if row else 0
+    if version > SCHEMA_VERSION:
+        raise DatabaseError(
+            f"{path} was written by a newer localq (schema version {version}; this localq "
+            f"reads up to {SCHEMA_VERSION}). Upgrade localq; the file was left untouched.")
+    if version < SCHEMA_VERSION:
+        _migrate(conn, version)
+
+
+def _migrate(conn: sqlite3.Connection, version: int) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        current = int(conn.execute(
+            "SELECT value FROM localq_meta WHERE key='schema_version'").fetchone()[0])
+        while current < SCHEMA_VERSION:
+            for statement in MIGRATIONS[current].split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            current += 1
+        conn.execute("UPDATE localq_meta SET value=? WHERE key='schema_version'", (str(current),))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise

@@ -1,0 +1,514 @@
+"""The supervisor: one event loop that claims jobs, feeds children, writes outcomes.
+
+It is the only process that claims jobs and writes their outcomes. It sleeps
+in ``multiprocessing.connection.wait()`` over the children's channels, its
+doorbell (rung by producers), a signal pipe and, when embedded, a pipe from
+its parent, with a timeout equal to the nearest deadline: a hard time limit,
+a delayed job's ETA, a rate-limit refill, the heartbeat, or a slow fallback
+check of ``PRAGMA data_version`` in case a ring was lost.
+
+Each turn of the loop writes every outcome that arrived and claims work for
+the free slots in one transaction, then rings the waiters' doorbells.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import time
+from collections import deque
+from multiprocessing.connection import wait
+from typing import TYPE_CHECKING, Any
+
+from .exceptions import TaskRevokedError, TimeLimitExceeded, WorkerLostError
+from .execute import job_limits
+from .flow import FlowControl
+from .pool import Child, Inflight, fork_child
+from .serializer import encode_exception
+from .store import Claimed, Outcome, Store
+from .wakeup import Doorbell, Ringer, supervisor_name, wake_folder
+
+if TYPE_CHECKING:
+    from .app import Localq
+
+log = logging.getLogger("localq.worker")
+
+FALLBACK_CHECK = 0.5     # seconds between data_version checks when idle
+RECOVERY_EVERY = 5.0     # seconds between looks for dead workers
+
+
+def process_start_time(pid: int) -> str | None:
+    """The kernel's start time of a process: tells a live pid from a reused one."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+        return data[data.rindex(b")") + 2:].split()[19].decode()
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def worker_is_gone(w: dict, now: float, lost_after: float) -> bool:
+    try:
+        os.kill(w["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass
+    if w["pid_start"] and process_start_time(w["pid"]) not in (None, w["pid_start"]):
+        return True              # the pid was reused by another process
+    return now - w["heartbeat"] > lost_after
+
+
+class Supervisor:
+    def __init__(self, app: Localq, *, concurrency: int, queues: list[str],
+                 max_tasks_per_child: int | None = None,
+                 max_memory_per_child: int | None = None,
+                 parent_fd: int | None = None, ready_fd: int | None = None) -> None:
+        self.app = app
+        self.concurrency = max(1, int(concurrency))
+        self.queues = queues
+        self.max_tasks = max_tasks_per_child or None
+        self.max_memory = max_memory_per_child or None
+        self.parent_fd = parent_fd
+        self.ready_fd = ready_fd
+        self.children: dict[int, Child] = {}
+        self.ready: deque[Claimed] = deque()      # claimed, not yet handed to a child
+        self.outcomes: list[Outcome] = []
+        self.final_outcomes = False
+        self.want_work = True                     # there may be claimable jobs
+        self.next_due: float | None = None        # wall-clock ETA of the next delayed job
+        self.stopping = False
+        self.cold = False
+        self.exit_code = 0
+        self._signals: list[int] = []
+
+    # -------------------------------------------------------------- lifecycle
+
+    def run(self) -> int:
+        app = self.app
+        self.store = Store(app.path, app.conf.database_synchronous)
+        self.flow = FlowControl(app, self.store)
+        now = time.time()
+        pid = os.getpid()
+        self.worker_id = self.store.register_worker(
+            pid, process_start_time(pid), socket.gethostname(), self.queues,
+            self.concurrency, now)
+        self._recover(now, everyone=True)
+        self.bell = Doorbell(wake_folder(app.path), supervisor_name())
+        self.waiters = Ringer(wake_folder(app.path), "g")
+        self._sig_r, self._sig_w = os.pipe()
+        os.set_blocking(self._sig_r, False)
+        os.set_blocking(self._sig_w, False)
+        signal.set_wakeup_fd(self._sig_w)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+            signal.signal(sig, self._on_signal)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        try:
+            for _ in range(self.concurrency):
+                self._start_child()
+            self._banner()
+            if self.ready_fd is not None:
+                os.write(self.ready_fd, b"ready\n")
+                os.close(self.ready_fd)
+                self.ready_fd = None
+            self._loop()
+        finally:
+            self._finish()
+        return self.exit_code
+
+    def _banner(self) -> None:
+        log.info("localq worker ready: app=%s database=%s queues=%s concurrency=%d pid=%d",
+                 self.app.main_name, os.path.abspath(self.app.path), ",".join(self.queues),
+                 self.concurrency, os.getpid())
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self._signals.append(signum)
+
+    def _start_child(self) -> Child:
+        close = [self.bell.fileno(), self._sig_r, self._sig_w]
+        if self.parent_fd is not None:
+            close.append(self.parent_fd)
+        child = fork_child(self.app, [c.conn for c in self.children.values()], close,
+                           self.max_tasks, self.max_memory)
+        self.children[child.pid] = child
+        return child
+
+    def _active_children(self) -> int:
+        return sum(1 for c in self.children.values()
+                   if not c.replaced and c.leaving is None and c.kill_reason is None)
+
+    def _keep_pool_whole(self) -> None:
+        if self.stopping:
+            return
+        while self._active_children() < self.concurrency:
+            self._start_child()
+
+    # -------------------------------------------------------------- the loop
+
+    def _loop(self) -> None:
+        last_check = last_heartbeat = last_recovery = time.monotonic()
+        version = self.store.data_version()
+        while self.children or not self.stopping:
+            self._turn()
+            if self.stopping and not self.children:
+                break
+            timeout = self._timeout(last_check, last_heartbeat)
+            ready = wait(self._waitables(), timeout)
+            for obj in ready:
+                self._handle(obj)
+            self._handle_signals()
+            mono = time.monotonic()
+            self._enforce_deadlines(mono)
+            now = time.time()
+            if self.flow.due(now):
+                self.want_work = True
+            if self.next_due is not None and now >= self.next_due:
+                self.next_due = None
+                self.want_work = True
+            if mono - last_check >= FALLBACK_CHECK:
+                last_check = mono
+                new_version = self.store.data_version()
+                if new_version != version:
+                    version = new_version
+                    self.want_work = True
+                    self._check_revokes()
+            if mono - last_heartbeat >= self.app.conf.worker_heartbeat_interval:
+                last_heartbeat = mono
+                self._heartbeat()
+            if mono - last_recovery >= RECOVERY_EVERY:
+                last_recovery = mono
+                self._recover(time.time(), everyone=False)
+                self._expire_results()
+
+    def _waitables(self) -> list[Any]:
+        objs: list[Any] = [self.bell, self._sig_r]
+        if self.parent_fd is not None:
+            objs.append(self.parent_fd)
+        objs.extend(c.conn for c in self.children.values())
+        return objs
+
+    def _timeout(self, last_check: float, last_heartbeat: float) -> float:
+        if self.outcomes or (self.want_work and self._free_slots() > 0 and not self.stopping):
+            return 0.0
+        mono = time.monotonic()
+        deadline = min(last_check + FALLBACK_CHECK,
+                       last_heartbeat + self.app.conf.worker_heartbeat_interval)
+        for child in self.children.values():
+            if child.sigkill_at is not None:
+                deadline = min(deadline, child.sigkill_at)
+            head = child.running()
+            if head is not None and head.hard and child.kill_reason is None:
+                deadline = min(deadline, child.running_since() + head.hard)
+        if self.next_due is not None and not self.stopping:
+            deadline = min(deadline, mono + max(0.0, self.next_due - time.time()))
+        flow_at = self.flow.next_refill()
+        if flow_at is not None and not self.stopping:
+            deadline = min(deadline, mono + max(0.0, flow_at - time.time()))
+        return max(0.0, deadline - mono)
+
+    def _handle(self, obj: Any) -> None:
+        if obj is self.bell:
+            for message in self.bell.drain_messages():
+                if message == b"R":
+                    self._check_revokes()
+            self.want_work = True
+        elif obj == self._sig_r:
+            try:
+                os.read(self._sig_r, 512)
+            except OSError:
+                pass
+        elif self.parent_fd is not None and obj == self.parent_fd:
+            log.warning("the process that started this worker is gone: shutting down")
+            os.close(self.parent_fd)
+            self.parent_fd = None
+            self._shutdown(cold=True)
+        else:
+            self._read_child(obj)
+
+    def _handle_signals(self) -> None:
+        while self._signals:
+            sig = self._signals.pop(0)
+            if sig == signal.SIGQUIT or self.stopping:
+                log.warning("cold shutdown (%s): killing children, putting their jobs back",
+                            signal.Signals(sig).name)
+                self._shutdown(cold=True)
+            else:
+                log.info("warm shutdown (%s): finishing running jobs; signal again to stop now",
+                         signal.Signals(sig).name)
+                self._shutdown(cold=False)
+
+    # -------------------------------------------------------------- children
+
+    def _child_of(self, conn: Any) -> Child | None:
+        for child in self.children.values():
+            if child.conn is conn:
+                return child
+        return None
+
+    def _read_child(self, conn: Any) -> None:
+        child = self._child_of(conn)
+        if child is None:
+            return
+        try:
+            while True:
+                message = conn.recv()
+                if message[0] == "o":
+                    self._take_outcomes(child, message[1])
+                else:                                  # "x": it leaves on its own
+                    child.leaving = message[1]
+                    leftover = set(message[2])
+                    kept = deque(i for i in child.inflight if i.job.seq not in leftover)
+                    back = [i.job for i in child.inflight if i.job.seq in leftover]
+                    child.inflight = kept
+                    self.ready.extendleft(reversed(back))
+                    log.info("child %d recycled: %s", child.pid, message[1])
+                    self._keep_pool_whole()
+                if not conn.poll():
+                    break
+        except (EOFError, OSError):
+            self._child_exited(child)
+
+    def _take_outcomes(self, child: Child, outcomes: list[tuple]) -> None:
+        child.last_report = time.monotonic()
+        for t in outcomes:
+            outcome = Outcome(*t)
+            job = self._pop_inflight(child, outcome.seq)
+            child.note_duration(max(0.0, outcome.ended - (outcome.started or outcome.ended)))
+            if outcome.state == "FAILURE":
+                log.error("Task %s[%s] raised: %s\n%s", job.task if job else "?",
+                          job.id if job else "?", outcome.exc_message,
+                          (outcome.traceback or "").rstrip())
+            self.outcomes.append(outcome)
+        self.final_outcomes = True
+        self.flow.finished(len(outcomes))
+
+    @staticmethod
+    def _pop_inflight(child: Child, seq: int) -> Claimed | None:
+        # Outcomes come in the order the jobs were handed over: the head, almost always.
+        if child.inflight and child.inflight[0].job.seq == seq:
+            return child.inflight.popleft().job
+        for item in child.inflight:
+            if item.job.seq == seq:
+                child.inflight.remove(item)
+                return item.job
+        return None
+
+    def _child_exited(self, child: Child) -> None:
+        how = child.reap()
+        del self.children[child.pid]
+        child.conn.close()
+        now = time.time()
+        head = child.inflight.popleft() if child.inflight else None
+        if head is not None:
+            seq, job = head.job.seq, head.job
+            task = self.app.tasks.get(job.task)
+            serializer = job.serializer
+            if child.kill_reason == "time_limit" and child.kill_job == seq:
+                exc: BaseException = TimeLimitExceeded(f"TimeLimitExceeded({head.hard})")
+                log.error("Task %s[%s] killed: hard time limit (%ss) exceeded",
+                          job.task, job.id, head.hard)
+                self.outcomes.append(_failed(seq, serializer, exc, now, child.pid))
+            elif child.kill_reason == "revoke" and child.kill_job == seq:
+                exc = TaskRevokedError("terminated")
+                self.outcomes.append(Outcome(seq, "REVOKED", encode_exception(serializer, exc),
+                                             "localq.exceptions.TaskRevokedError", None, None,
+                                             now, child.pid))
+                log.info("Task %s[%s] terminated by revoke", job.task, job.id)
+            elif child.kill_reason is not None:
+                # Shut down, or killed for another job that had just finished: this
+                # one was caught in the crossfire; it runs again.
+                self.outcomes.append(Outcome(seq, "PENDING"))
+            elif task is not None and task.option("reject_on_worker_lost"):
+                log.warning("Task %s[%s]: worker lost (%s); it will run again",
+                            job.task, job.id, how)
+                self.outcomes.append(Outcome(seq, "PENDING"))
+            else:
+                exc = WorkerLostError(f"Worker exited prematurely: {how} Job: {job.id}.")
+                log.error("Task %s[%s] failed: %s", job.task, job.id, exc)
+                self.outcomes.append(_failed(seq, serializer, exc, now, child.pid))
+            self.final_outcomes = True
+        # Jobs it had been handed but never started go to another child.
+        self.ready.extendleft(reversed([i.job for i in child.inflight]))
+        if self.stopping and self.cold:
+            self.outcomes.extend(Outcome(j.seq, "PENDING") for j in self.ready)
+            self.ready.clear()
+        if child.leaving is None and child.kill_reason is None and not self.stopping:
+            log.warning("child %d exited unexpectedly (%s); starting a new one", child.pid, how)
+        self._keep_pool_whole()
+
+    def _enforce_deadlines(self, mono: float) -> None:
+        for child in list(self.children.values()):
+            if child.sigkill_at is not None and mono >= child.sigkill_at:
+                child.escalate()
+            head = child.running()
+            if (head is not None and head.hard and child.kill_reason is None
+                    and mono >= child.running_since() + head.hard):
+                child.stop("time_limit", head.job.seq)
+                self._keep_pool_whole()      # the replacement starts now, not after death
+
+    def _check_revokes(self) -> None:
+        if not any(c.inflight for c in self.children.values()):
+            return
+        requests = dict(self.store.revoke_requests(self.worker_id))
+        if not requests:
+            return
+        for child in list(self.children.values()):
+            head = child.running()
+            if head is not None and requests.get(head.job.seq) == 2 and child.kill_reason is None:
+                child.stop("revoke", head.job.seq)
+                self._keep_pool_whole()
+
+    # -------------------------------------------------------------- claiming
+
+    def _free_slots(self) -> int:
+        free = 0
+        for child in self.children.values():
+            if child.leaving is not None or child.kill_reason is not None or child.replaced:
+                continue
+            room = child.prefetch() - len(child.inflight)
+            if self.max_tasks:
+                room = min(room, self.max_tasks - child.handed)
+            free += max(0, room)
+        return max(0, free - len(self.ready))
+
+    def _turn(self) -> None:
+        """Write outcomes and claim work in one transaction, then hand work out."""
+        slots = 0 if self.stopping else self._free_slots()
+        claim = self.want_work and slots > 0
+        if self.outcomes or claim:
+            outcomes, self.outcomes = self.outcomes, []
+            if any(o.state in ("RETRY", "PENDING") for o in outcomes):
+                self.want_work = True     # a job to run again: its ETA sets the next wake
+            now = time.time()
+            with self.store.transaction() as conn:
+                self.store.finish_in(conn, self.worker_id, outcomes)
+                claimed = self.flow.claim(conn, self.worker_id, self.queues, slots, now) \
+                    if claim else []
+                revoked = [c for c in claimed if c.revoke or (c.expires and c.expires < now)]
+                if revoked:
+                    self.store.finish_in(conn, self.worker_id, [
+                        Outcome(c.seq, "REVOKED", encode_exception(
+                            c.serializer, TaskRevokedError("expired" if not c.revoke
+                                                           else "revoked")),
+                            "localq.exceptions.TaskRevokedError", None, None, now)
+                        for c in revoked])
+                    claimed = [c for c in claimed if c not in revoked]
+            if self.final_outcomes or revoked:
+                self.final_outcomes = False
+                self.waiters.ring()
+            if claim:
+                self.ready.extend(claimed)
+                if len(claimed) + len(revoked) < slots:
+                    self.want_work = False
+                    self.next_due = self.store.next_due(self.queues)
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        if not self.ready:
+            return
+        mono = time.monotonic()
+        for child in list(self.children.values()):
+            if not self.ready:
+                break
+            if child.leaving is not None or child.kill_reason is not None or child.replaced:
+                continue
+            room = child.prefetch() - len(child.inflight)
+            if self.max_tasks:
+                room = min(room, self.max_tasks - child.handed)
+            if room <= 0:
+                continue
+            batch = []
+            for _ in range(min(room, len(self.ready))):
+                job = self.ready.popleft()
+                task = self.app.tasks.get(job.task)
+                _, _, hard = job_limits(task, job.options, None, None)
+                child.inflight.append(Inflight(job, hard, mono))
+                batch.append((job.seq, job.id, job.task, job.serializer, job.payload,
+                              job.options, job.retries))
+            child.handed += len(batch)
+            child.conn.send(batch)
+            if self.max_tasks and child.handed >= self.max_tasks and not child.replaced:
+                child.replaced = True      # it leaves after these: start its successor now
+                self._keep_pool_whole()
+
+    # -------------------------------------------------------------- housekeeping
+
+    def _heartbeat(self) -> None:
+        now = time.time()
+        if not self.store.heartbeat(self.worker_id, now):
+            log.warning("this worker was presumed dead by another (stalled for over %ss); "
+                        "registering again", self.app.conf.worker_lost_after)
+            pid = os.getpid()
+            self.worker_id = self.store.register_worker(
+                pid, process_start_time(pid), socket.gethostname(), self.queues,
+                self.concurrency, now)
+            for child in self.children.values():
+                child.inflight.clear()
+            self.ready.clear()
+
+    def _recover(self, now: float, everyone: bool) -> None:
+        lost_after = self.app.conf.worker_lost_after
+        gone = [w["id"] for w in self.store.workers()
+                if w["id"] != self.worker_id and worker_is_gone(w, now, lost_after)]
+        if gone:
+            reason = encode_exception("json", WorkerLostError(
+                "the worker running this job died and the task has acks_late=False"))
+            back, failed = self.store.release_worker_jobs(gone, now, reason)
+            if back or failed:
+                log.warning("recovered %d job(s) from %d dead worker(s): %d put back, "
+                            "%d failed (acks_late=False)", back + failed, len(gone), back,
+                            failed)
+                self.want_work = True
+
+    def _expire_results(self) -> None:
+        expires = self.app.conf.result_expires
+        if expires:
+            seconds = expires.total_seconds() if hasattr(expires, "total_seconds") else expires
+            self.store.expire_results(time.time() - float(seconds))
+
+    # -------------------------------------------------------------- stopping
+
+    def _shutdown(self, cold: bool) -> None:
+        first = not self.stopping
+        self.stopping = True
+        if first:
+            self.outcomes.extend(Outcome(j.seq, "PENDING") for j in self.ready)
+            self.ready.clear()
+        if cold:
+            self.cold = True
+            self.exit_code = 1
+            for child in self.children.values():
+                child.kill_reason = child.kill_reason or "shutdown"
+                child.kill_job = None
+                child.escalate()
+        elif first:
+            for child in self.children.values():
+                try:
+                    child.conn.send(None)
+                except OSError:
+                    pass
+
+    def _finish(self) -> None:
+        for child in list(self.children.values()):
+            child.escalate()
+            child.reap()
+            self.outcomes.extend(Outcome(i.job.seq, "PENDING") for i in child.inflight)
+        self.children.clear()
+        self.outcomes.extend(Outcome(j.seq, "PENDING") for j in self.ready)
+        try:
+            self.store.finish(self.worker_id, self.outcomes)
+            self.store.unregister_worker(self.worker_id)
+        finally:
+            self.waiters.ring()
+            self.bell.close()
+            self.waiters.close()
+            self.store.close()
+            signal.set_wakeup_fd(-1)
+            log.info("localq worker stopped (pid %d)", os.getpid())
+
+
+def _failed(seq: int, serializer: str, exc: BaseException, now: float, pid: int) -> Outcome:
+    from .serializer import exception_type_name
+    return Outcome(seq, "FAILURE", encode_exception(serializer, exc), exception_type_name(exc),
+                   None, None, now, pid, 0.0, str(exc))

@@ -1,0 +1,242 @@
+"""Task: a registered function with its options, sending, retry and request context.
+
+Celery's names and meanings: ``@app.task`` makes a Task; ``delay`` and
+``apply_async`` send it; ``self.retry`` (with ``bind=True``) asks for another
+attempt; ``self.request`` describes the running job. Calling the Task object
+runs the function inline, like Celery.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+import uuid
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, Callable
+
+from .exceptions import ConfigurationError, MaxRetriesExceededError, Retry
+from .limits import parse_rate
+from .serializer import check_serializer, encode_call
+
+if TYPE_CHECKING:
+    from .app import Localq
+    from .result import AsyncResult
+
+# Options a task accepts, with their defaults when neither the decorator, the
+# annotations nor the app's settings say otherwise.
+TASK_OPTIONS: dict[str, Any] = {
+    "name": None, "queue": None, "priority": None, "ignore_result": None, "serializer": None,
+    "bind": False, "acks_late": None, "reject_on_worker_lost": None,
+    "max_retries": 3, "default_retry_delay": 180, "autoretry_for": (), "dont_autoretry_for": (),
+    "retry_kwargs": None, "retry_backoff": False, "retry_backoff_max": 600, "retry_jitter": True,
+    "time_limit": None, "soft_time_limit": None, "rate_limit": None, "max_concurrency": None,
+    "expires": None, "track_started": None, "typing": None, "shared": None, "base": None,
+}
+# Options that task_annotations may override (Celery's annotation targets).
+ANNOTATABLE = ("rate_limit", "time_limit", "soft_time_limit", "max_retries",
+               "default_retry_delay", "acks_late", "ignore_result", "queue", "priority",
+               "max_concurrency", "reject_on_worker_lost", "serializer")
+# Per-call options that travel with the job (stored in its options column).
+CALL_OPTIONS = ("time_limit", "soft_time_limit")
+
+
+class Request:
+    """``self.request`` inside a bound task: the job being run."""
+
+    def __init__(self, id: str | None = None, task: str = "", args: tuple | list = (),
+                 kwargs: dict | None = None, retries: int = 0, is_eager: bool = False,
+                 options: dict | None = None, **extra: Any) -> None:
+        self.id = id
+        self.task = task
+        self.args = args
+        self.kwargs = kwargs or {}
+        self.retries = retries
+        self.is_eager = is_eager
+        self.called_directly = id is None
+        self.options = options or {}
+        self.__dict__.update(extra)
+
+    def __repr__(self) -> str:
+        return f"<Request {self.task}[{self.id}] retries={self.retries}>"
+
+
+class _RequestStack(threading.local):
+    def __init__(self) -> None:
+        self.stack: list[Request] = []
+
+
+def task_name_for(fun: Callable) -> str:
+    module = fun.__module__
+    if module == "__main__":   # a script: name it as `--app script:app` would import it
+        main = sys.modules.get("__main__")
+        spec = getattr(main, "__spec__", None)
+        if spec is not None and spec.name:
+            module = spec.name
+        elif getattr(main, "__file__", None):
+            module = os.path.splitext(os.path.basename(main.__file__))[0]  # type: ignore[union-attr]
+    return f"{module}.{fun.__qualname__}"
+
+
+def new_id() -> str:
+    """A UUID whose leading bits are the time (as UUIDv7), so new ids append to the index."""
+    ms = time.time_ns() // 1_000_000
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (ms << 80) | (0x7 << 76) | ((rand >> 62) & 0xFFF) << 64 | (0b10 << 62) | (rand & ((1 << 62) - 1))
+    return str(uuid.UUID(int=value))
+
+
+class Task:
+    def __init__(self, app: Localq, fun: Callable, options: dict[str, Any]) -> None:
+        unknown = set(options) - set(TASK_OPTIONS)
+        if unknown:
+            raise ConfigurationError(f"unknown task option(s) {', '.join(sorted(unknown))} "
+                                     f"for {fun.__qualname__}")
+        self.app = app
+        self.run = fun
+        self.name: str = options.get("name") or task_name_for(fun)
+        self.__name__ = fun.__name__
+        self.__qualname__ = fun.__qualname__
+        self.__doc__ = fun.__doc__
+        self.__module__ = fun.__module__
+        self.__wrapped__ = fun
+        self._declared = {k: v for k, v in options.items() if v is not None}
+        self._requests = _RequestStack()
+        if "serializer" in self._declared:
+            check_serializer(self._declared["serializer"])
+        parse_rate(self._declared.get("rate_limit"), where=f"rate_limit of {self.name}")
+
+    # -------------------------------------------------------------- options
+
+    def option(self, key: str) -> Any:
+        """The effective value: annotations, then the decorator, then app settings."""
+        annotations = self.app.conf.task_annotations or {}
+        for scope in (self.name, "*"):
+            ann = annotations.get(scope)
+            if ann and key in ann:
+                return ann[key]
+        if key in self._declared:
+            return self._declared[key]
+        conf = self.app.conf
+        fallback = {
+            "queue": None, "priority": conf.task_default_priority,
+            "ignore_result": conf.task_ignore_result,
+            "serializer": conf.task_serializer, "acks_late": conf.task_acks_late,
+            "reject_on_worker_lost": conf.task_reject_on_worker_lost,
+            "time_limit": conf.task_time_limit, "soft_time_limit": conf.task_soft_time_limit,
+            "rate_limit": conf.task_default_rate_limit,
+        }
+        if key in fallback:
+            return fallback[key]
+        return TASK_OPTIONS.get(key)
+
+    def __getattr__(self, key: str) -> Any:
+        # max_retries, time_limit, ... read as attributes, as in Celery.
+        if key in TASK_OPTIONS:
+            return self.option(key)
+        raise AttributeError(key)
+
+    @property
+    def request(self) -> Request:
+        stack = self._requests.stack
+        return stack[-1] if stack else Request()
+
+    def push_request(self, request: Request) -> None:
+        self._requests.stack.append(request)
+
+    def pop_request(self) -> None:
+        self._requests.stack.pop()
+
+    # -------------------------------------------------------------- calling
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.option("bind"):
+            return self.run(self, *args, **kwargs)
+        return self.run(*args, **kwargs)
+
+    def delay(self, *args: Any, **kwargs: Any) -> AsyncResult:
+        return self.apply_async(args, kwargs)
+
+    def apply_async(self, args: tuple | list | None = None, kwargs: dict | None = None, *,
+                    countdown: float | None = None, eta: datetime | float | None = None,
+                    expires: float | datetime | None = None, queue: str | None = None,
+                    priority: int | None = None, task_id: str | None = None,
+                    time_limit: float | None = None, soft_time_limit: float | None = None,
+                    serializer: str | None = None, **ignored: Any) -> AsyncResult:
+        return self.app.send_job(self, tuple(args or ()), dict(kwargs or {}),
+                                 countdown=countdown, eta=eta, expires=expires, queue=queue,
+                                 priority=priority, task_id=task_id, time_limit=time_limit,
+                                 soft_time_limit=soft_time_limit, serializer=serializer,
+                                 ignored=ignored)
+
+    def apply(self, args: tuple | list | None = None, kwargs: dict | None = None,
+              **options: Any) -> AsyncResult:
+        """Run here and now, through the serializer, like eager mode."""
+        from .execute import run_eager
+        return run_eager(self, tuple(args or ()), dict(kwargs or {}), options)
+
+    def AsyncResult(self, task_id: str) -> AsyncResult:  # noqa: N802 - Celery's name
+        return self.app.AsyncResult(task_id)
+
+    def encode_call(self, args: tuple, kwargs: dict, serializer: str | None = None) -> Any:
+        return encode_call(serializer or self.option("serializer"), self.name, args, kwargs)
+
+    # -------------------------------------------------------------- retrying
+
+    def retry(self, args: Any = None, kwargs: Any = None, exc: BaseException | None = None,
+              throw: bool = True, eta: datetime | float | None = None,
+              countdown: float | None = None, max_retries: int | None = None,
+              **options: Any) -> Retry:
+        """Ask for another attempt: ``raise self.retry(exc=exc, countdown=10)``.
+
+        Past ``max_retries`` the original exception is raised (or
+        :class:`MaxRetriesExceededError` when there is none).
+        """
+        request = self.request
+        limit = self.option("max_retries") if max_retries is None else max_retries
+        if request.called_directly:
+            if exc is not None:
+                raise exc
+            raise MaxRetriesExceededError(f"{self.name}: retry() called outside a worker")
+        if limit is not None and request.retries >= limit:
+            if exc is not None:
+                raise exc
+            raise MaxRetriesExceededError(
+                f"Can't retry {self.name}[{request.id}] args:{request.args} "
+                f"kwargs:{request.kwargs}: max_retries={limit} reached")
+        if eta is not None:
+            when = to_timestamp(eta)
+        else:
+            delay = self.option("default_retry_delay") if countdown is None else countdown
+            when = time.time() + float(delay or 0)
+        retry = Retry(exc=exc, when=when)
+        if throw:
+            raise retry
+        return retry
+
+    def __repr__(self) -> str:
+        return f"<@task: {self.name} of {self.app.main_name}>"
+
+
+def to_timestamp(value: datetime | float | int) -> float:
+    """An ETA as epoch seconds: an aware datetime, a naive one (UTC), or a number."""
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return value.timestamp()
+    return float(value)
+
+
+def job_options(task: Task, time_limit: float | None, soft_time_limit: float | None) -> str | None:
+    """The options that travel with a job: per-call limits, and acks_late when False."""
+    opts: dict[str, Any] = {}
+    if time_limit is not None:
+        opts["time_limit"] = float(time_limit)
+    if soft_time_limit is not None:
+        opts["soft_time_limit"] = float(soft_time_limit)
+    if not task.option("acks_late"):
+        opts["acks_late"] = False
+    if not opts:
+        return None
+    return json.dumps(opts, separators=(",", ":"))

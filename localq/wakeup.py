@@ -1,0 +1,150 @@
+"""Doorbells: best-effort wake-ups between processes that share a database.
+
+Each waiting process binds a Unix datagram socket in the database's wake-up
+folder (``<db>.d/``, mode 0700). Producers ring the supervisors' bells
+(``w<pid>``) after an enqueue; supervisors ring the waiters' bells (``g...``)
+after writing outcomes. A ring never blocks and never fails the caller: a
+full or dead bell is skipped (and a dead one removed), because every sleeper
+also re-checks the database on a timer. So a lost ring costs latency, never
+correctness.
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import itertools
+import os
+import socket
+import tempfile
+import threading
+
+# sun_path holds 108 bytes on Linux; leave room for the bell's own name.
+_MAX_FOLDER = 90
+_counter = itertools.count()
+
+
+def wake_folder(db_path: str) -> str:
+    folder = os.path.abspath(db_path) + ".d"
+    if len(folder.encode()) <= _MAX_FOLDER:
+        return folder
+    digest = hashlib.sha1(folder.encode()).hexdigest()[:16]
+    return os.path.join(tempfile.gettempdir(), f"localq-{os.getuid()}", digest)
+
+
+def _ensure_folder(folder: str) -> None:
+    parent = os.path.dirname(folder)
+    if parent.startswith(tempfile.gettempdir()) and not os.path.isdir(parent):
+        os.makedirs(parent, mode=0o700, exist_ok=True)
+    try:
+        os.mkdir(folder, 0o700)
+    except FileExistsError:
+        pass
+
+
+class Doorbell:
+    """A bell of one's own: ``fileno()`` turns readable when someone rings."""
+
+    def __init__(self, folder: str, name: str) -> None:
+        self.folder = folder
+        self.path = os.path.join(folder, name)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.setblocking(False)
+        for _ in range(3):
+            _ensure_folder(folder)
+            try:
+                if os.path.exists(self.path):
+                    os.unlink(self.path)
+                self.sock.bind(self.path)
+                break
+            except FileNotFoundError:   # the folder was removed under us: make it again
+                continue
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def drain_messages(self) -> list[bytes]:
+        messages = []
+        while True:
+            try:
+                messages.append(self.sock.recv(64))
+            except OSError:   # BlockingIOError: nothing more to read
+                return messages
+
+    def close(self) -> None:
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+        self.sock.close()
+        try:
+            os.rmdir(self.folder)      # only succeeds when no other bell is left
+        except OSError:
+            pass
+
+
+class Ringer:
+    """Rings every bell whose name starts with ``prefix`` in a folder.
+
+    The folder listing is cached and re-read only when the folder's mtime
+    changes (a bell came or went), so a ring costs one stat and one sendto
+    per bell.
+    """
+
+    def __init__(self, folder: str, prefix: str) -> None:
+        self.folder = folder
+        self.prefix = prefix
+        self._mtime: float | None = None
+        self._targets: list[str] = []
+        self._sock: socket.socket | None = None
+        self._lock = threading.Lock()
+
+    def ring(self, message: bytes = b"!") -> None:
+        try:
+            with self._lock:
+                self._ring(message)
+        except Exception:
+            pass    # best effort, by design
+
+    def _ring(self, message: bytes) -> None:
+        try:
+            mtime = os.stat(self.folder).st_mtime_ns
+        except OSError:
+            self._targets = []
+            return
+        if mtime != self._mtime:
+            self._mtime = mtime
+            try:
+                names = os.listdir(self.folder)
+            except OSError:
+                names = []
+            self._targets = [os.path.join(self.folder, n) for n in names
+                             if n.startswith(self.prefix)]
+        if not self._targets:
+            return
+        if self._sock is None:
+            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            self._sock.setblocking(False)
+        for target in self._targets:
+            try:
+                self._sock.sendto(message, target)
+            except (BlockingIOError, InterruptedError):
+                pass          # its queue is full: it is awake already
+            except OSError as exc:
+                if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):
+                    try:      # nobody reads it: its owner died without cleaning up
+                        os.unlink(target)
+                    except OSError:
+                        pass
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+
+def waiter_name() -> str:
+    return f"g{os.getpid()}.{next(_counter)}"
+
+
+def supervisor_name() -> str:
+    return f"w{os.getpid()}.{next(_counter)}"
