@@ -101,7 +101,7 @@ class Localq:
                                              f"of them name='...'")
             self.tasks[task.name] = task
             return task
-        if len(args) == 1 and callable(args[0]) and not options:
+        if len(args) == 1 and callable(args[0]):
             return register(args[0])
         if args:
             raise TypeError("use @app.task or @app.task(option=value, ...)")

@@ -1,0 +1,153 @@
+"""Tasks used by the tests; importable by worker subprocesses (``sample_tasks:app``)."""
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from localq import Localq, SoftTimeLimitExceeded
+
+app = Localq()   # the path comes from $LOCALQ_DB (subprocesses) or the app fixture
+
+
+@app.task
+def add(x, y):
+    return x + y
+
+
+@app.task
+def boom(message="boom"):
+    raise ValueError(message)
+
+
+class CustomError(Exception):
+    pass
+
+
+@app.task
+def custom_boom():
+    raise CustomError("custom", 42)
+
+
+@app.task
+def sleep_then(seconds, value=None):
+    time.sleep(seconds)
+    return value
+
+
+@app.task
+def record(path, value):
+    """Append one line per execution: tests count how often each job ran."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, f"{value} {os.getpid()}\n".encode())
+    finally:
+        os.close(fd)
+    return value
+
+
+@app.task
+def slow_record(path, value, seconds):
+    record(path, f"start-{value}")
+    time.sleep(seconds)
+    record(path, value)
+    return value
+
+
+@app.task(bind=True)
+def whoami(self):
+    return {"id": self.request.id, "retries": self.request.retries, "pid": os.getpid()}
+
+
+@app.task
+def getpid():
+    return os.getpid()
+
+
+@app.task(bind=True, max_retries=3, default_retry_delay=0.01)
+def flaky(self, fails, path=None):
+    if path:
+        record(path, self.request.retries)
+    if self.request.retries < fails:
+        raise self.retry(exc=ConnectionError(f"attempt {self.request.retries}"))
+    return self.request.retries
+
+
+@app.task(bind=True, max_retries=2, default_retry_delay=0.01)
+def retry_no_exc(self):
+    raise self.retry()
+
+
+@app.task(autoretry_for=(KeyError,), retry_backoff=0.01, retry_jitter=False, max_retries=4,
+          bind=True)
+def auto(self, fails):
+    if self.request.retries < fails:
+        raise KeyError(f"missing {self.request.retries}")
+    return "ok"
+
+
+@app.task(time_limit=0.5)
+def hard_limited(seconds):
+    time.sleep(seconds)
+    return "finished"
+
+
+@app.task(soft_time_limit=0.3)
+def soft_limited(seconds):
+    try:
+        time.sleep(seconds)
+        return "finished"
+    except SoftTimeLimitExceeded:
+        return "cleaned up"
+
+
+@app.task(time_limit=0.5)
+def stubborn():
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    while True:
+        pass
+
+
+@app.task
+def die(code=1):
+    os._exit(code)
+
+
+@app.task(reject_on_worker_lost=True)
+def die_once(path):
+    if not os.path.exists(path):
+        open(path, "w").close()
+        os._exit(1)
+    return "second time"
+
+
+@app.task(acks_late=False)
+def early_ack(seconds):
+    time.sleep(seconds)
+    return "done"
+
+
+@app.task
+def allocate(mb):
+    data = bytearray(mb * 1024 * 1024)
+    data[::4096] = b"x" * len(data[::4096])
+    return os.getpid()
+
+
+@app.task(rate_limit="10/s")
+def limited(path, i):
+    record(path, f"{i} {time.time()}")
+    return i
+
+
+@app.task(max_concurrency=1)
+def capped(path, i, seconds):
+    record(path, f"in {i} {time.time()}")
+    time.sleep(seconds)
+    record(path, f"out {i} {time.time()}")
+    return i
+
+
+@app.task(serializer="pickle")
+def pickled(value):
+    return value
