@@ -127,10 +127,15 @@ def early_ack(seconds):
     return "done"
 
 
+_hoard: list[bytearray] = []
+
+
 @app.task
 def allocate(mb):
+    """Leak ``mb`` MiB (touched, so resident) in this child, as a leaky task would."""
     data = bytearray(mb * 1024 * 1024)
     data[::4096] = b"x" * len(data[::4096])
+    _hoard.append(data)
     return os.getpid()
 
 
