@@ -71,6 +71,7 @@ class Settings(Mapping[str, Any]):
     def __init__(self) -> None:
         object.__setattr__(self, "_values", dict(DEFAULTS))
         object.__setattr__(self, "_warned", set())
+        object.__setattr__(self, "version", 0)   # bumped on every change: caches key on it
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -108,6 +109,7 @@ class Settings(Mapping[str, Any]):
                                   f"meaning with one SQLite file on one host", stacklevel=3)
                 continue
             self._values[name] = _check(name, value)
+        object.__setattr__(self, "version", self.version + 1)
 
     def from_object(self, obj: Any, namespace: str | None = None) -> None:
         if isinstance(obj, str):

@@ -129,7 +129,14 @@ class Store:
 
     def enqueue(self, job: NewJob) -> bool:
         """Insert one job in its own transaction; False when its id already exists."""
-        with self._read() as conn:
+        # The hot path of delay(): no context managers, one statement (autocommit).
+        with self._lock:
+            try:
+                conn = self._conn or self._db()
+                return conn.execute(_INSERT, job[:12] + (job.group_index,)).rowcount == 1
+            except sqlite3.Error:
+                pass
+        with self._read() as conn:    # again, to turn the error into a clear one
             return conn.execute(_INSERT, _insert_params(job)).rowcount == 1
 
     def enqueue_many(self, jobs: Iterable[NewJob]) -> None:
@@ -141,16 +148,16 @@ class Store:
         with self.transaction() as conn:
             conn.executemany(_INSERT, rows)
 
-    def begin_map(self, name: str, task: str, digest: str, total: int, now: float) -> None:
+    def begin_map(self, name: str, task: str, digest: str, total: int, now: float) -> bool:
         """Record a resumable map, or check that a recorded one has the same inputs; on
-        resume, its failed items are made to run again."""
+        resume, its failed items are made to run again. True when it resumes one."""
         with self.transaction() as conn:
             row = conn.execute("SELECT task, digest FROM maps WHERE name = ?",
                                (name,)).fetchone()
             if row is None:
                 conn.execute("INSERT INTO maps (name, task, digest, total, created) VALUES "
                              "(?, ?, ?, ?, ?)", (name, task, digest, total, now))
-                return
+                return False
             if tuple(row) != (task, digest):
                 raise ConfigurationError(
                     f"a map named {name!r} was already started with other inputs (or another "
@@ -160,6 +167,7 @@ class Store:
                          "traceback = NULL, done = NULL, retries = 0, revoke = 0, eta = 0 "
                          "WHERE group_id = ? AND state IN ('FAILURE', 'REVOKED')",
                          (f"map:{name}",))
+            return True
 
     def drop_map(self, name: str) -> int:
         with self.transaction() as conn:
@@ -173,17 +181,25 @@ class Store:
     @staticmethod
     def _drop_group(conn: sqlite3.Connection, group: str) -> int:
         conn.execute("DELETE FROM attempts WHERE job_seq IN (SELECT seq FROM jobs WHERE "
-                     "group_id = ?)", (group,))
-        return conn.execute("DELETE FROM jobs WHERE group_id = ? AND state <> 'STARTED'",
-                            (group,)).rowcount
+                     "group_id = ? AND state <> 'STARTED')", (group,))
+        deleted = conn.execute("DELETE FROM jobs WHERE group_id = ? AND state <> 'STARTED'",
+                               (group,)).rowcount
+        # A running job keeps its row (its seq is in a worker's hands: deleting the row
+        # could let SQLite hand that seq to a new job), but leaves the group and frees
+        # its id, so a new map under the same name never inherits its late result.
+        conn.execute("UPDATE jobs SET group_id = NULL, id = id || '~dropped~' || seq, "
+                     "revoke = max(revoke, 1) WHERE group_id = ? AND state = 'STARTED'",
+                     (group,))
+        return deleted
 
-    def group_rows(self, group: str, from_index: int, limit: int = 5000) -> list[tuple]:
-        """(index, state, serializer, result, exc_type, traceback) of a map's jobs."""
+    def map_results(self, group: str, lo: int, hi: int) -> list[tuple]:
+        """(index, state, serializer, result, exc_type, traceback) of the finished jobs
+        of a map whose index is in [lo, hi)."""
         with self._read() as conn:
             return conn.execute("SELECT group_index, state, serializer, result, exc_type, "
                                 "traceback FROM jobs WHERE group_id = ? AND group_index >= ? "
-                                "ORDER BY group_index LIMIT ?",
-                                (group, from_index, limit)).fetchall()
+                                "AND group_index < ? AND state IN ('SUCCESS', 'FAILURE', "
+                                "'REVOKED')", (group, lo, hi)).fetchall()
 
     # -------------------------------------------------------------- rate limits
 

@@ -17,10 +17,12 @@ import os
 import socket
 import tempfile
 import threading
+import time
 
 # sun_path holds 108 bytes on Linux; leave room for the bell's own name.
 _MAX_FOLDER = 90
 _counter = itertools.count()
+RELIST = 0.05
 
 
 def wake_folder(db_path: str) -> str:
@@ -94,6 +96,7 @@ class Ringer:
         self.folder = folder
         self.prefix = prefix
         self._mtime: float | None = None
+        self._checked = 0.0
         self._targets: list[str] = []
         self._sock: socket.socket | None = None
         self._lock = threading.Lock()
@@ -106,11 +109,18 @@ class Ringer:
             pass    # best effort, by design
 
     def _ring(self, message: bytes) -> None:
-        try:
-            mtime = os.stat(self.folder).st_mtime_ns
-        except OSError:
-            self._targets = []
-            return
+        now = time.monotonic()
+        # Look at the folder at most every RELIST seconds: a bell that appears
+        # meanwhile belongs to a process that checks the database when it starts.
+        if now - self._checked >= RELIST:
+            self._checked = now
+            try:
+                mtime = os.stat(self.folder).st_mtime_ns
+            except OSError:
+                self._targets = []
+                return
+        else:
+            mtime = self._mtime
         if mtime != self._mtime:
             self._mtime = mtime
             try:
