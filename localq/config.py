@@ -145,9 +145,21 @@ def _check(name: str, value: Any) -> Any:
     if name == "task_default_rate_limit":
         from .limits import parse_rate
         parse_rate(value, where=name)
-    if name == "task_annotations" and value is not None and not isinstance(value, Mapping):
-        raise ConfigurationError("task_annotations must be a dict such as "
-                                 "{'module.task': {'rate_limit': '10/s'}, '*': {...}}")
+    if name == "task_annotations" and value is not None:
+        if not isinstance(value, Mapping) or not all(isinstance(v, Mapping)
+                                                      for v in value.values()):
+            raise ConfigurationError("task_annotations must be a dict such as "
+                                     "{'module.task': {'rate_limit': '10/s'}, '*': {...}}")
+        from .limits import parse_rate
+        from .task import ANNOTATABLE
+        for scope, options in value.items():
+            unknown = set(options) - set(ANNOTATABLE)
+            if unknown:
+                warnings.warn(f"task_annotations[{scope!r}]: localq ignores "
+                              f"{', '.join(sorted(unknown))} (it annotates "
+                              f"{', '.join(ANNOTATABLE)})", stacklevel=4)
+            if "rate_limit" in options:
+                parse_rate(options["rate_limit"], where=f"task_annotations[{scope!r}] rate_limit")
     if name == "database_synchronous" and str(value).upper() not in ("NORMAL", "FULL"):
         raise ConfigurationError("database_synchronous must be 'NORMAL' or 'FULL'")
     return value

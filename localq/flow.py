@@ -37,6 +37,8 @@ class FlowControl:
         self.app = app
         self.store = store
         self._refill_at: float | None = None
+        self._declared_version: object = None
+        self._declared: tuple[dict[str, Rate], dict[str, int], set[str]] = ({}, {}, set())
 
     def next_refill(self) -> float | None:
         """Wall-clock time at which a throttled task with waiting jobs gets a token."""
@@ -47,18 +49,7 @@ class FlowControl:
 
     def claim(self, conn: sqlite3.Connection, owner: int, queues: list[str], slots: int,
               now: float) -> list[Claimed]:
-        declared: dict[str, Rate | None] = {}
-        caps: dict[str, int] = {}
-        lanes: set[str] = set()
-        for name, task in self.app.tasks.items():
-            rate = parse_rate(task.option("rate_limit"))
-            cap = task.option("max_concurrency")
-            if rate:
-                declared[name] = rate
-            if cap:
-                caps[name] = int(cap)
-            if rate or cap:
-                lanes.add(name)
+        declared, caps, lanes = self._declared_limits()
         buckets = self.store.buckets(conn)
         rates: dict[str, Rate] = {}
         for name in set(declared) | set(buckets):
@@ -109,6 +100,23 @@ class FlowControl:
                     at = next_token_at(tokens, now, rate)
                     self._refill_at = at if self._refill_at is None else min(self._refill_at, at)
         return claimed
+
+    def _declared_limits(self) -> tuple[dict[str, Rate], dict[str, int], set[str]]:
+        """Rate limits, caps and lanes the app declares; recomputed when settings change."""
+        version = (self.app.conf.version, len(self.app.tasks))
+        if version != self._declared_version:
+            declared: dict[str, Rate] = {}
+            caps: dict[str, int] = {}
+            for name, task in self.app.tasks.items():
+                rate = parse_rate(task.option("rate_limit"))
+                cap = task.option("max_concurrency")
+                if rate:
+                    declared[name] = rate
+                if cap:
+                    caps[name] = int(cap)
+            self._declared = (declared, caps, set(declared) | set(caps))
+            self._declared_version = version
+        return self._declared
 
     def finished(self, count: int) -> None:
         """Jobs finished; a capped task may run again (checked at the next claim)."""

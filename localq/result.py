@@ -49,14 +49,18 @@ def _my_bell(db_path: str) -> Doorbell:
     return bell
 
 
-def close_bells() -> None:
+def close_bells(folder: str | None = None) -> None:
+    """Close this process's waiter bells: all of them, or those in one wake-up folder
+    (the pytest plugin does this before it deletes a test's database)."""
     if _bells_pid != os.getpid():
         return
     with _bells_lock:
-        for bell in _all_bells:
+        for bell in [b for b in _all_bells if folder is None or b.folder == folder]:
             bell.close()
-        _all_bells.clear()
-    _bells.__dict__.clear()
+            _all_bells.remove(bell)
+    by_folder = _bells.__dict__.get("by_folder", {})
+    for key in [k for k in by_folder if folder is None or k == folder]:
+        del by_folder[key]
 
 
 class Waiter:

@@ -112,7 +112,16 @@ class Supervisor:
                 os.write(self.ready_fd, b"ready\n")
                 os.close(self.ready_fd)
                 self.ready_fd = None
-            self._loop()
+            profile_dir = os.environ.get("LOCALQ_PROFILE_DIR")
+            if profile_dir:    # for benchmarks/: where the supervisor spends its time
+                import cProfile
+                profiler = cProfile.Profile()
+                try:
+                    profiler.runcall(self._loop)
+                finally:
+                    profiler.dump_stats(os.path.join(profile_dir, f"supervisor-{os.getpid()}.prof"))
+            else:
+                self._loop()
         finally:
             self._finish()
         return self.exit_code

@@ -36,7 +36,9 @@ TASK_OPTIONS: dict[str, Any] = {
 # Options that task_annotations may override (Celery's annotation targets).
 ANNOTATABLE = ("rate_limit", "time_limit", "soft_time_limit", "max_retries",
                "default_retry_delay", "acks_late", "ignore_result", "queue", "priority",
-               "max_concurrency", "reject_on_worker_lost", "serializer")
+               "max_concurrency", "reject_on_worker_lost", "serializer", "autoretry_for",
+               "retry_backoff", "retry_backoff_max", "retry_jitter", "retry_kwargs",
+               "expires")
 # Per-call options that travel with the job (stored in its options column).
 CALL_OPTIONS = ("time_limit", "soft_time_limit")
 
@@ -153,7 +155,8 @@ class Task:
         values.update(self._declared)
         annotations = conf.task_annotations or {}
         for scope in ("*", self.name):      # the task's own annotation wins over "*"
-            values.update(annotations.get(scope) or {})
+            values.update((k, v) for k, v in (annotations.get(scope) or {}).items()
+                          if k in ANNOTATABLE)
         return values
 
     def __getattr__(self, key: str) -> Any:
