@@ -1,0 +1,50 @@
+"""Every Python example in the README runs, as a user would paste it into a file."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+BLOCKS = re.findall(r"```python\n(.*?)```", README, re.S)
+
+
+def test_readme_has_examples_and_the_two_commands():
+    assert len(BLOCKS) >= 5
+    bash = re.findall(r"```bash\n(.*?)```", README, re.S)
+    assert "examples/quickstart.py" in bash[0]
+    test_command = bash[1].strip()
+    assert "pytest" in test_command
+    assert test_command.split("&& ", 2)[2] in (ROOT / ".ci" / "run").read_text()
+
+
+@pytest.mark.parametrize("index", range(len(BLOCKS)))
+def test_readme_example_runs(index, tmp_path):
+    script = tmp_path / f"example_{index}.py"
+    script.write_text(BLOCKS[index])
+    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT), LOCALQ_DB=""))
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    expected = [m.group(1).split(" (")[0].strip() for m in
+                re.finditer(r"^\s*print\(.*\)\s+#\s*(?!about)(.+)$", BLOCKS[index], re.M)
+                if "or:" not in m.group(1)]
+    printed = proc.stdout.splitlines()
+    for want in expected:
+        assert any(line.strip() == want for line in printed), (want, proc.stdout)
+
+
+def test_quickstart_example_runs_on_the_default_database(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "examples" / "quickstart.py")],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env={k: v for k, v in dict(os.environ, PYTHONPATH=str(ROOT)).items()
+                               if k != "LOCALQ_DB"})
+    assert proc.returncode == 0, proc.stderr
+    assert "add(2, 3) = 5" in proc.stdout
+    assert (tmp_path / "localq.db").exists()
