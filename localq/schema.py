@@ -55,7 +55,6 @@ CREATE INDEX jobs_lane ON jobs(lane, priority DESC, seq)
     WHERE state IN ('PENDING', 'RETRY') AND lane IS NOT NULL;
 CREATE INDEX jobs_delayed ON jobs(eta) WHERE state IN ('PENDING', 'RETRY') AND eta > 0;
 CREATE INDEX jobs_running ON jobs(task) WHERE state = 'STARTED';
-CREATE INDEX jobs_done ON jobs(done) WHERE done IS NOT NULL;
 CREATE INDEX jobs_group ON jobs(group_id, group_index) WHERE group_id IS NOT NULL;
 CREATE TABLE attempts (
     job_seq   INTEGER NOT NULL,

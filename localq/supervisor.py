@@ -82,6 +82,10 @@ class Supervisor:
         self.cold = False
         self.exit_code = 0
         self._signals: list[int] = []
+        self.expiry_cursor = 0
+        self._hard_limits: dict[str, float | None] = {}
+        self._limits_version = -1
+        self.next_expiry = 0.0
 
     # -------------------------------------------------------------- lifecycle
 
@@ -188,7 +192,12 @@ class Supervisor:
             if mono - last_recovery >= RECOVERY_EVERY:
                 last_recovery = mono
                 self._recover(time.time(), everyone=False)
-                self._expire_results()
+            if mono >= self.next_expiry:
+                # One bounded step of the sweep; the next one soon if there is more,
+                # but at most every 50 ms while jobs are flowing.
+                more = self._expire_results()
+                busy = bool(self.outcomes or self.ready or self.want_work)
+                self.next_expiry = mono + (RECOVERY_EVERY if not more else 0.05 if busy else 0)
 
     def _waitables(self) -> list[Any]:
         objs: list[Any] = [self.bell, self._sig_r]
@@ -201,7 +210,7 @@ class Supervisor:
         if self.outcomes or (self.want_work and self._free_slots() > 0 and not self.stopping):
             return 0.0
         mono = time.monotonic()
-        deadline = min(last_check + FALLBACK_CHECK,
+        deadline = min(last_check + FALLBACK_CHECK, self.next_expiry,
                        last_heartbeat + self.app.conf.worker_heartbeat_interval)
         for child in self.children.values():
             if child.sigkill_at is not None:
@@ -280,15 +289,17 @@ class Supervisor:
 
     def _take_outcomes(self, child: Child, outcomes: list[tuple]) -> None:
         child.last_report = time.monotonic()
+        busy = 0.0
         for t in outcomes:
             outcome = Outcome(*t)
             job = self._pop_inflight(child, outcome.seq)
-            child.note_duration(max(0.0, outcome.ended - (outcome.started or outcome.ended)))
+            busy += outcome.ended - (outcome.started or outcome.ended)
             if outcome.state == "FAILURE":
                 log.error("Task %s[%s] raised: %s\n%s", job.task if job else "?",
                           job.id if job else "?", outcome.exc_message,
                           (outcome.traceback or "").rstrip())
             self.outcomes.append(outcome)
+        child.note_duration(max(0.0, busy / len(outcomes)))
         self.final_outcomes = True
         self.flow.finished(len(outcomes))
 
@@ -371,14 +382,7 @@ class Supervisor:
     # -------------------------------------------------------------- claiming
 
     def _free_slots(self) -> int:
-        free = 0
-        for child in self.children.values():
-            if child.leaving is not None or child.kill_reason is not None or child.replaced:
-                continue
-            room = child.prefetch() - len(child.inflight)
-            if self.max_tasks:
-                room = min(room, self.max_tasks - child.handed)
-            free += max(0, room)
+        free = sum(self._room(child) for child in self.children.values())
         return max(0, free - len(self.ready))
 
     def _turn(self) -> None:
@@ -413,30 +417,44 @@ class Supervisor:
                     self.next_due = self.store.next_due(self.queues)
         self._dispatch()
 
+    def _room(self, child: Child) -> int:
+        """How many more jobs this child should be handed now."""
+        if child.leaving is not None or child.kill_reason is not None or child.replaced:
+            return 0
+        room = child.prefetch() - len(child.inflight)
+        if self.max_tasks:
+            room = min(room, self.max_tasks - child.handed)
+        return max(0, room)
+
+    def _hard_limit(self, job: Claimed) -> float | None:
+        if job.options is not None:        # per-call limits travel with the job
+            return job_limits(self.app.tasks.get(job.task), job.options, None, None)[2]
+        if self._limits_version != self.app.conf.version:
+            self._limits_version = self.app.conf.version
+            self._hard_limits.clear()
+        try:
+            return self._hard_limits[job.task]
+        except KeyError:
+            hard = job_limits(self.app.tasks.get(job.task), None, None, None)[2]
+            self._hard_limits[job.task] = hard
+            return hard
+
     def _dispatch(self) -> None:
         if not self.ready:
             return
         mono = time.monotonic()
+        ready = self.ready
         for child in list(self.children.values()):
-            if not self.ready:
+            if not ready:
                 break
-            if child.leaving is not None or child.kill_reason is not None or child.replaced:
-                continue
-            room = child.prefetch() - len(child.inflight)
-            if self.max_tasks:
-                room = min(room, self.max_tasks - child.handed)
+            room = min(self._room(child), len(ready))
             if room <= 0:
                 continue
-            batch = []
-            for _ in range(min(room, len(self.ready))):
-                job = self.ready.popleft()
-                task = self.app.tasks.get(job.task)
-                _, _, hard = job_limits(task, job.options, None, None)
-                child.inflight.append(Inflight(job, hard, mono))
-                batch.append((job.seq, job.id, job.task, job.serializer, job.payload,
-                              job.options, job.retries))
-            child.handed += len(batch)
-            child.conn.send(batch)
+            jobs = [ready.popleft() for _ in range(room)]
+            child.inflight.extend(Inflight(job, self._hard_limit(job), mono) for job in jobs)
+            # (seq, id, task, serializer, payload, options, retries): the child's tuple
+            child.conn.send([job[:7] for job in jobs])
+            child.handed += room
             if self.max_tasks and child.handed >= self.max_tasks and not child.replaced:
                 child.replaced = True      # it leaves after these: start its successor now
                 self._keep_pool_whole()
@@ -470,11 +488,15 @@ class Supervisor:
                             failed)
                 self.want_work = True
 
-    def _expire_results(self) -> None:
+    def _expire_results(self) -> bool:
+        """One bounded step of result expiry; True when there is more to look at now."""
         expires = self.app.conf.result_expires
-        if expires:
-            seconds = expires.total_seconds() if hasattr(expires, "total_seconds") else expires
-            self.store.expire_results(time.time() - float(seconds))
+        if not expires or self.stopping:
+            return False
+        seconds = expires.total_seconds() if hasattr(expires, "total_seconds") else expires
+        _, self.expiry_cursor = self.store.expire_results(time.time() - float(seconds),
+                                                          self.expiry_cursor)
+        return self.expiry_cursor != 0
 
     # -------------------------------------------------------------- stopping
 

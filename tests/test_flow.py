@@ -158,3 +158,14 @@ def test_status_shows_running_waiting_and_failing(app):
     assert "workers  1" in text and "sample_tasks.sleep_then" in text
     assert "running" in text and r.id in text
     assert "latest failures" in text and "ValueError" in text
+
+
+def test_result_expires_deletes_old_results_in_the_background(app):
+    from sample_tasks import add
+    app.conf.result_expires = 0.5
+    with app.worker(concurrency=1):
+        old = add.delay(1, 1)
+        assert old.get(timeout=10) == 2
+        wait_for(lambda: app.store.job(old.id) is None, timeout=30, what="the result to expire")
+        fresh = add.delay(2, 2)
+        assert fresh.get(timeout=10) == 4
