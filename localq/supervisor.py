@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("localq.worker")
 
 FALLBACK_CHECK = 0.5     # seconds between data_version checks when idle
+MAX_QUEUED_BYTES = 64 * 1024   # arguments queued in a busy child's channel, at most
 RECOVERY_EVERY = 5.0     # seconds between looks for dead workers
 
 
@@ -206,8 +207,19 @@ class Supervisor:
         objs.extend(c.conn for c in self.children.values())
         return objs
 
+    def _should_claim(self, slots: int) -> bool:
+        """Claim now? Only if there may be work and room for it, and either outcomes are
+        to be written anyway (one transaction does both) or a child sits idle. A ring
+        while every child still has work waits for the next batch of outcomes, so a
+        stream of enqueues does not turn into a stream of claim transactions that
+        compete with the producer for the write lock."""
+        if not self.want_work or slots <= 0 or self.stopping:
+            return False
+        return bool(self.outcomes) or any(not c.inflight and self._room(c) > 0
+                                          for c in self.children.values())
+
     def _timeout(self, last_check: float, last_heartbeat: float) -> float:
-        if self.outcomes or (self.want_work and self._free_slots() > 0 and not self.stopping):
+        if self.outcomes or self._should_claim(self._free_slots()):
             return 0.0
         mono = time.monotonic()
         deadline = min(last_check + FALLBACK_CHECK, self.next_expiry,
@@ -388,7 +400,7 @@ class Supervisor:
     def _turn(self) -> None:
         """Write outcomes and claim work in one transaction, then hand work out."""
         slots = 0 if self.stopping else self._free_slots()
-        claim = self.want_work and slots > 0
+        claim = self._should_claim(slots)
         if self.outcomes or claim:
             outcomes, self.outcomes = self.outcomes, []
             if any(o.state in ("RETRY", "PENDING") for o in outcomes):
@@ -450,7 +462,19 @@ class Supervisor:
             room = min(self._room(child), len(ready))
             if room <= 0:
                 continue
-            jobs = [ready.popleft() for _ in range(room)]
+            # Never block the loop on a full channel: a busy child is handed at most
+            # MAX_QUEUED_BYTES of arguments; an idle one (reading) takes any size.
+            budget = MAX_QUEUED_BYTES - sum(len(i.job.payload or b"") for i in child.inflight)
+            jobs = []
+            while ready and len(jobs) < room:
+                size = len(ready[0].payload or b"")
+                if size > budget and (jobs or child.inflight):
+                    break
+                budget -= size
+                jobs.append(ready.popleft())
+            if not jobs:
+                continue
+            room = len(jobs)
             child.inflight.extend(Inflight(job, self._hard_limit(job), mono) for job in jobs)
             # (seq, id, task, serializer, payload, options, retries): the child's tuple
             child.conn.send([job[:7] for job in jobs])

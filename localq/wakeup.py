@@ -23,6 +23,7 @@ import time
 _MAX_FOLDER = 90
 _counter = itertools.count()
 RELIST = 0.05
+REFRESH = 1.0
 
 
 def wake_folder(db_path: str) -> str:
@@ -87,16 +88,18 @@ class Doorbell:
 class Ringer:
     """Rings every bell whose name starts with ``prefix`` in a folder.
 
-    The folder listing is cached and re-read only when the folder's mtime
-    changes (a bell came or went), so a ring costs one stat and one sendto
-    per bell.
+    The folder listing is cached: re-read when the folder's mtime changes, at
+    least every REFRESH seconds (an mtime can stay the same when one bell goes
+    and another comes within its granularity), and at once when a cached bell
+    turns out to be dead, so that its successor is rung in the same call.
     """
 
     def __init__(self, folder: str, prefix: str) -> None:
         self.folder = folder
         self.prefix = prefix
-        self._mtime: float | None = None
+        self._mtime: int | None = None
         self._checked = 0.0
+        self._listed = 0.0
         self._targets: list[str] = []
         self._sock: socket.socket | None = None
         self._lock = threading.Lock()
@@ -117,23 +120,30 @@ class Ringer:
             try:
                 mtime = os.stat(self.folder).st_mtime_ns
             except OSError:
-                self._targets = []
+                self._targets, self._mtime = [], None
                 return
-        else:
-            mtime = self._mtime
-        if mtime != self._mtime:
-            self._mtime = mtime
-            try:
-                names = os.listdir(self.folder)
-            except OSError:
-                names = []
-            self._targets = [os.path.join(self.folder, n) for n in names
-                             if n.startswith(self.prefix)]
-        if not self._targets:
-            return
+            if mtime != self._mtime or now - self._listed >= REFRESH:
+                self._mtime = mtime
+                self._list(now)
+        if self._targets and not self._send_all(message):
+            self._list(now)               # a bell was dead: ring whoever is there now
+            self._send_all(message)
+
+    def _list(self, now: float) -> None:
+        self._listed = now
+        try:
+            names = os.listdir(self.folder)
+        except OSError:
+            names = []
+        self._targets = [os.path.join(self.folder, n) for n in names
+                         if n.startswith(self.prefix)]
+
+    def _send_all(self, message: bytes) -> bool:
+        """Ring every cached bell; False if one of them was dead (and removed)."""
         if self._sock is None:
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             self._sock.setblocking(False)
+        all_alive = True
         for target in self._targets:
             try:
                 self._sock.sendto(message, target)
@@ -141,10 +151,12 @@ class Ringer:
                 pass          # its queue is full: it is awake already
             except OSError as exc:
                 if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):
+                    all_alive = False
                     try:      # nobody reads it: its owner died without cleaning up
                         os.unlink(target)
                     except OSError:
                         pass
+        return all_alive
 
     def close(self) -> None:
         if self._sock is not None:
