@@ -193,13 +193,32 @@ class Localq:
 
     # -------------------------------------------------------------- scripts
 
-    def map(self, task: Task, iterable: Iterable, **options: Any) -> list:
-        from .mapping import run_map
-        return run_map(self, task, ((item,) for item in iterable), **options)
+    def map(self, task: Task, iterable: Iterable, *, progress: bool = False,
+            resume: str | None = None, timeout: float | None = None,
+            queue: str | None = None, priority: int | None = None) -> list:
+        """Run ``task(item)`` for every item on the workers; return the results in order.
 
-    def starmap(self, task: Task, iterable: Iterable[Iterable], **options: Any) -> list:
+        ``progress=True`` shows done/total, rate, time left and failures on stderr.
+        ``resume="name"`` records the map under that name: run again after a crash
+        (even kill -9) with the same inputs, finished items are not computed again;
+        other inputs under that name are an error. ``timeout`` bounds the whole wait.
+
+        The first failure seen is raised with its original type. The rest: without
+        ``resume``, the jobs not started yet are cancelled and the running ones
+        finish; with ``resume``, nothing is cancelled, and a second run reuses every
+        stored success and runs the failed items again.
+        """
         from .mapping import run_map
-        return run_map(self, task, (tuple(args) for args in iterable), **options)
+        return run_map(self, task, ((item,) for item in iterable), progress=progress,
+                       resume=resume, timeout=timeout, queue=queue, priority=priority)
+
+    def starmap(self, task: Task, iterable: Iterable[Iterable], *, progress: bool = False,
+                resume: str | None = None, timeout: float | None = None,
+                queue: str | None = None, priority: int | None = None) -> list:
+        """:meth:`map` with one tuple of arguments per call: ``task(*args)``."""
+        from .mapping import run_map
+        return run_map(self, task, (tuple(args) for args in iterable), progress=progress,
+                       resume=resume, timeout=timeout, queue=queue, priority=priority)
 
     def drop_map(self, name: str) -> int:
         """Forget a resumable map (``resume=name``) and its stored results."""

@@ -65,14 +65,17 @@ def run_map(app: Localq, task: Task, calls: Iterable[tuple], *, progress: bool =
     run them) and a second run with the same name reuses every stored success
     and runs again the failed items and those never run. The same holds when
     the wait ends by ``timeout`` or by Ctrl-C.
+
+    In eager mode (``task_always_eager``) the calls run here, one after the
+    other, through the serializer; ``progress`` is shown, ``resume`` is ignored.
     """
     calls = [c if type(c) is tuple else tuple(c) for c in calls]
     if resume is not None:
         check_map_name(resume)
+    serializer = check_serializer(task.option("serializer"))
+    payloads = _encode_calls(task, serializer, calls)   # a bad item fails before any runs
     if app.conf.task_always_eager:
         return _run_eager(task, calls, progress)
-    serializer = check_serializer(task.option("serializer"))
-    payloads = _encode_calls(task, serializer, calls)
     total = len(calls)
     if resume is not None:
         group = f"map:{resume}"
@@ -86,13 +89,13 @@ def run_map(app: Localq, task: Task, calls: Iterable[tuple], *, progress: bool =
         if progress:
             Progress(0).close(0, 0)
         return []
-    _enqueue(app, task, group, serializer, payloads, queue, priority)
-    if not app.store.workers():
-        warnings.warn(f"no localq worker is running on {app.path}: the map waits for one "
-                      f"(start one with `with app.worker():` or `python -m localq worker`)",
-                      RuntimeWarning, stacklevel=3)
     finished = False
     try:
+        _enqueue(app, task, group, serializer, payloads, queue, priority)
+        if not app.store.workers():
+            warnings.warn(f"no localq worker is running on {app.path}: the map waits for "
+                          f"one (start one with `with app.worker():` or `python -m localq "
+                          f"worker`)", RuntimeWarning, stacklevel=3)
         results = _collect(app, group, total, Progress(total) if progress else None,
                            resumed=resumed, timeout=timeout)
         finished = True

@@ -30,6 +30,7 @@ class Progress:
         self.label = label
         self.start = time.monotonic()
         self.last_draw: float | None = None
+        self.last_text = ""
         self.base = 0           # items found done at the start (a resumed map)
         self.closed = False
 
@@ -68,9 +69,13 @@ class Progress:
         if self.closed:
             return
         self.closed = True
-        self._write(self.line(done, failures), final=True)
+        text = self.line(done, failures)
+        if not self.tty and text == self.last_text:
+            return            # that very line is the last one already
+        self._write(text, final=True)
 
     def _write(self, text: str, final: bool) -> None:
+        self.last_text = text
         try:
             if self.tty:
                 self.stream.write("\r\x1b[2K" + text + ("\n" if final else ""))

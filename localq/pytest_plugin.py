@@ -59,8 +59,11 @@ def localq_app() -> Localq:
 def localq_worker(localq_app: Localq, request: pytest.FixtureRequest
                   ) -> Iterator[EmbeddedWorker]:
     """A real worker for ``localq_app`` on a fresh database, stopped after the test."""
-    concurrency = int(request.config.getini("localq_worker_concurrency")
-                      or DEFAULT_CONCURRENCY)
+    try:
+        concurrency = int(request.config.getini("localq_worker_concurrency")
+                          or DEFAULT_CONCURRENCY)
+    except ValueError:      # the fixture imported into a test module, the plugin not loaded
+        concurrency = DEFAULT_CONCURRENCY
     with _temporary_database(localq_app):
         worker = EmbeddedWorker(localq_app, concurrency=concurrency)
         worker.start()
