@@ -4,7 +4,8 @@
 
 Prints, for each: items/s of the map call alone (the pool or the worker is
 already running), the best and the median of the repeats, and the ratio
-localq / Pool. Also: the enqueue rate of a map's jobs (encode + insert in
+localq / Pool (and against Pool with chunksize=1: one message per item,
+closer to what a queue does). Also: the enqueue rate of a map's jobs (encode + insert in
 large transactions, no worker competing for the CPU), and start to first
 result of an embedded worker (fork the supervisor and its children, one
 ``delay().get()``). Pool is the ceiling: it keeps nothing on disk.
@@ -68,13 +69,14 @@ def bench_enqueue(folder: str, items: int, repeat: int) -> list[float]:
     return rates
 
 
-def bench_pool(items: int, repeat: int, concurrency: int) -> list[float]:
+def bench_pool(items: int, repeat: int, concurrency: int, chunksize: int | None = None
+               ) -> list[float]:
     rates = []
     with multiprocessing.get_context("fork").Pool(concurrency) as pool:
         pool.map(pool_noop, range(10))
         for _ in range(repeat):
             t = time.perf_counter()
-            results = pool.map(pool_noop, range(items))
+            results = pool.map(pool_noop, range(items), chunksize)
             rates.append(items / (time.perf_counter() - t))
             assert len(results) == items
     return rates
@@ -95,14 +97,18 @@ def main() -> None:
         enqueue = bench_enqueue(folder, args.items, args.repeat)
         lq = bench_localq(folder, args.items, args.repeat, args.concurrency)
     pool = bench_pool(args.items, args.repeat, args.concurrency)
+    pool_one = bench_pool(args.items, args.repeat, args.concurrency, chunksize=1)
     print(f"{args.items:,} no-op items, {args.concurrency} children, {args.repeat} runs "
           f"(python {sys.version.split()[0]}, {os.cpu_count()} CPUs)")
     print(f"start to first result (embedded worker)  {lq['first'] * 1000:.0f} ms")
     print(show("map enqueue (encode + insert)", enqueue))
     print(show("localq app.map", lq["rates"]))
     print(show(f"multiprocessing.Pool({args.concurrency}).map", pool))
+    print(show("  the same with chunksize=1", pool_one))
     print(f"ratio localq / Pool (median)             "
-          f"{statistics.median(lq['rates']) / statistics.median(pool):.3f}")
+          f"{statistics.median(lq['rates']) / statistics.median(pool):.4f}")
+    print(f"ratio localq / Pool chunksize=1 (median) "
+          f"{statistics.median(lq['rates']) / statistics.median(pool_one):.3f}")
 
 
 if __name__ == "__main__":
