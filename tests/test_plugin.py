@@ -24,7 +24,7 @@ from typing import Iterator
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCS = ROOT / "docs" / "scripts-and-tests.md"
+DOCS = ROOT / "README.md"
 
 
 def entry_point_site(tmp_path: Path) -> Path:
@@ -205,7 +205,7 @@ def test_with_autoloading_off_the_plugin_loads_with_p(tmp_path):
 
 
 def doc_files() -> dict[str, str]:
-    """The files shown in docs/scripts-and-tests.md (code blocks opening with ``# file:``)."""
+    """The files shown in the README (code blocks opening with ``# file:``)."""
     found = re.findall(r"```python\n# file: (\S+)\n(.*?)```", DOCS.read_text(), re.S)
     return {name: body for name, body in found}
 
