@@ -24,6 +24,9 @@ if TYPE_CHECKING:
     from .app import Localq
 
 
+LANE_SWEEP = 3.0    # seconds between moves of runtime-throttled jobs into their lanes
+
+
 def lane_for(task: object) -> str | None:
     """The lane a producer puts a job in: the task's name when it is throttled."""
     option = getattr(task, "option")
@@ -38,6 +41,8 @@ class FlowControl:
         self.store = store
         self._refill_at: float | None = None
         self._declared_version: object = None
+        self._next_sweep = 0.0
+        self._waiting_lanes: set[str] = set()
         self._declared: tuple[dict[str, Rate], dict[str, int], set[str]] = ({}, {}, set())
 
     def next_refill(self) -> float | None:
@@ -58,8 +63,18 @@ class FlowControl:
             if rate:
                 rates[name] = rate
         throttled = set(rates) | set(caps)
-        # Runtime-only limits on tasks sent without one: keep them out of the main claim.
-        exclude = sorted(throttled - lanes)
+        # A limit set only at run time, on a task sent without one: its waiting jobs
+        # are moved to its lane every few seconds (a scan, but not one per claim), and
+        # the main claim skips any that arrived since.
+        runtime_only = throttled - lanes
+        if now >= self._next_sweep:
+            self._next_sweep = now + LANE_SWEEP
+            for name in runtime_only:
+                self.store.move_to_lane(conn, name)
+            # Lanes with waiting jobs that this app does not throttle (a limit removed,
+            # or jobs sent by a newer app): claimed like any other, so none is stranded.
+            self._waiting_lanes = set(self.store.waiting_lanes(conn))
+        exclude = sorted(runtime_only)
         claimed: list[Claimed] = []
         for queue in queues:
             if len(claimed) >= slots:
@@ -67,10 +82,11 @@ class FlowControl:
             claimed += self.store.claim(conn, owner, queue, slots - len(claimed), now,
                                         exclude=exclude)
         self._refill_at = None
-        if not throttled and not lanes:
+        names = throttled | lanes | self._waiting_lanes
+        if not names:
             return claimed
         running = self.store.running_counts(conn, sorted(caps)) if caps else {}
-        for name in sorted(throttled | lanes):
+        for name in sorted(names):
             allowance = slots - len(claimed)
             if allowance <= 0:
                 break
@@ -89,12 +105,12 @@ class FlowControl:
                     if len(got) >= allowance:
                         break
                     got += self.store.claim(conn, owner, queue, allowance - len(got), now,
-                                            lane=name if name in lanes else None,
-                                            only=None if name in lanes else name)
+                                            lane=name)
                 claimed += got
             if rate:
                 tokens -= len(got)
-                self.store.save_bucket(conn, name, tokens, now)
+                if got:   # refill() is a function of time: untouched buckets need no write
+                    self.store.save_bucket(conn, name, tokens, now)
                 # Jobs may still be waiting for a token: wake when the next one drips in.
                 if allowance <= 0 or len(got) >= allowance:
                     at = next_token_at(tokens, now, rate)

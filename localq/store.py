@@ -348,8 +348,7 @@ class Store:
     # -------------------------------------------------------------- claiming
 
     def claim(self, conn: sqlite3.Connection, owner: int, queue: str, limit: int, now: float,
-              lane: str | None = None, exclude: Sequence[str] = (),
-              only: str | None = None) -> list[Claimed]:
+              lane: str | None = None, exclude: Sequence[str] = ()) -> list[Claimed]:
         """Claim up to ``limit`` due jobs of one queue (or one lane) inside ``conn``'s
         transaction, highest priority first, then oldest first."""
         if lane is None:
@@ -358,9 +357,6 @@ class Store:
         else:
             where = f"{READY_WHERE} AND lane IS NOT NULL AND lane = ? AND queue = ? AND eta <= ?"
             params = [lane, queue, now]
-        if only is not None:
-            where += " AND task = ?"
-            params.append(only)
         if exclude:
             where += f" AND task NOT IN ({','.join('?' * len(exclude))})"
             params.extend(exclude)
@@ -371,6 +367,24 @@ class Store:
             "expires, revoke", [owner, now, *params, limit]).fetchall()
         rows.sort(key=lambda r: (-r[0], r[1]))
         return [Claimed(*r[1:]) for r in rows]
+
+    @staticmethod
+    def move_to_lane(conn: sqlite3.Connection, task: str) -> int:
+        """Move a task's waiting jobs out of the main claim order into its own lane."""
+        return conn.execute(f"UPDATE jobs SET lane = task WHERE {READY_WHERE} AND lane IS NULL "
+                            "AND task = ?", (task,)).rowcount
+
+    @staticmethod
+    def waiting_lanes(conn: sqlite3.Connection) -> list[str]:
+        """Every lane that has waiting jobs: one index seek per lane."""
+        lanes: list[str] = []
+        while True:
+            row = conn.execute(f"SELECT lane FROM jobs WHERE {READY_WHERE} AND lane IS NOT NULL "
+                               "AND lane > ? ORDER BY lane LIMIT 1",
+                               (lanes[-1] if lanes else "",)).fetchone()
+            if row is None:
+                return lanes
+            lanes.append(row[0])
 
     def next_due(self, queues: Sequence[str]) -> float | None:
         """The earliest ETA of a delayed job in these queues, if any."""

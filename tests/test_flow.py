@@ -169,3 +169,14 @@ def test_result_expires_deletes_old_results_in_the_background(app):
         wait_for(lambda: app.store.job(old.id) is None, timeout=30, what="the result to expire")
         fresh = add.delay(2, 2)
         assert fresh.get(timeout=10) == 4
+
+
+def test_a_limit_set_and_lifted_at_run_time_strands_no_job(app):
+    from sample_tasks import add
+    app.control.rate_limit("sample_tasks.add", "2/s")
+    results = [add.delay(i, 0) for i in range(40)]
+    with app.worker(concurrency=2):
+        results[0].get(timeout=30)
+        assert sum(r.state == "SUCCESS" for r in results) < 20     # throttled
+        app.control.rate_limit("sample_tasks.add", None)           # back to no limit
+        assert [r.get(timeout=30) for r in results] == list(range(40))
