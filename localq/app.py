@@ -22,7 +22,8 @@ from .flow import lane_for
 from .result import AsyncResult
 from .serializer import check_serializer, encode_call
 from .store import NewJob, Store
-from .task import Task, job_options, new_id, to_timestamp
+from .ids import new_id
+from .task import Task, job_options, to_timestamp
 from .wakeup import Ringer, wake_folder
 
 
@@ -132,7 +133,8 @@ class Localq:
                            queue=queue, priority=priority, task_id=task_id,
                            time_limit=time_limit, soft_time_limit=soft_time_limit,
                            serializer=serializer)
-        self.store.enqueue(job)
+        while not self.store.enqueue(job) and task_id is None:
+            job = job._replace(id=new_id())   # two producers drew the same row number
         self.nudge_workers()
         return AsyncResult(job.id, self)
 

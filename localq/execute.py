@@ -140,7 +140,7 @@ def run_eager(task: Task, args: tuple, kwargs: dict, options: dict) -> Any:
     that what fails on a worker fails here too. Retries run at once."""
     from .result import EagerResult
     from .serializer import encode_call
-    from .task import new_id
+    from .ids import new_id
     serializer = options.get("serializer") or task.option("serializer")
     payload = encode_call(serializer, task.name, args, kwargs)   # same TypeError as delay()
     job_id = options.get("task_id") or new_id()

@@ -33,7 +33,7 @@ from .progress import Progress
 from .result import AsyncResult, EagerResult, Waiter
 from .serializer import check_serializer, decode_exception, decode_value, encode_call, \
     encode_value
-from .task import new_id
+from .ids import new_id
 
 if TYPE_CHECKING:
     from .app import Localq
@@ -91,7 +91,8 @@ def run_map(app: Localq, task: Task, calls: Iterable[tuple], *, progress: bool =
         return []
     finished = False
     try:
-        _enqueue(app, task, group, serializer, payloads, queue, priority)
+        _enqueue(app, task, group, serializer, payloads, queue, priority,
+                 resumable=resume is not None)
         if not app.store.workers():
             warnings.warn(f"no localq worker is running on {app.path}: the map waits for "
                           f"one (start one with `with app.worker():` or `python -m localq "
@@ -153,15 +154,24 @@ def _digest(task_name: str, serializer: str, payloads: list) -> str:
 
 
 def _enqueue(app: Localq, task: Task, group: str, serializer: str, payloads: list,
-             queue: str | None, priority: int | None) -> None:
+             queue: str | None, priority: int | None, resumable: bool) -> None:
+    # A resumable map's items have fixed ids, so a rerun finds them; a one-off map's
+    # items get generated ids, which cost no index write.
     now = time.time()
     t = app.new_job(task, (), {}, queue=queue, priority=priority, now=now)
     total = len(payloads)
     for start in range(0, total, CHUNK):
-        app.store.enqueue_rows(
-            (f"{group}:{i}", t.task, t.queue, t.lane, t.priority, serializer, payloads[i],
-             t.options, 0.0, t.expires, now, group, i)
-            for i in range(start, min(start + CHUNK, total)))
+        end = min(start + CHUNK, total)
+        rows = [(f"{group}:{i}" if resumable else new_id(), t.task, t.queue, t.lane,
+                 t.priority, serializer, payloads[i], t.options, 0.0, t.expires, now, group, i)
+                for i in range(start, end)]
+        inserted = app.store.enqueue_rows(rows)
+        while not resumable and inserted < len(rows):
+            # Another producer drew the same row number in the same millisecond (rare):
+            # send the items that are missing again, with fresh ids.
+            present = app.store.group_indexes(group, start, end)
+            rows = [(new_id(), *r[1:]) for r in rows if r[12] not in present]
+            inserted = app.store.enqueue_rows(rows)
         if start == 0:
             app.nudge_workers()     # let the workers start on the first chunk
     if total > CHUNK:

@@ -24,7 +24,7 @@ DDL = """
 CREATE TABLE localq_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE jobs (
     seq         INTEGER PRIMARY KEY,
-    id          TEXT NOT NULL,
+    id          TEXT,
     task        TEXT NOT NULL,
     queue       TEXT NOT NULL,
     lane        TEXT,
@@ -48,7 +48,8 @@ CREATE TABLE jobs (
     group_id    TEXT,
     group_index INTEGER
 );
-CREATE UNIQUE INDEX jobs_id ON jobs(id);
+-- Generated ids encode seq (ids.py): only ids a user chose are stored and indexed.
+CREATE UNIQUE INDEX jobs_custom_id ON jobs(id) WHERE id IS NOT NULL;
 CREATE INDEX jobs_ready ON jobs(queue, priority DESC, seq)
     WHERE state IN ('PENDING', 'RETRY') AND lane IS NULL;
 CREATE INDEX jobs_lane ON jobs(lane, priority DESC, seq)

@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from typing import Any, Iterable, Iterator, NamedTuple, Sequence
 
 from .exceptions import ConfigurationError, DatabaseError
+from .ids import format_id, parse_id
 from .schema import open_database
 
 FINAL_STATES = ("SUCCESS", "FAILURE", "REVOKED")
@@ -70,9 +71,9 @@ class Outcome(NamedTuple):
     exc_message: str | None = None
 
 
-_INSERT = ("INSERT INTO jobs (id, task, queue, lane, priority, state, serializer, payload, "
-           "options, eta, expires, created, group_id, group_index) "
-           "VALUES (?, ?, ?, ?, ?, 'PENDING', ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO NOTHING")
+_INSERT = ("INSERT INTO jobs (seq, id, task, queue, lane, priority, state, serializer, "
+           "payload, options, eta, expires, created, group_id, group_index) "
+           "VALUES (?, ?, ?, ?, ?, ?, 'PENDING', ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING")
 _JOB_COLUMNS = ("seq, id, task, queue, priority, state, serializer, payload, options, eta, "
                 "expires, retries, owner, pid, created, started, done, result, exc_type, "
                 "traceback, revoke, group_id, group_index")
@@ -133,7 +134,7 @@ class Store:
         with self._lock:
             try:
                 conn = self._conn or self._db()
-                return conn.execute(_INSERT, job[:12] + (job.group_index,)).rowcount == 1
+                return conn.execute(_INSERT, _insert_params(job)).rowcount == 1
             except sqlite3.Error:
                 pass
         with self._read() as conn:    # again, to turn the error into a clear one
@@ -143,10 +144,17 @@ class Store:
         with self.transaction() as conn:
             conn.executemany(_INSERT, map(_insert_params, jobs))
 
-    def enqueue_rows(self, rows: Iterable[tuple]) -> None:
-        """Insert prepared rows (the order of ``_INSERT``'s columns) in one transaction."""
+    def enqueue_rows(self, rows: Iterable[tuple]) -> int:
+        """Insert prepared rows (NewJob's fields in order) in one transaction; returns
+        how many were new (a row whose id exists already is skipped)."""
         with self.transaction() as conn:
-            conn.executemany(_INSERT, rows)
+            return conn.executemany(_INSERT, (_insert_params(NewJob(*r)) for r in rows)).rowcount
+
+    def group_indexes(self, group: str, lo: int, hi: int) -> set[int]:
+        with self._read() as conn:
+            return {r[0] for r in conn.execute(
+                "SELECT group_index FROM jobs WHERE group_id = ? AND group_index >= ? AND "
+                "group_index < ?", (group, lo, hi))}
 
     def begin_map(self, name: str, task: str, digest: str, total: int, now: float) -> bool:
         """Record a resumable map, or check that a recorded one has the same inputs; on
@@ -223,20 +231,31 @@ class Store:
 
     def job(self, job_id: str) -> dict | None:
         with self._read() as conn:
-            cur = conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
+            where, key = _where_id(job_id)
+            cur = conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE {where}", (key,))
             row = cur.fetchone()
-            return None if row is None else dict(zip(_column_names(cur), row))
+            return None if row is None else _job_dict(_column_names(cur), row)
 
     def job_state(self, job_id: str) -> str | None:
         with self._read() as conn:
-            row = conn.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            where, key = _where_id(job_id)
+            row = conn.execute(f"SELECT state FROM jobs WHERE {where}", (key,)).fetchone()
             return None if row is None else row[0]
 
     def states(self, job_ids: Sequence[str]) -> dict[str, str]:
         out: dict[str, str] = {}
+        by_seq = {seq: i for i in job_ids if (seq := parse_id(i)) is not None}
+        custom = [i for i in job_ids if parse_id(i) is None]
         with self._read() as conn:
-            for start in range(0, len(job_ids), 500):
-                chunk = job_ids[start:start + 500]
+            seqs = list(by_seq)
+            for start in range(0, len(seqs), 500):
+                chunk = seqs[start:start + 500]
+                marks = ",".join("?" * len(chunk))
+                for seq, state in conn.execute(f"SELECT seq, state FROM jobs WHERE id IS NULL "
+                                               f"AND seq IN ({marks})", chunk):
+                    out[by_seq[seq]] = state
+            for start in range(0, len(custom), 500):
+                chunk = custom[start:start + 500]
                 marks = ",".join("?" * len(chunk))
                 out.update(conn.execute(
                     f"SELECT id, state FROM jobs WHERE id IN ({marks})", chunk).fetchall())
@@ -252,8 +271,9 @@ class Store:
 
     def forget(self, job_id: str) -> None:
         with self.transaction() as conn:
-            row = conn.execute("SELECT seq FROM jobs WHERE id = ? AND state IN "
-                               "('SUCCESS', 'FAILURE', 'REVOKED')", (job_id,)).fetchone()
+            where, key = _where_id(job_id)
+            row = conn.execute(f"SELECT seq FROM jobs WHERE {where} AND state IN "
+                               "('SUCCESS', 'FAILURE', 'REVOKED')", (key,)).fetchone()
             if row:
                 conn.execute("DELETE FROM attempts WHERE job_seq = ?", row)
                 conn.execute("DELETE FROM jobs WHERE seq = ?", row)
@@ -263,21 +283,24 @@ class Store:
         ``terminate``); unknown -> a REVOKED tombstone, so a later send with that id
         never runs. Returns the state after the call."""
         with self.transaction() as conn:
-            row = conn.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            where, key = _where_id(job_id)
+            row = conn.execute(f"SELECT state FROM jobs WHERE {where}", (key,)).fetchone()
             if row is None:
-                conn.execute("INSERT INTO jobs (id, task, queue, state, serializer, created, "
-                             "done, result, exc_type) VALUES (?, '', '', 'REVOKED', 'json', ?, "
-                             "?, ?, 'TaskRevokedError')", (job_id, now, now, reason))
+                seq = parse_id(job_id)
+                conn.execute("INSERT INTO jobs (seq, id, task, queue, state, serializer, "
+                             "created, done, result, exc_type) VALUES (?, ?, '', '', 'REVOKED', "
+                             "'json', ?, ?, ?, 'TaskRevokedError')",
+                             (seq, None if seq is not None else job_id, now, now, reason))
                 return "REVOKED"
             state = row[0]
             if state in WAITING_STATES:
                 conn.execute("UPDATE jobs SET state = 'REVOKED', done = ?, result = ?, "
-                             "exc_type = 'TaskRevokedError', owner = NULL WHERE id = ? AND "
-                             f"{READY_WHERE}", (now, reason, job_id))
+                             f"exc_type = 'TaskRevokedError', owner = NULL WHERE {where} AND "
+                             f"{READY_WHERE}", (now, reason, key))
                 return "REVOKED"
             if state == "STARTED":
-                conn.execute("UPDATE jobs SET revoke = ? WHERE id = ? AND state = 'STARTED'",
-                             (2 if terminate else 1, job_id))
+                conn.execute(f"UPDATE jobs SET revoke = ? WHERE {where} AND state = 'STARTED'",
+                             (2 if terminate else 1, key))
             return state
 
     # -------------------------------------------------------------- workers
@@ -366,7 +389,7 @@ class Store:
             "RETURNING priority, seq, id, task, serializer, payload, options, retries, "
             "expires, revoke", [owner, now, *params, limit]).fetchall()
         rows.sort(key=lambda r: (-r[0], r[1]))
-        return [Claimed(*r[1:]) for r in rows]
+        return [Claimed(r[1], r[2] or format_id(r[1]), *r[3:]) for r in rows]
 
     @staticmethod
     def move_to_lane(conn: sqlite3.Connection, task: str) -> int:
@@ -485,14 +508,30 @@ class Store:
             cur = conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state IN ({marks}) "
                                "ORDER BY seq DESC LIMIT ?", [*states, limit])
             names = _column_names(cur)
-            return [dict(zip(names, r)) for r in cur.fetchall()]
+            return [_job_dict(names, r) for r in cur.fetchall()]
 
 
 # ------------------------------------------------------------------ helpers
 
 def _insert_params(j: NewJob) -> tuple:
-    return (j.id, j.task, j.queue, j.lane, j.priority, j.serializer, j.payload, j.options,
+    seq = parse_id(j.id)
+    return (seq, None if seq is not None else j.id, j.task, j.queue, j.lane, j.priority, j.serializer, j.payload, j.options,
             j.eta, j.expires, j.created, j.group_id, j.group_index)
+
+
+def _where_id(job_id: str) -> tuple[str, Any]:
+    """The WHERE clause that finds a job by its public id, and its parameter."""
+    seq = parse_id(job_id)
+    if seq is not None:
+        return "seq = ? AND id IS NULL", seq
+    return "id = ?", job_id
+
+
+def _job_dict(names: list[str], row: tuple) -> dict:
+    job = dict(zip(names, row))
+    if job["id"] is None:
+        job["id"] = format_id(job["seq"])
+    return job
 
 
 def _column_names(cur: sqlite3.Cursor) -> list[str]:

