@@ -40,7 +40,7 @@ class Control:
         parsed = parse_rate(rate, where=f"rate limit for {task_name}")
         text = None if rate is None else (parsed.text if parsed else "0")
         self.app.store.set_rate_override(task_name, text)
-        self.app.nudge_workers()
+        self.app.nudge_workers(b"L")
 
     def purge(self, queues: Iterable[str] | None = None) -> int:
         """Delete waiting jobs (of these queues, or all); returns how many."""

@@ -42,8 +42,13 @@ class FlowControl:
         self._refill_at: float | None = None
         self._declared_version: object = None
         self._next_sweep = 0.0
+        self._has_overrides = False
         self._waiting_lanes: set[str] = set()
         self._declared: tuple[dict[str, Rate], dict[str, int], set[str]] = ({}, {}, set())
+
+    def refresh(self) -> None:
+        """A limit changed at run time: look at the overrides at the next claim."""
+        self._next_sweep = 0.0
 
     def next_refill(self) -> float | None:
         """Wall-clock time at which a throttled task with waiting jobs gets a token."""
@@ -55,7 +60,10 @@ class FlowControl:
     def claim(self, conn: sqlite3.Connection, owner: int, queues: list[str], slots: int,
               now: float) -> list[Claimed]:
         declared, caps, lanes = self._declared_limits()
-        buckets = self.store.buckets(conn)
+        if now >= self._next_sweep:
+            self._has_overrides = self.store.has_rate_overrides(conn)
+        # With nothing throttled anywhere, a claim is one statement: no bucket to read.
+        buckets = self.store.buckets(conn) if declared or self._has_overrides else {}
         rates: dict[str, Rate] = {}
         for name in set(declared) | set(buckets):
             override = buckets.get(name, (None,))[0]

@@ -224,6 +224,11 @@ class Store:
             "SELECT task, override, tokens, updated FROM rate_limits")}
 
     @staticmethod
+    def has_rate_overrides(conn: sqlite3.Connection) -> bool:
+        return conn.execute("SELECT 1 FROM rate_limits WHERE override IS NOT NULL "
+                            "LIMIT 1").fetchone() is not None
+
+    @staticmethod
     def save_bucket(conn: sqlite3.Connection, task: str, tokens: float, now: float) -> None:
         conn.execute("INSERT INTO rate_limits (task, tokens, updated) VALUES (?, ?, ?) "
                      "ON CONFLICT(task) DO UPDATE SET tokens = excluded.tokens, "

@@ -1,7 +1,8 @@
 """The supervisor: one event loop that claims jobs, feeds children, writes outcomes.
 
 It is the only process that claims jobs and writes their outcomes. It sleeps
-in ``multiprocessing.connection.wait()`` over the children's channels, its
+in one epoll selector (kept for its whole life, not rebuilt every turn) over
+the children's channels, its
 doorbell (rung by producers), a signal pipe and, when embedded, a pipe from
 its parent, with a timeout equal to the nearest deadline: a hard time limit,
 a delayed job's ETA, a rate-limit refill, the heartbeat, or a slow fallback
@@ -18,7 +19,7 @@ import signal
 import socket
 import time
 from collections import deque
-from multiprocessing.connection import wait
+import selectors
 from typing import TYPE_CHECKING, Any
 
 from .exceptions import TaskRevokedError, TimeLimitExceeded, WorkerLostError
@@ -108,6 +109,11 @@ class Supervisor:
         signal.set_wakeup_fd(self._sig_w)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
             signal.signal(sig, self._on_signal)
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(self.bell, selectors.EVENT_READ, "bell")
+        self.selector.register(self._sig_r, selectors.EVENT_READ, "signal")
+        if self.parent_fd is not None:
+            self.selector.register(self.parent_fd, selectors.EVENT_READ, "parent")
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         try:
             for _ in range(self.concurrency):
@@ -140,12 +146,13 @@ class Supervisor:
         self._signals.append(signum)
 
     def _start_child(self) -> Child:
-        close = [self.bell.fileno(), self._sig_r, self._sig_w]
+        close = [self.bell.fileno(), self._sig_r, self._sig_w, self.selector.fileno()]
         if self.parent_fd is not None:
             close.append(self.parent_fd)
         child = fork_child(self.app, [c.conn for c in self.children.values()], close,
                            self.max_tasks, self.max_memory)
         self.children[child.pid] = child
+        self.selector.register(child.conn, selectors.EVENT_READ, child)
         return child
 
     def _active_children(self) -> int:
@@ -168,9 +175,8 @@ class Supervisor:
             if self.stopping and not self.children:
                 break
             timeout = self._timeout(last_check, last_heartbeat)
-            ready = wait(self._waitables(), timeout)
-            for obj in ready:
-                self._handle(obj)
+            for key, _ in self.selector.select(timeout):
+                self._handle(key.data)
             self._handle_signals()
             mono = time.monotonic()
             self._enforce_deadlines(mono)
@@ -199,13 +205,6 @@ class Supervisor:
                 more = self._expire_results()
                 busy = bool(self.outcomes or self.ready or self.want_work)
                 self.next_expiry = mono + (RECOVERY_EVERY if not more else 0.05 if busy else 0)
-
-    def _waitables(self) -> list[Any]:
-        objs: list[Any] = [self.bell, self._sig_r]
-        if self.parent_fd is not None:
-            objs.append(self.parent_fd)
-        objs.extend(c.conn for c in self.children.values())
-        return objs
 
     def _should_claim(self, slots: int) -> bool:
         """Claim now? Only if there may be work and room for it, and either outcomes are
@@ -237,24 +236,28 @@ class Supervisor:
             deadline = min(deadline, mono + max(0.0, flow_at - time.time()))
         return max(0.0, deadline - mono)
 
-    def _handle(self, obj: Any) -> None:
-        if obj is self.bell:
+    def _handle(self, what: Any) -> None:
+        if what == "bell":
             for message in self.bell.drain_messages():
                 if message == b"R":
                     self._check_revokes()
+                elif message == b"L":
+                    self.flow.refresh()
             self.want_work = True
-        elif obj == self._sig_r:
+        elif what == "signal":
             try:
                 os.read(self._sig_r, 512)
             except OSError:
                 pass
-        elif self.parent_fd is not None and obj == self.parent_fd:
+        elif what == "parent":
             log.warning("the process that started this worker is gone: shutting down")
-            os.close(self.parent_fd)
-            self.parent_fd = None
+            if self.parent_fd is not None:
+                self.selector.unregister(self.parent_fd)
+                os.close(self.parent_fd)
+                self.parent_fd = None
             self._shutdown(cold=True)
-        else:
-            self._read_child(obj)
+        elif what.pid in self.children:
+            self._read_child(what)
 
     def _handle_signals(self) -> None:
         while self._signals:
@@ -270,16 +273,8 @@ class Supervisor:
 
     # -------------------------------------------------------------- children
 
-    def _child_of(self, conn: Any) -> Child | None:
-        for child in self.children.values():
-            if child.conn is conn:
-                return child
-        return None
-
-    def _read_child(self, conn: Any) -> None:
-        child = self._child_of(conn)
-        if child is None:
-            return
+    def _read_child(self, child: Child) -> None:
+        conn = child.conn
         try:
             while True:
                 message = conn.recv()
@@ -329,6 +324,7 @@ class Supervisor:
     def _child_exited(self, child: Child) -> None:
         how = child.reap()
         del self.children[child.pid]
+        self.selector.unregister(child.conn)
         child.conn.close()
         now = time.time()
         head = child.inflight.popleft() if child.inflight else None
@@ -559,6 +555,7 @@ class Supervisor:
             self.bell.close()
             self.waiters.close()
             self.store.close()
+            self.selector.close()
             signal.set_wakeup_fd(-1)
             log.info("localq worker stopped (pid %d)", os.getpid())
 
