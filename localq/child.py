@@ -18,7 +18,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from .execute import execute, install_soft_limit_handler, job_limits
+from .execute import LimitCache, execute, install_soft_limit_handler
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
@@ -90,6 +90,7 @@ def _loop(app: Localq, conn: Connection, max_tasks: int | None,
           max_memory_kib: int | None) -> None:
     pid = os.getpid()
     speed: dict[str, float] = {}     # task name -> moving average of its duration
+    limits = LimitCache(app)
     done = 0
     while True:
         try:
@@ -102,8 +103,7 @@ def _loop(app: Localq, conn: Connection, max_tasks: int | None,
         first_buffered = 0.0
         for index, (seq, job_id, task_name, serializer, payload, options, retries) in \
                 enumerate(batch):
-            task = app.tasks.get(task_name)
-            opts, soft, hard = job_limits(task, options, None, None)
+            opts, soft, hard = limits.get(task_name, options)
             if buffered and (hard or soft or speed.get(task_name, 1.0) > FAST):
                 conn.send(("o", buffered))
                 buffered = []

@@ -121,17 +121,40 @@ def _failure(seq: int, serializer: str, exc: BaseException, tb: str | None, star
             started, time.time(), pid, 0.0, str(exc))
 
 
-def job_limits(task: Task | None, options: str | None, default_soft: float | None,
-               default_hard: float | None) -> tuple[dict, float | None, float | None]:
-    """(per-call options, soft limit, hard limit) for a job: call > task > worker."""
+class LimitCache:
+    """job_limits() for jobs without per-call options, remembered per task until the
+    app's settings change: the supervisor and the children ask for every job."""
+
+    def __init__(self, app: Localq) -> None:
+        self.app = app
+        self.version = -1
+        self.by_task: dict[str, tuple[dict, float | None, float | None]] = {}
+
+    def get(self, task_name: str, options: str | None) -> tuple[dict, float | None,
+                                                               float | None]:
+        if options is not None:          # per-call limits travel with the job
+            return job_limits(self.app.tasks.get(task_name), options)
+        if self.version != self.app.conf.version:
+            self.version = self.app.conf.version
+            self.by_task.clear()
+        try:
+            return self.by_task[task_name]
+        except KeyError:
+            limits = job_limits(self.app.tasks.get(task_name), None)
+            self.by_task[task_name] = limits
+            return limits
+
+
+def job_limits(task: Task | None, options: str | None
+               ) -> tuple[dict, float | None, float | None]:
+    """(per-call options, soft limit, hard limit) for a job: the call's, else the
+    task's (annotations, decorator, then the settings the worker set)."""
     opts = json.loads(options) if options else {}
     soft = opts.get("soft_time_limit")
     hard = opts.get("time_limit")
     if task is not None:
         soft = soft if soft is not None else task.option("soft_time_limit")
         hard = hard if hard is not None else task.option("time_limit")
-    soft = soft if soft is not None else default_soft
-    hard = hard if hard is not None else default_hard
     return opts, (float(soft) if soft else None), (float(hard) if hard else None)
 
 

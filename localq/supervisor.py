@@ -23,7 +23,7 @@ import selectors
 from typing import TYPE_CHECKING, Any
 
 from .exceptions import TaskRevokedError, TimeLimitExceeded, WorkerLostError
-from .execute import job_limits
+from .execute import LimitCache
 from .flow import FlowControl
 from .pool import Child, Inflight, fork_child
 from .serializer import encode_exception
@@ -85,8 +85,7 @@ class Supervisor:
         self.exit_code = 0
         self._signals: list[int] = []
         self.expiry_cursor = 0
-        self._hard_limits: dict[str, float | None] = {}
-        self._limits_version = -1
+        self.limits = LimitCache(app)
         self.next_expiry = 0.0
 
     # -------------------------------------------------------------- lifecycle
@@ -435,17 +434,7 @@ class Supervisor:
         return max(0, room)
 
     def _hard_limit(self, job: Claimed) -> float | None:
-        if job.options is not None:        # per-call limits travel with the job
-            return job_limits(self.app.tasks.get(job.task), job.options, None, None)[2]
-        if self._limits_version != self.app.conf.version:
-            self._limits_version = self.app.conf.version
-            self._hard_limits.clear()
-        try:
-            return self._hard_limits[job.task]
-        except KeyError:
-            hard = job_limits(self.app.tasks.get(job.task), None, None, None)[2]
-            self._hard_limits[job.task] = hard
-            return hard
+        return self.limits.get(job.task, job.options)[2]
 
     def _dispatch(self) -> None:
         if not self.ready:
