@@ -162,7 +162,6 @@ def cmd_show(args: argparse.Namespace) -> int:
         print(f"localq: no job {args.id} in {app.path}", file=sys.stderr)
         return 1
     now = time.time()
-    stamp = (lambda t: datetime.fromtimestamp(t).isoformat(" ", "seconds") if t else "-")
     print(f"id:       {row['id']}\ntask:     {row['task']}\nstate:    {row['state']}\n"
           f"queue:    {row['queue']} (priority {row['priority']})\n"
           f"created:  {stamp(row['created'])} ({_ago(row['created'], now)})\n"
@@ -182,6 +181,10 @@ def cmd_show(args: argparse.Namespace) -> int:
     if row["traceback"]:
         print("traceback:\n" + row["traceback"].rstrip())
     return 0
+
+
+def stamp(t: float | None) -> str:
+    return datetime.fromtimestamp(t).isoformat(" ", "seconds") if t else "-"
 
 
 def cmd_purge(args: argparse.Namespace) -> int:

@@ -62,14 +62,14 @@ def execute(app: Localq, seq: int, job_id: str, task_name: str, serializer: str,
         finally:
             if soft_limit:
                 signal.setitimer(signal.ITIMER_REAL, 0)
-    except Retry as retry:
-        return _retry(seq, serializer, retry, started, pid)
+    except Retry as asked:
+        return _retry(seq, serializer, asked, started, pid)
     except Exception as exc:
-        retry = _autoretry(task, exc)
-        if isinstance(retry, Retry):
-            return _retry(seq, serializer, retry, started, pid)
-        if retry is not None:       # retry() itself raised: max_retries reached
-            exc = retry
+        auto = _autoretry(task, exc)
+        if isinstance(auto, Retry):
+            return _retry(seq, serializer, auto, started, pid)
+        if auto is not None:        # retry() itself raised: max_retries reached
+            exc = auto
         return _failure(seq, serializer, exc, tb_module.format_exc(), started, pid)
     finally:
         task.pop_request()

@@ -22,16 +22,16 @@ from .store import Claimed, Store
 
 if TYPE_CHECKING:
     from .app import Localq
+    from .task import Task
 
 
 LANE_SWEEP = 3.0    # seconds between moves of runtime-throttled jobs into their lanes
 
 
-def lane_for(task: object) -> str | None:
+def lane_for(task: Task) -> str | None:
     """The lane a producer puts a job in: the task's name when it is throttled."""
-    option = getattr(task, "option")
-    if option("rate_limit") or option("max_concurrency"):
-        return getattr(task, "name")
+    if task.option("rate_limit") or task.option("max_concurrency"):
+        return task.name
     return None
 
 

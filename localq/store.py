@@ -260,10 +260,10 @@ class Store:
                                                f"AND seq IN ({marks})", chunk):
                     out[by_seq[seq]] = state
             for start in range(0, len(custom), 500):
-                chunk = custom[start:start + 500]
-                marks = ",".join("?" * len(chunk))
+                names = custom[start:start + 500]
+                marks = ",".join("?" * len(names))
                 out.update(conn.execute(
-                    f"SELECT id, state FROM jobs WHERE id IN ({marks})", chunk).fetchall())
+                    f"SELECT id, state FROM jobs WHERE id IN ({marks})", names).fetchall())
         return out
 
     def attempts(self, seq: int) -> list[dict]:
@@ -348,10 +348,10 @@ class Store:
         back = failed = 0
         with self.transaction() as conn:
             for wid in worker_ids:
-                rows = conn.execute("SELECT seq, options, revoke, started, pid, retries FROM "
+                rows = conn.execute("SELECT seq, options, revoke, started, pid FROM "
                                     "jobs WHERE state = 'STARTED' AND owner = ?",
                                     (wid,)).fetchall()
-                for seq, options, revoke, started, pid, retries in rows:
+                for seq, options, revoke, started, pid in rows:
                     if revoke:
                         conn.execute("UPDATE jobs SET state = 'REVOKED', done = ?, owner = NULL,"
                                      " exc_type = 'TaskRevokedError' WHERE seq = ? AND "
@@ -520,8 +520,9 @@ class Store:
 
 def _insert_params(j: NewJob) -> tuple:
     seq = parse_id(j.id)
-    return (seq, None if seq is not None else j.id, j.task, j.queue, j.lane, j.priority, j.serializer, j.payload, j.options,
-            j.eta, j.expires, j.created, j.group_id, j.group_index)
+    return (seq, None if seq is not None else j.id, j.task, j.queue, j.lane, j.priority,
+            j.serializer, j.payload, j.options, j.eta, j.expires, j.created, j.group_id,
+            j.group_index)
 
 
 def _where_id(job_id: str) -> tuple[str, Any]:

@@ -450,7 +450,7 @@ class Supervisor:
             # Never block the loop on a full channel: a busy child is handed at most
             # MAX_QUEUED_BYTES of arguments; an idle one (reading) takes any size.
             budget = MAX_QUEUED_BYTES - sum(len(i.job.payload or b"") for i in child.inflight)
-            jobs = []
+            jobs: list[Claimed] = []
             while ready and len(jobs) < room:
                 size = len(ready[0].payload or b"")
                 if size > budget and (jobs or child.inflight):
