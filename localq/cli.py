@@ -14,6 +14,7 @@ from typing import Sequence
 
 from .app import Localq, load_app
 from .exceptions import LocalqError
+from .status import age
 
 EPILOG = "Docs: README.md. Celery users: the worker flags follow `celery worker`."
 
@@ -135,18 +136,8 @@ def _ago(ts: float | None, now: float) -> str:
         return "-"
     secs = now - ts
     if secs < 0:
-        return f"in {_span(-secs)}"
-    return f"{_span(secs)} ago"
-
-
-def _span(secs: float) -> str:
-    if secs < 1:
-        return f"{secs * 1000:.0f}ms"
-    if secs < 120:
-        return f"{secs:.1f}s"
-    if secs < 7200:
-        return f"{secs / 60:.0f}m"
-    return f"{secs / 3600:.1f}h"
+        return f"in {age(-secs)}"
+    return f"{age(secs)} ago"
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -11,7 +11,8 @@ if TYPE_CHECKING:
 STATES = ("PENDING", "RETRY", "STARTED", "SUCCESS", "FAILURE", "REVOKED")
 
 
-def _age(seconds: float) -> str:
+def age(seconds: float) -> str:
+    """A duration the way a person reads it: 250ms, 12s, 5m, 1.5h."""
     if seconds < 1:
         return f"{seconds * 1000:.0f}ms"
     if seconds < 120:
@@ -32,7 +33,7 @@ def render_status(app: Localq) -> str:
             stale = now - w["heartbeat"]
             health = "ok" if stale < app.conf.worker_lost_after else "SILENT"
             lines.append(f"  pid {w['pid']:<7} -c {w['concurrency']:<3} queues {w['queues']:<20} "
-                         f"up {_age(now - w['started']):<6} heartbeat {_age(stale)} ago {health}")
+                         f"up {age(now - w['started']):<6} heartbeat {age(stale)} ago {health}")
     else:
         lines.append("workers  none running (start one: python -m localq worker -A module:app)")
     by_task: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
@@ -54,14 +55,15 @@ def render_status(app: Localq) -> str:
     if running:
         lines.append("")
         lines.append("running")
+        worker_pids = {w["id"]: w["pid"] for w in workers}
         for job in running:
-            lines.append(f"  {job['id']}  {job['task']}  for {_age(now - (job['started'] or now))}"
-                         f"  pid {job['pid'] or '-'}")
+            lines.append(f"  {job['id']}  {job['task']}  for {age(now - (job['started'] or now))}"
+                         f"  worker pid {worker_pids.get(job['owner'], '-')}")
     failed = store.recent(["FAILURE"], 5)
     if failed:
         lines.append("")
         lines.append("latest failures (python -m localq show ID for the traceback)")
         for job in failed:
             lines.append(f"  {job['id']}  {job['task']}  {job['exc_type']}  "
-                         f"{_age(now - (job['done'] or now))} ago")
+                         f"{age(now - (job['done'] or now))} ago")
     return "\n".join(lines)
