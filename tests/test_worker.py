@@ -248,3 +248,35 @@ def test_worker_started_on_a_file_recovers_jobs_of_a_dead_worker(app, start_work
     with pytest.raises(localq.WorkerLostError):
         lost.get(timeout=30)                 # acks_late=False: it ends, it does not rerun
     assert again.get(timeout=30) == "again"  # acks_late (default): it runs again
+
+
+def test_chaos_repeated_kill_9_of_workers_and_children_loses_nothing(app, start_worker):
+    import random
+    from sample_tasks import record
+    rng = random.Random(7)
+    out = app.path + ".runs"
+    results = [record.delay(out, i) for i in range(4000)]
+    for round_ in range(4):
+        w = start_worker("-c", "2")
+        target = len(runs_of(out)) + rng.randint(50, 600)
+        wait_for(lambda: len(runs_of(out)) >= min(target, 3900), what=f"progress {round_}")
+        if round_ % 2:                       # kill a child first, then the whole worker
+            kids = w.children()
+            if kids:
+                os.kill(rng.choice(kids), signal.SIGKILL)
+        os.killpg(w.pid, signal.SIGKILL)
+        w.wait(10)
+    last = start_worker("-c", "2")
+    values = []
+    for r in results:
+        try:
+            values.append(r.get(timeout=120))
+        except localq.WorkerLostError:       # a child killed mid-job: its job failed, once
+            values.append(None)
+    assert values.count(None) <= 2
+    assert all(v == i for i, v in enumerate(values) if v is not None)
+    runs = runs_of(out)
+    assert set(runs) >= {str(i) for i, v in enumerate(values) if v is not None}
+    assert all(r.state in ("SUCCESS", "FAILURE") for r in results)
+    last.ready().signal(signal.SIGTERM)
+    assert last.wait(30) == 0
