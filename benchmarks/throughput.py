@@ -159,13 +159,16 @@ def proc_start(pid: int) -> str | None:
 class Worker:
     """A CLI worker subprocess: `python -m localq worker --app benchtasks:app -c 2`."""
 
-    def __init__(self, bench: Bench, db: str) -> None:
+    def __init__(self, bench: Bench, db: str, extra_env: dict[str, str] | None = None) -> None:
+        """``bench`` needs only ``tmp`` (the folder with benchtasks.py) and ``workers`` (a
+        list this worker joins); benchmarks/scale.py starts its workers here too."""
         self.db = db
         self.log_path = os.path.join(bench.tmp, f"worker-{len(bench.workers)}.log")
         self.log = open(self.log_path, "wb")
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([bench.tmp, ROOT])
         env["LOCALQ_BENCH_DB"] = db
+        env.update(extra_env or {})
         self.launched = time.perf_counter()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "localq", "worker", "--app", "benchtasks:app",
