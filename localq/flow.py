@@ -83,6 +83,7 @@ class FlowControl:
             # or jobs sent by a newer app): claimed like any other, so none is stranded.
             self._waiting_lanes = set(self.store.waiting_lanes(conn))
         exclude = sorted(runtime_only)
+        self.store.release_due(conn, now)
         claimed: list[Claimed] = []
         for queue in queues:
             if len(claimed) >= slots:

@@ -17,7 +17,9 @@ SQLITE_MAGIC = b"SQLite format 3\x00"
 BUSY_TIMEOUT_MS = 60_000
 
 # Partial indexes keep the claim query's index as small as the backlog:
-# rows leave jobs_ready as soon as they are claimed. Rate-limited and capped
+# rows leave jobs_ready as soon as they are claimed. A job with an ETA waits in
+# jobs_delayed only, and the claim moves it to jobs_ready (eta = 0) once due, so
+# a million scheduled jobs cost the claim of ready ones nothing. Rate-limited and capped
 # tasks go to their own lane (jobs_lane) so that a deep backlog of throttled
 # jobs is never scanned by the claim of other tasks.
 DDL = """
@@ -51,9 +53,9 @@ CREATE TABLE jobs (
 -- Generated ids encode seq (ids.py): only ids a user chose are stored and indexed.
 CREATE UNIQUE INDEX jobs_custom_id ON jobs(id) WHERE id IS NOT NULL;
 CREATE INDEX jobs_ready ON jobs(queue, priority DESC, seq)
-    WHERE state IN ('PENDING', 'RETRY') AND lane IS NULL;
+    WHERE state IN ('PENDING', 'RETRY') AND lane IS NULL AND eta = 0;
 CREATE INDEX jobs_lane ON jobs(lane, priority DESC, seq)
-    WHERE state IN ('PENDING', 'RETRY') AND lane IS NOT NULL;
+    WHERE state IN ('PENDING', 'RETRY') AND lane IS NOT NULL AND eta = 0;
 CREATE INDEX jobs_delayed ON jobs(eta) WHERE state IN ('PENDING', 'RETRY') AND eta > 0;
 CREATE INDEX jobs_running ON jobs(task) WHERE state = 'STARTED';
 CREATE INDEX jobs_group ON jobs(group_id, group_index) WHERE group_id IS NOT NULL;

@@ -380,11 +380,11 @@ class Store:
         """Claim up to ``limit`` due jobs of one queue (or one lane) inside ``conn``'s
         transaction, highest priority first, then oldest first."""
         if lane is None:
-            where = f"{READY_WHERE} AND lane IS NULL AND queue = ? AND eta <= ?"
-            params: list[Any] = [queue, now]
+            where = f"{READY_WHERE} AND lane IS NULL AND eta = 0 AND queue = ?"
+            params: list[Any] = [queue]
         else:
-            where = f"{READY_WHERE} AND lane IS NOT NULL AND lane = ? AND queue = ? AND eta <= ?"
-            params = [lane, queue, now]
+            where = f"{READY_WHERE} AND lane IS NOT NULL AND eta = 0 AND lane = ? AND queue = ?"
+            params = [lane, queue]
         if exclude:
             where += f" AND task NOT IN ({','.join('?' * len(exclude))})"
             params.extend(exclude)
@@ -408,11 +408,17 @@ class Store:
         lanes: list[str] = []
         while True:
             row = conn.execute(f"SELECT lane FROM jobs WHERE {READY_WHERE} AND lane IS NOT NULL "
-                               "AND lane > ? ORDER BY lane LIMIT 1",
+                               "AND eta = 0 AND lane > ? ORDER BY lane LIMIT 1",
                                (lanes[-1] if lanes else "",)).fetchone()
             if row is None:
                 return lanes
             lanes.append(row[0])
+
+    @staticmethod
+    def release_due(conn: sqlite3.Connection, now: float) -> int:
+        """Make delayed jobs whose time has come claimable (inside the claim transaction)."""
+        return conn.execute(f"UPDATE jobs SET eta = 0 WHERE {READY_WHERE} AND eta > 0 AND "
+                            "eta <= ?", (now,)).rowcount
 
     def next_due(self, queues: Sequence[str]) -> float | None:
         """The earliest ETA of a delayed job in these queues, if any."""
@@ -485,21 +491,24 @@ class Store:
                                     f"queue IN ({marks})", list(queues)).rowcount
             return conn.execute(f"DELETE FROM jobs WHERE {READY_WHERE}").rowcount
 
-    def expire_results(self, before: float, after_seq: int, scan: int = 5000) -> tuple[int, int]:
-        """Delete finished jobs that finished before ``before``, looking at up to ``scan``
+    def expire_results(self, before: float, after_seq: int, scan: int) -> tuple[int, int]:
+        """Delete finished jobs that finished before ``before``, among the next ``scan``
         jobs in creation order after ``after_seq``. Returns (deleted, next cursor; 0 at
         the end). A cursor over the table instead of an index on ``done`` keeps every
         job's completion one index write cheaper; old jobs finish first, so the scan
         finds them in order."""
         with self.transaction() as conn:
-            rows = conn.execute("SELECT seq, done, created FROM jobs WHERE seq > ? ORDER BY seq "
-                                "LIMIT ?", (after_seq, scan)).fetchall()
-            old = [(seq,) for seq, done, _ in rows if done is not None and done < before]
-            conn.executemany("DELETE FROM attempts WHERE job_seq = ?", old)
-            conn.executemany("DELETE FROM jobs WHERE seq = ?", old)
+            last = conn.execute("SELECT seq, created FROM jobs WHERE seq > ? ORDER BY seq "
+                                "LIMIT 1 OFFSET ?", (after_seq, scan - 1)).fetchone()
+            hi = last[0] if last else (1 << 63) - 1
+            span = (after_seq, hi, before)
+            conn.execute("DELETE FROM attempts WHERE job_seq IN (SELECT seq FROM jobs WHERE "
+                         "seq > ? AND seq <= ? AND done < ?)", span)
+            deleted = conn.execute("DELETE FROM jobs WHERE seq > ? AND seq <= ? AND done < ?",
+                                   span).rowcount
         # Jobs created after the cutoff cannot have finished before it: the pass ends there.
-        more = len(rows) == scan and rows[-1][2] < before
-        return len(old), (rows[-1][0] if more else 0)
+        more = last is not None and last[1] < before
+        return deleted, (hi if more else 0)
 
     def counts(self) -> list[tuple[str, str, str, int]]:
         """(queue, task, state, count) over every job."""

@@ -199,11 +199,16 @@ class Supervisor:
                 last_recovery = mono
                 self._recover(time.time(), everyone=False)
             if mono >= self.next_expiry:
-                # One bounded step of the sweep; the next one soon if there is more,
-                # but at most every 50 ms while jobs are flowing.
-                more = self._expire_results()
-                busy = bool(self.outcomes or self.ready or self.want_work)
-                self.next_expiry = mono + (RECOVERY_EVERY if not more else 0.05 if busy else 0)
+                # One bounded step of the sweep. While jobs flow, steps are small and
+                # spaced so that sweeping takes at most about a tenth of the loop's time;
+                # idle, it goes on at full speed.
+                busy = bool(self.outcomes or self.ready or self.want_work or
+                            any(c.inflight for c in self.children.values()))
+                t0 = time.monotonic()
+                more = self._expire_results(1000 if busy else 5000)
+                took = time.monotonic() - t0
+                self.next_expiry = mono + (RECOVERY_EVERY if not more else
+                                           max(0.02, 9 * took) if busy else 0)
 
     def _should_claim(self, slots: int) -> bool:
         """Claim now? Only if there may be work and room for it, and either outcomes are
@@ -497,14 +502,14 @@ class Supervisor:
                             failed)
                 self.want_work = True
 
-    def _expire_results(self) -> bool:
+    def _expire_results(self, scan: int) -> bool:
         """One bounded step of result expiry; True when there is more to look at now."""
         expires = self.app.conf.result_expires
         if not expires or self.stopping:
             return False
         seconds = expires.total_seconds() if hasattr(expires, "total_seconds") else expires
         _, self.expiry_cursor = self.store.expire_results(time.time() - float(seconds),
-                                                          self.expiry_cursor)
+                                                          self.expiry_cursor, scan)
         return self.expiry_cursor != 0
 
     # -------------------------------------------------------------- stopping

@@ -180,3 +180,14 @@ def test_a_limit_set_and_lifted_at_run_time_strands_no_job(app):
         assert sum(r.state == "SUCCESS" for r in results) < 20     # throttled
         app.control.rate_limit("sample_tasks.add", None)           # back to no limit
         assert [r.get(timeout=30) for r in results] == list(range(40))
+
+
+def test_scheduled_jobs_wait_apart_from_ready_ones(app):
+    from sample_tasks import add
+    later = [add.apply_async((i, 0), countdown=3600) for i in range(2000)]
+    with app.worker(concurrency=2):
+        assert [add.delay(i, 1).get(timeout=10) for i in range(100)] == \
+            [i + 1 for i in range(100)]
+        soon = add.apply_async((5, 5), countdown=0.2)
+        assert soon.get(timeout=10) == 10
+    assert set(app.store.states([r.id for r in later]).values()) == {"PENDING"}
