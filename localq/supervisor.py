@@ -200,7 +200,7 @@ class Supervisor:
                 self._recover(time.time(), everyone=False)
             if mono >= self.next_expiry:
                 # One bounded step of the sweep. While jobs flow, steps are small and
-                # spaced so that sweeping takes at most about a tenth of the loop's time;
+                # spaced so that sweeping takes about a twentieth of the loop's time;
                 # idle, it goes on at full speed.
                 busy = bool(self.outcomes or self.ready or self.want_work or
                             any(c.inflight for c in self.children.values()))
@@ -208,7 +208,7 @@ class Supervisor:
                 more = self._expire_results(1000 if busy else 5000)
                 took = time.monotonic() - t0
                 self.next_expiry = mono + (RECOVERY_EVERY if not more else
-                                           max(0.02, 9 * took) if busy else 0)
+                                           max(0.02, 19 * took) if busy else 0)
 
     def _should_claim(self, slots: int) -> bool:
         """Claim now? Only if there may be work and room for it, and either outcomes are
