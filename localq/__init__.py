@@ -3,10 +3,21 @@
 The public names, nothing else.
 """
 from .app import Localq
-from .exceptions import (ConfigurationError, DatabaseError, EncodeError, LocalqError,
-                         MaxRetriesExceededError, NotRegistered, Retry, SoftTimeLimitExceeded,
-                         TaskError, TaskRevokedError, TimeLimitExceeded, TimeoutError,
-                         WorkerLostError)
+from .exceptions import (
+                         ConfigurationError,
+                         DatabaseError,
+                         EncodeError,
+                         LocalqError,
+                         MaxRetriesExceededError,
+                         NotRegistered,
+                         Retry,
+                         SoftTimeLimitExceeded,
+                         TaskError,
+                         TaskRevokedError,
+                         TimeLimitExceeded,
+                         TimeoutError,
+                         WorkerLostError,
+)
 from .mapping import as_completed
 from .result import AsyncResult, EagerResult
 from .task import Task

@@ -19,10 +19,10 @@ from .config import Settings
 from .control import Control
 from .exceptions import ConfigurationError, NotRegistered
 from .flow import lane_for
+from .ids import new_id
 from .result import AsyncResult
 from .serializer import check_serializer, encode_call
 from .store import NewJob, Store
-from .ids import new_id
 from .task import Task, job_options, to_timestamp
 from .wakeup import Ringer, wake_folder
 

@@ -161,9 +161,9 @@ def job_limits(task: Task | None, options: str | None
 def run_eager(task: Task, args: tuple, kwargs: dict, options: dict) -> Any:
     """Eager mode: run here, but through the serializer and the same retry rules, so
     that what fails on a worker fails here too. Retries run at once."""
+    from .ids import new_id
     from .result import EagerResult
     from .serializer import encode_call
-    from .ids import new_id
     serializer = options.get("serializer") or task.option("serializer")
     payload = encode_call(serializer, task.name, args, kwargs)   # same TypeError as delay()
     job_id = options.get("task_id") or new_id()

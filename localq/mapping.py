@@ -29,11 +29,10 @@ import warnings
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from .exceptions import ConfigurationError, EncodeError, TaskRevokedError, TimeoutError
+from .ids import new_id
 from .progress import Progress
 from .result import AsyncResult, EagerResult, Waiter
-from .serializer import check_serializer, decode_exception, decode_value, encode_call, \
-    encode_value
-from .ids import new_id
+from .serializer import check_serializer, decode_exception, decode_value, encode_call, encode_value
 
 if TYPE_CHECKING:
     from .app import Localq

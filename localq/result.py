@@ -16,9 +16,9 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from .exceptions import TaskRevokedError, TimeoutError
+from .rows import FINAL_STATES
 from .serializer import decode_exception, decode_value
-from .store import FINAL_STATES
-from .wakeup import Doorbell, wake_folder, waiter_name
+from .wakeup import Doorbell, waiter_name, wake_folder
 
 if TYPE_CHECKING:
     from .app import Localq

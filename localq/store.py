@@ -1,4 +1,8 @@
-"""The only module that speaks SQL: every read and write of the database file.
+"""The store: the only place that speaks SQL (this module, rows.py and store_*.py).
+
+This module holds the connection and the life of a job (enqueue, lookup,
+revoke, claim, outcomes); store_workers.py, store_maps.py and store_flow.py
+add the SQL of workers and upkeep, maps, and flow control as mixins.
 
 A Store holds one connection, opened on first use and guarded by a lock so
 that threads may share it. A Store never crosses a fork: before any fork in
@@ -15,18 +19,19 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-
 import weakref
 from contextlib import contextmanager
 from typing import Any, Iterable, Iterator, NamedTuple, Sequence
 
-from .exceptions import ConfigurationError, DatabaseError
+from .exceptions import DatabaseError
 from .ids import format_id, parse_id
+from .rows import JOB_COLUMNS, READY_WHERE, WAITING_STATES, column_names, job_dict, record_attempt
 from .schema import open_database
+from .store_flow import FlowRecords
+from .store_maps import MapRecords
+from .store_workers import WorkerRecords
 
-FINAL_STATES = ("SUCCESS", "FAILURE", "REVOKED")
-WAITING_STATES = ("PENDING", "RETRY")
-READY_WHERE = "state IN ('PENDING', 'RETRY')"
+__all__ = ["Claimed", "NewJob", "Outcome", "Store"]
 
 
 class NewJob(NamedTuple):
@@ -74,14 +79,10 @@ class Outcome(NamedTuple):
 _INSERT = ("INSERT INTO jobs (seq, id, task, queue, lane, priority, state, serializer, "
            "payload, options, eta, expires, created, group_id, group_index) "
            "VALUES (?, ?, ?, ?, ?, ?, 'PENDING', ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING")
-_JOB_COLUMNS = ("seq, id, task, queue, priority, state, serializer, payload, options, eta, "
-                "expires, retries, owner, pid, created, started, done, result, exc_type, "
-                "traceback, revoke, group_id, group_index")
-
 _LIVE_STORES: weakref.WeakSet[Store] = weakref.WeakSet()
 
 
-class Store:
+class Store(WorkerRecords, MapRecords, FlowRecords):
     def __init__(self, path: str, synchronous: str = "NORMAL") -> None:
         self.path = path
         self.synchronous = synchronous
@@ -150,96 +151,12 @@ class Store:
         with self.transaction() as conn:
             return conn.executemany(_INSERT, (_insert_params(NewJob(*r)) for r in rows)).rowcount
 
-    def group_indexes(self, group: str, lo: int, hi: int) -> set[int]:
-        with self._read() as conn:
-            return {r[0] for r in conn.execute(
-                "SELECT group_index FROM jobs WHERE group_id = ? AND group_index >= ? AND "
-                "group_index < ?", (group, lo, hi))}
-
-    def begin_map(self, name: str, task: str, digest: str, total: int, now: float) -> bool:
-        """Record a resumable map, or check that a recorded one has the same inputs; on
-        resume, its failed items are made to run again. True when it resumes one."""
-        with self.transaction() as conn:
-            row = conn.execute("SELECT task, digest FROM maps WHERE name = ?",
-                               (name,)).fetchone()
-            if row is None:
-                conn.execute("INSERT INTO maps (name, task, digest, total, created) VALUES "
-                             "(?, ?, ?, ?, ?)", (name, task, digest, total, now))
-                return False
-            if tuple(row) != (task, digest):
-                raise ConfigurationError(
-                    f"a map named {name!r} was already started with other inputs (or another "
-                    f"task): resume it with the same inputs, use another name, or drop it "
-                    f"first with app.drop_map({name!r})")
-            conn.execute("UPDATE jobs SET state = 'PENDING', result = NULL, exc_type = NULL, "
-                         "traceback = NULL, done = NULL, retries = 0, revoke = 0, eta = 0 "
-                         "WHERE group_id = ? AND state IN ('FAILURE', 'REVOKED')",
-                         (f"map:{name}",))
-            return True
-
-    def drop_map(self, name: str) -> int:
-        with self.transaction() as conn:
-            conn.execute("DELETE FROM maps WHERE name = ?", (name,))
-            return self._drop_group(conn, f"map:{name}")
-
-    def drop_group(self, group: str) -> int:
-        with self.transaction() as conn:
-            return self._drop_group(conn, group)
-
-    @staticmethod
-    def _drop_group(conn: sqlite3.Connection, group: str) -> int:
-        conn.execute("DELETE FROM attempts WHERE job_seq IN (SELECT seq FROM jobs WHERE "
-                     "group_id = ? AND state <> 'STARTED')", (group,))
-        deleted = conn.execute("DELETE FROM jobs WHERE group_id = ? AND state <> 'STARTED'",
-                               (group,)).rowcount
-        # A running job keeps its row (its seq is in a worker's hands: deleting the row
-        # could let SQLite hand that seq to a new job), but leaves the group and frees
-        # its id, so a new map under the same name never inherits its late result.
-        conn.execute("UPDATE jobs SET group_id = NULL, id = id || '~dropped~' || seq, "
-                     "revoke = max(revoke, 1) WHERE group_id = ? AND state = 'STARTED'",
-                     (group,))
-        return deleted
-
-    def map_results(self, group: str, lo: int, hi: int) -> list[tuple]:
-        """(index, state, serializer, result, exc_type, traceback) of the finished jobs
-        of a map whose index is in [lo, hi)."""
-        with self._read() as conn:
-            return conn.execute("SELECT group_index, state, serializer, result, exc_type, "
-                                "traceback FROM jobs WHERE group_id = ? AND group_index >= ? "
-                                "AND group_index < ? AND state IN ('SUCCESS', 'FAILURE', "
-                                "'REVOKED')", (group, lo, hi)).fetchall()
-
-    # -------------------------------------------------------------- rate limits
-
-    def set_rate_override(self, task: str, rate: str | None) -> None:
-        with self.transaction() as conn:
-            conn.execute("INSERT INTO rate_limits (task, override) VALUES (?, ?) "
-                         "ON CONFLICT(task) DO UPDATE SET override = excluded.override",
-                         (task, rate))
-
-    @staticmethod
-    def buckets(conn: sqlite3.Connection) -> dict[str, tuple]:
-        """task -> (override, tokens, updated), inside the caller's transaction."""
-        return {row[0]: row[1:] for row in conn.execute(
-            "SELECT task, override, tokens, updated FROM rate_limits")}
-
-    @staticmethod
-    def has_rate_overrides(conn: sqlite3.Connection) -> bool:
-        return conn.execute("SELECT 1 FROM rate_limits WHERE override IS NOT NULL "
-                            "LIMIT 1").fetchone() is not None
-
-    @staticmethod
-    def save_bucket(conn: sqlite3.Connection, task: str, tokens: float, now: float) -> None:
-        conn.execute("INSERT INTO rate_limits (task, tokens, updated) VALUES (?, ?, ?) "
-                     "ON CONFLICT(task) DO UPDATE SET tokens = excluded.tokens, "
-                     "updated = excluded.updated", (task, tokens, now))
-
     def job(self, job_id: str) -> dict | None:
         with self._read() as conn:
             where, key = _where_id(job_id)
-            cur = conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE {where}", (key,))
+            cur = conn.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE {where}", (key,))
             row = cur.fetchone()
-            return None if row is None else _job_dict(_column_names(cur), row)
+            return None if row is None else job_dict(column_names(cur), row)
 
     def job_state(self, job_id: str) -> str | None:
         with self._read() as conn:
@@ -271,7 +188,7 @@ class Store:
             cur = conn.execute("SELECT attempt, started, ended, pid, outcome, exc_type, "
                                "exc_message FROM attempts WHERE job_seq = ? ORDER BY attempt",
                                (seq,))
-            names = _column_names(cur)
+            names = column_names(cur)
             return [dict(zip(names, r)) for r in cur.fetchall()]
 
     def forget(self, job_id: str) -> None:
@@ -310,71 +227,6 @@ class Store:
 
     # -------------------------------------------------------------- workers
 
-    def register_worker(self, pid: int, pid_start: str | None, hostname: str,
-                        queues: Sequence[str], concurrency: int, now: float) -> int:
-        with self.transaction() as conn:
-            cur = conn.execute("INSERT INTO workers (pid, pid_start, hostname, started, "
-                               "heartbeat, queues, concurrency) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                               (pid, pid_start, hostname, now, now, ",".join(queues),
-                                concurrency))
-            return int(cur.lastrowid or 0)
-
-    def heartbeat(self, worker_id: int, now: float) -> bool:
-        """False when this worker's row is gone (another presumed it dead)."""
-        with self._read() as conn:
-            return conn.execute("UPDATE workers SET heartbeat = ? WHERE id = ?",
-                                (now, worker_id)).rowcount == 1
-
-    def unregister_worker(self, worker_id: int) -> None:
-        with self._read() as conn:
-            conn.execute("DELETE FROM workers WHERE id = ?", (worker_id,))
-
-    def workers(self) -> list[dict]:
-        with self._read() as conn:
-            cur = conn.execute("SELECT id, pid, pid_start, hostname, started, heartbeat, "
-                               "queues, concurrency FROM workers ORDER BY id")
-            names = _column_names(cur)
-            return [dict(zip(names, r)) for r in cur.fetchall()]
-
-    def release_worker_jobs(self, worker_ids: Sequence[int], now: float,
-                            lost_reason: Any) -> tuple[int, int]:
-        """Put back the STARTED jobs of workers that are gone, and forget the workers.
-
-        A job whose options say ``acks_late: false`` ends FAILURE/WorkerLostError
-        instead, and a job revoked meanwhile ends REVOKED. Returns (put back, failed).
-        """
-        if not worker_ids:
-            return 0, 0
-        back = failed = 0
-        with self.transaction() as conn:
-            for wid in worker_ids:
-                rows = conn.execute("SELECT seq, options, revoke, started, pid FROM "
-                                    "jobs WHERE state = 'STARTED' AND owner = ?",
-                                    (wid,)).fetchall()
-                for seq, options, revoke, started, pid in rows:
-                    if revoke:
-                        conn.execute("UPDATE jobs SET state = 'REVOKED', done = ?, owner = NULL,"
-                                     " exc_type = 'TaskRevokedError' WHERE seq = ? AND "
-                                     "state = 'STARTED'", (now, seq))
-                    elif options and '"acks_late":false' in options:
-                        conn.execute("UPDATE jobs SET state = 'FAILURE', done = ?, result = ?, "
-                                     "exc_type = 'localq.exceptions.WorkerLostError', "
-                                     "owner = NULL WHERE seq = ? AND state = 'STARTED'",
-                                     (now, lost_reason, seq))
-                        failed += 1
-                    else:
-                        _record_attempt(conn, seq, started, now, pid, "LOST",
-                                        "localq.exceptions.WorkerLostError",
-                                        "the worker running this job died")
-                        conn.execute("UPDATE jobs SET state = 'PENDING', owner = NULL, "
-                                     "started = NULL, pid = NULL WHERE seq = ? AND "
-                                     "state = 'STARTED'", (seq,))
-                        back += 1
-                conn.execute("DELETE FROM workers WHERE id = ?", (wid,))
-        return back, failed
-
-    # -------------------------------------------------------------- claiming
-
     def claim(self, conn: sqlite3.Connection, owner: int, queue: str, limit: int, now: float,
               lane: str | None = None, exclude: Sequence[str] = ()) -> list[Claimed]:
         """Claim up to ``limit`` due jobs of one queue (or one lane) inside ``conn``'s
@@ -396,50 +248,11 @@ class Store:
         rows.sort(key=lambda r: (-r[0], r[1]))
         return [Claimed(r[1], r[2] or format_id(r[1]), *r[3:]) for r in rows]
 
-    @staticmethod
-    def move_to_lane(conn: sqlite3.Connection, task: str) -> int:
-        """Move a task's waiting jobs out of the main claim order into its own lane."""
-        return conn.execute(f"UPDATE jobs SET lane = task WHERE {READY_WHERE} AND lane IS NULL "
-                            "AND task = ?", (task,)).rowcount
-
-    @staticmethod
-    def waiting_lanes(conn: sqlite3.Connection) -> list[str]:
-        """Every lane that has waiting jobs: one index seek per lane."""
-        lanes: list[str] = []
-        while True:
-            row = conn.execute(f"SELECT lane FROM jobs WHERE {READY_WHERE} AND lane IS NOT NULL "
-                               "AND eta = 0 AND lane > ? ORDER BY lane LIMIT 1",
-                               (lanes[-1] if lanes else "",)).fetchone()
-            if row is None:
-                return lanes
-            lanes.append(row[0])
-
-    @staticmethod
-    def release_due(conn: sqlite3.Connection, now: float) -> int:
-        """Make delayed jobs whose time has come claimable (inside the claim transaction)."""
-        return conn.execute(f"UPDATE jobs SET eta = 0 WHERE {READY_WHERE} AND eta > 0 AND "
-                            "eta <= ?", (now,)).rowcount
-
-    def next_due(self, queues: Sequence[str]) -> float | None:
-        """The earliest ETA of a delayed job in these queues, if any."""
-        marks = ",".join("?" * len(queues))
-        with self._read() as conn:
-            row = conn.execute(f"SELECT min(eta) FROM jobs WHERE {READY_WHERE} AND eta > 0 "
-                               f"AND queue IN ({marks})", list(queues)).fetchone()
-        return row[0] if row else None
-
     def revoke_requests(self, owner: int) -> list[tuple[int, int]]:
         """(seq, revoke) of this worker's running jobs that were revoked meanwhile."""
         with self._read() as conn:
             return conn.execute("SELECT seq, revoke FROM jobs WHERE state = 'STARTED' AND "
                                 "owner = ? AND revoke > 0", (owner,)).fetchall()
-
-    def running_counts(self, conn: sqlite3.Connection, tasks: Sequence[str]) -> dict[str, int]:
-        marks = ",".join("?" * len(tasks))
-        return dict(conn.execute(f"SELECT task, count(*) FROM jobs WHERE state = 'STARTED' "
-                                 f"AND task IN ({marks}) GROUP BY task", list(tasks)).fetchall())
-
-    # -------------------------------------------------------------- outcomes
 
     def finish(self, owner: int, outcomes: Sequence[Outcome]) -> None:
         """Write a batch of outcomes in one transaction; each is guarded by owner."""
@@ -471,7 +284,7 @@ class Store:
                 "exc_type = ?, traceback = ? WHERE seq = ? AND state = 'STARTED' AND owner = ?",
                 (o.eta, o.exc_type, o.traceback, o.seq, owner)).rowcount
             if changed:
-                _record_attempt(conn, o.seq, o.started, o.ended, o.pid, "RETRY", o.exc_type,
+                record_attempt(conn, o.seq, o.started, o.ended, o.pid, "RETRY", o.exc_type,
                                 o.exc_message)
         if back:
             conn.executemany("UPDATE jobs SET state = CASE WHEN revoke > 0 THEN 'REVOKED' "
@@ -482,50 +295,6 @@ class Store:
         self.finish(owner, [Outcome(s, "PENDING") for s in seqs])
 
     # -------------------------------------------------------------- maintenance
-
-    def purge(self, queues: Sequence[str] | None) -> int:
-        with self.transaction() as conn:
-            if queues:
-                marks = ",".join("?" * len(queues))
-                return conn.execute(f"DELETE FROM jobs WHERE {READY_WHERE} AND "
-                                    f"queue IN ({marks})", list(queues)).rowcount
-            return conn.execute(f"DELETE FROM jobs WHERE {READY_WHERE}").rowcount
-
-    def expire_results(self, before: float, after_seq: int, scan: int) -> tuple[int, int]:
-        """Delete finished jobs that finished before ``before``, among the next ``scan``
-        jobs in creation order after ``after_seq``. Returns (deleted, next cursor; 0 at
-        the end). A cursor over the table instead of an index on ``done`` keeps every
-        job's completion one index write cheaper; old jobs finish first, so the scan
-        finds them in order."""
-        with self.transaction() as conn:
-            last = conn.execute("SELECT seq, created FROM jobs WHERE seq > ? ORDER BY seq "
-                                "LIMIT 1 OFFSET ?", (after_seq, scan - 1)).fetchone()
-            hi = last[0] if last else (1 << 63) - 1
-            span = (after_seq, hi, before)
-            conn.execute("DELETE FROM attempts WHERE job_seq IN (SELECT seq FROM jobs WHERE "
-                         "seq > ? AND seq <= ? AND done < ?)", span)
-            deleted = conn.execute("DELETE FROM jobs WHERE seq > ? AND seq <= ? AND done < ?",
-                                   span).rowcount
-        # Jobs created after the cutoff cannot have finished before it: the pass ends there.
-        more = last is not None and last[1] < before
-        return deleted, (hi if more else 0)
-
-    def counts(self) -> list[tuple[str, str, str, int]]:
-        """(queue, task, state, count) over every job."""
-        with self._read() as conn:
-            return conn.execute("SELECT queue, task, state, count(*) FROM jobs "
-                                "GROUP BY queue, task, state ORDER BY queue, task").fetchall()
-
-    def recent(self, states: Sequence[str], limit: int) -> list[dict]:
-        marks = ",".join("?" * len(states))
-        with self._read() as conn:
-            cur = conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state IN ({marks}) "
-                               "ORDER BY seq DESC LIMIT ?", [*states, limit])
-            names = _column_names(cur)
-            return [_job_dict(names, r) for r in cur.fetchall()]
-
-
-# ------------------------------------------------------------------ helpers
 
 def _insert_params(j: NewJob) -> tuple:
     seq = parse_id(j.id)
@@ -540,26 +309,6 @@ def _where_id(job_id: str) -> tuple[str, Any]:
     if seq is not None:
         return "seq = ? AND id IS NULL", seq
     return "id = ?", job_id
-
-
-def _job_dict(names: list[str], row: tuple) -> dict:
-    job = dict(zip(names, row))
-    if job["id"] is None:
-        job["id"] = format_id(job["seq"])
-    return job
-
-
-def _column_names(cur: sqlite3.Cursor) -> list[str]:
-    return [d[0] for d in cur.description]
-
-
-def _record_attempt(conn: sqlite3.Connection, seq: int, started: float | None, ended: float,
-                    pid: int | None, outcome: str, exc_type: str | None,
-                    exc_message: str | None) -> None:
-    conn.execute("INSERT OR REPLACE INTO attempts (job_seq, attempt, started, ended, pid, "
-                 "outcome, exc_type, exc_message) VALUES (?, (SELECT count(*) FROM attempts "
-                 "WHERE job_seq = ?), ?, ?, ?, ?, ?, ?)",
-                 (seq, seq, started, ended, pid, outcome, exc_type, exc_message))
 
 
 @contextmanager

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import logging
 import os
+import selectors
 import signal
 import socket
 import time
 from collections import deque
-import selectors
 from typing import TYPE_CHECKING, Any
 
 from .exceptions import TaskRevokedError, TimeLimitExceeded, WorkerLostError

@@ -31,7 +31,7 @@ def max_in_window(stamps: list[float], window: float) -> int:
 
 
 def test_rate_limit_is_global_across_two_workers(app, start_worker):
-    from sample_tasks import limited          # rate_limit="10/s"
+    from sample_tasks import limited  # rate_limit="10/s"
     out = app.path + ".runs"
     results = [limited.delay(out, i) for i in range(40)]
     start_worker("-c", "2")
@@ -77,7 +77,7 @@ def test_rate_limit_set_at_run_time_from_the_cli(app):
 
 
 def test_concurrency_cap_holds_across_workers(app, start_worker):
-    from sample_tasks import capped       # max_concurrency=1
+    from sample_tasks import capped  # max_concurrency=1
     out = app.path + ".runs"
     results = [capped.delay(out, i, 0.1) for i in range(8)]
     start_worker("-c", "2")

@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from localq import Localq
-from localq.store import FINAL_STATES, Outcome
+from localq.rows import FINAL_STATES
+from localq.store import Outcome
 
 OWNER_PID = 1
 

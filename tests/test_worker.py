@@ -252,6 +252,7 @@ def test_worker_started_on_a_file_recovers_jobs_of_a_dead_worker(app, start_work
 
 def test_chaos_repeated_kill_9_of_workers_and_children_loses_nothing(app, start_worker):
     import random
+
     from sample_tasks import record
     rng = random.Random(7)
     out = app.path + ".runs"

@@ -1,0 +1,75 @@
+"""The store's SQL for flow control: token buckets, lanes, due ETAs, running counts."""
+from __future__ import annotations
+
+import sqlite3
+from contextlib import AbstractContextManager
+from typing import Callable, Sequence
+
+from .rows import READY_WHERE
+
+
+class FlowRecords:
+    """Methods of :class:`localq.store.Store`; they use its connection and transactions."""
+
+    _read: Callable[[], AbstractContextManager[sqlite3.Connection]]
+    transaction: Callable[[], AbstractContextManager[sqlite3.Connection]]
+
+    def set_rate_override(self, task: str, rate: str | None) -> None:
+        with self.transaction() as conn:
+            conn.execute("INSERT INTO rate_limits (task, override) VALUES (?, ?) "
+                         "ON CONFLICT(task) DO UPDATE SET override = excluded.override",
+                         (task, rate))
+
+    @staticmethod
+    def buckets(conn: sqlite3.Connection) -> dict[str, tuple]:
+        """task -> (override, tokens, updated), inside the caller's transaction."""
+        return {row[0]: row[1:] for row in conn.execute(
+            "SELECT task, override, tokens, updated FROM rate_limits")}
+
+    @staticmethod
+    def has_rate_overrides(conn: sqlite3.Connection) -> bool:
+        return conn.execute("SELECT 1 FROM rate_limits WHERE override IS NOT NULL "
+                            "LIMIT 1").fetchone() is not None
+
+    @staticmethod
+    def save_bucket(conn: sqlite3.Connection, task: str, tokens: float, now: float) -> None:
+        conn.execute("INSERT INTO rate_limits (task, tokens, updated) VALUES (?, ?, ?) "
+                     "ON CONFLICT(task) DO UPDATE SET tokens = excluded.tokens, "
+                     "updated = excluded.updated", (task, tokens, now))
+
+    @staticmethod
+    def move_to_lane(conn: sqlite3.Connection, task: str) -> int:
+        """Move a task's waiting jobs out of the main claim order into its own lane."""
+        return conn.execute(f"UPDATE jobs SET lane = task WHERE {READY_WHERE} AND lane IS NULL "
+                            "AND task = ?", (task,)).rowcount
+
+    @staticmethod
+    def waiting_lanes(conn: sqlite3.Connection) -> list[str]:
+        """Every lane that has waiting jobs: one index seek per lane."""
+        lanes: list[str] = []
+        while True:
+            row = conn.execute(f"SELECT lane FROM jobs WHERE {READY_WHERE} AND lane IS NOT NULL "
+                               "AND eta = 0 AND lane > ? ORDER BY lane LIMIT 1",
+                               (lanes[-1] if lanes else "",)).fetchone()
+            if row is None:
+                return lanes
+            lanes.append(row[0])
+
+    @staticmethod
+    def release_due(conn: sqlite3.Connection, now: float) -> int:
+        """Make delayed jobs whose time has come claimable (inside the claim transaction)."""
+        return conn.execute(f"UPDATE jobs SET eta = 0 WHERE {READY_WHERE} AND eta > 0 AND "
+                            "eta <= ?", (now,)).rowcount
+
+    def next_due(self, queues: Sequence[str]) -> float | None:
+        """The earliest ETA of a delayed job in these queues, if any."""
+        marks = ",".join("?" * len(queues))
+        with self._read() as conn:
+            row = conn.execute(f"SELECT min(eta) FROM jobs WHERE {READY_WHERE} AND eta > 0 "
+                               f"AND queue IN ({marks})", list(queues)).fetchone()
+        return row[0] if row else None
+
+    def running_counts(self, conn: sqlite3.Connection, tasks: Sequence[str]) -> dict[str, int]:
+        marks = ",".join("?" * len(tasks))
+        return dict(conn.execute(f"SELECT task, count(*) FROM jobs WHERE state = 'STARTED' "
+                                 f"AND task IN ({marks}) GROUP BY task", list(tasks)).fetchall())

@@ -1,0 +1,123 @@
+"""The store's SQL for workers and upkeep: the registry, recovery of a dead worker's
+jobs, purge, result expiry, and the counts behind `status`."""
+from __future__ import annotations
+
+import sqlite3
+from contextlib import AbstractContextManager
+from typing import Any, Callable, Sequence
+
+from .rows import JOB_COLUMNS, READY_WHERE, column_names, job_dict, record_attempt
+
+
+class WorkerRecords:
+    """Methods of :class:`localq.store.Store`; they use its connection and transactions."""
+
+    _read: Callable[[], AbstractContextManager[sqlite3.Connection]]
+    transaction: Callable[[], AbstractContextManager[sqlite3.Connection]]
+
+    def register_worker(self, pid: int, pid_start: str | None, hostname: str,
+                        queues: Sequence[str], concurrency: int, now: float) -> int:
+        with self.transaction() as conn:
+            cur = conn.execute("INSERT INTO workers (pid, pid_start, hostname, started, "
+                               "heartbeat, queues, concurrency) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                               (pid, pid_start, hostname, now, now, ",".join(queues),
+                                concurrency))
+            return int(cur.lastrowid or 0)
+
+    def heartbeat(self, worker_id: int, now: float) -> bool:
+        """False when this worker's row is gone (another presumed it dead)."""
+        with self._read() as conn:
+            return conn.execute("UPDATE workers SET heartbeat = ? WHERE id = ?",
+                                (now, worker_id)).rowcount == 1
+
+    def unregister_worker(self, worker_id: int) -> None:
+        with self._read() as conn:
+            conn.execute("DELETE FROM workers WHERE id = ?", (worker_id,))
+
+    def workers(self) -> list[dict]:
+        with self._read() as conn:
+            cur = conn.execute("SELECT id, pid, pid_start, hostname, started, heartbeat, "
+                               "queues, concurrency FROM workers ORDER BY id")
+            names = column_names(cur)
+            return [dict(zip(names, r)) for r in cur.fetchall()]
+
+    def release_worker_jobs(self, worker_ids: Sequence[int], now: float,
+                            lost_reason: Any) -> tuple[int, int]:
+        """Put back the STARTED jobs of workers that are gone, and forget the workers.
+
+        A job whose options say ``acks_late: false`` ends FAILURE/WorkerLostError
+        instead, and a job revoked meanwhile ends REVOKED. Returns (put back, failed).
+        """
+        if not worker_ids:
+            return 0, 0
+        back = failed = 0
+        with self.transaction() as conn:
+            for wid in worker_ids:
+                rows = conn.execute("SELECT seq, options, revoke, started, pid FROM "
+                                    "jobs WHERE state = 'STARTED' AND owner = ?",
+                                    (wid,)).fetchall()
+                for seq, options, revoke, started, pid in rows:
+                    if revoke:
+                        conn.execute("UPDATE jobs SET state = 'REVOKED', done = ?, owner = NULL,"
+                                     " exc_type = 'TaskRevokedError' WHERE seq = ? AND "
+                                     "state = 'STARTED'", (now, seq))
+                    elif options and '"acks_late":false' in options:
+                        conn.execute("UPDATE jobs SET state = 'FAILURE', done = ?, result = ?, "
+                                     "exc_type = 'localq.exceptions.WorkerLostError', "
+                                     "owner = NULL WHERE seq = ? AND state = 'STARTED'",
+                                     (now, lost_reason, seq))
+                        failed += 1
+                    else:
+                        record_attempt(conn, seq, started, now, pid, "LOST",
+                                        "localq.exceptions.WorkerLostError",
+                                        "the worker running this job died")
+                        conn.execute("UPDATE jobs SET state = 'PENDING', owner = NULL, "
+                                     "started = NULL, pid = NULL WHERE seq = ? AND "
+                                     "state = 'STARTED'", (seq,))
+                        back += 1
+                conn.execute("DELETE FROM workers WHERE id = ?", (wid,))
+        return back, failed
+
+    def purge(self, queues: Sequence[str] | None) -> int:
+        with self.transaction() as conn:
+            if queues:
+                marks = ",".join("?" * len(queues))
+                return conn.execute(f"DELETE FROM jobs WHERE {READY_WHERE} AND "
+                                    f"queue IN ({marks})", list(queues)).rowcount
+            return conn.execute(f"DELETE FROM jobs WHERE {READY_WHERE}").rowcount
+
+    def expire_results(self, before: float, after_seq: int, scan: int) -> tuple[int, int]:
+        """Delete finished jobs that finished before ``before``, among the next ``scan``
+        jobs in creation order after ``after_seq``. Returns (deleted, next cursor; 0 at
+        the end). A cursor over the table instead of an index on ``done`` keeps every
+        job's completion one index write cheaper; old jobs finish first, so the scan
+        finds them in order."""
+        with self.transaction() as conn:
+            last = conn.execute("SELECT seq, created FROM jobs WHERE seq > ? ORDER BY seq "
+                                "LIMIT 1 OFFSET ?", (after_seq, scan - 1)).fetchone()
+            hi = last[0] if last else (1 << 63) - 1
+            span = (after_seq, hi, before)
+            conn.execute("DELETE FROM attempts WHERE job_seq IN (SELECT seq FROM jobs WHERE "
+                         "seq > ? AND seq <= ? AND done < ?)", span)
+            deleted = conn.execute("DELETE FROM jobs WHERE seq > ? AND seq <= ? AND done < ?",
+                                   span).rowcount
+        # Jobs created after the cutoff cannot have finished before it: the pass ends there.
+        more = last is not None and last[1] < before
+        return deleted, (hi if more else 0)
+
+    def counts(self) -> list[tuple[str, str, str, int]]:
+        """(queue, task, state, count) over every job."""
+        with self._read() as conn:
+            return conn.execute("SELECT queue, task, state, count(*) FROM jobs "
+                                "GROUP BY queue, task, state ORDER BY queue, task").fetchall()
+
+    def recent(self, states: Sequence[str], limit: int) -> list[dict]:
+        marks = ",".join("?" * len(states))
+        with self._read() as conn:
+            cur = conn.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE state IN ({marks}) "
+                               "ORDER BY seq DESC LIMIT ?", [*states, limit])
+            names = column_names(cur)
+            return [job_dict(names, r) for r in cur.fetchall()]
+
+
+# ------------------------------------------------------------------ helpers
