@@ -14,6 +14,7 @@ supervisor-side ends it inherited).
 """
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import time
@@ -23,10 +24,16 @@ from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Callable
 
 from .child import child_main
+from .exceptions import TaskRevokedError, TimeLimitExceeded, WorkerLostError
+from .serializer import encode_exception, exception_type_name
+from .store import Outcome
 
 if TYPE_CHECKING:
     from .app import Localq
     from .store import Claimed
+    from .task import Task
+
+log = logging.getLogger("localq.worker")
 
 KILL_GRACE = 0.1      # seconds between SIGTERM and SIGKILL for a child we stop
 
@@ -135,3 +142,34 @@ def fork_child(app: Localq, siblings: list[Connection], close_fds: list[int],
         os._exit(70)
     theirs.close()
     return Child(pid, ours)
+
+
+def death_outcome(child: Child, head: Inflight, task: Task | None, how: str,
+                  now: float) -> Outcome:
+    """What became of the job a child was running when it died."""
+    seq, job = head.job.seq, head.job
+    if child.kill_reason == "time_limit" and child.kill_job == seq:
+        log.error("Task %s[%s] killed: hard time limit (%ss) exceeded", job.task, job.id,
+                  head.hard)
+        return _failed(seq, job.serializer, TimeLimitExceeded(f"TimeLimitExceeded({head.hard})"),
+                       now, child.pid)
+    if child.kill_reason == "revoke" and child.kill_job == seq:
+        log.info("Task %s[%s] terminated by revoke", job.task, job.id)
+        return Outcome(seq, "REVOKED", encode_exception(job.serializer,
+                                                        TaskRevokedError("terminated")),
+                       "localq.exceptions.TaskRevokedError", None, None, now, child.pid)
+    if child.kill_reason is not None:
+        # Shut down, or killed for another job that had just finished: this one was
+        # caught in the crossfire; it runs again.
+        return Outcome(seq, "PENDING")
+    if task is not None and task.option("reject_on_worker_lost"):
+        log.warning("Task %s[%s]: worker lost (%s); it will run again", job.task, job.id, how)
+        return Outcome(seq, "PENDING")
+    exc = WorkerLostError(f"Worker exited prematurely: {how} Job: {job.id}.")
+    log.error("Task %s[%s] failed: %s", job.task, job.id, exc)
+    return _failed(seq, job.serializer, exc, now, child.pid)
+
+
+def _failed(seq: int, serializer: str, exc: BaseException, now: float, pid: int) -> Outcome:
+    return Outcome(seq, "FAILURE", encode_exception(serializer, exc), exception_type_name(exc),
+                   None, None, now, pid, 0.0, str(exc))

@@ -17,17 +17,17 @@ import logging
 import os
 import selectors
 import signal
-import socket
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from .exceptions import TaskRevokedError, TimeLimitExceeded, WorkerLostError
+from .exceptions import TaskRevokedError
 from .execute import LimitCache
 from .flow import FlowControl
-from .pool import Child, Inflight, fork_child
+from .pool import Child, Inflight, death_outcome, fork_child
 from .serializer import encode_exception
 from .store import Claimed, Outcome, Store
+from .upkeep import RECOVERY_EVERY, Upkeep
 from .wakeup import Doorbell, Ringer, supervisor_name, wake_folder
 
 if TYPE_CHECKING:
@@ -37,32 +37,9 @@ log = logging.getLogger("localq.worker")
 
 FALLBACK_CHECK = 0.5     # seconds between data_version checks when idle
 MAX_QUEUED_BYTES = 64 * 1024   # arguments queued in a busy child's channel, at most
-RECOVERY_EVERY = 5.0     # seconds between looks for dead workers
 
 
-def process_start_time(pid: int) -> str | None:
-    """The kernel's start time of a process: tells a live pid from a reused one."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-        return data[data.rindex(b")") + 2:].split()[19].decode()
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def worker_is_gone(w: dict, now: float, lost_after: float) -> bool:
-    try:
-        os.kill(w["pid"], 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        pass
-    if w["pid_start"] and process_start_time(w["pid"]) not in (None, w["pid_start"]):
-        return True              # the pid was reused by another process
-    return now - w["heartbeat"] > lost_after
-
-
-class Supervisor:
+class Supervisor(Upkeep):
     def __init__(self, app: Localq, *, concurrency: int, queues: list[str],
                  max_tasks_per_child: int | None = None,
                  max_memory_per_child: int | None = None,
@@ -95,11 +72,8 @@ class Supervisor:
         self.store = Store(app.path, app.conf.database_synchronous)
         self.flow = FlowControl(app, self.store)
         now = time.time()
-        pid = os.getpid()
-        self.worker_id = self.store.register_worker(
-            pid, process_start_time(pid), socket.gethostname(), self.queues,
-            self.concurrency, now)
-        self._recover(now, everyone=True)
+        self._register(now)
+        self._recover(now)
         self.bell = Doorbell(wake_folder(app.path), supervisor_name())
         self.waiters = Ringer(wake_folder(app.path), "g")
         self._sig_r, self._sig_w = os.pipe()
@@ -197,18 +171,9 @@ class Supervisor:
                 self._heartbeat()
             if mono - last_recovery >= RECOVERY_EVERY:
                 last_recovery = mono
-                self._recover(time.time(), everyone=False)
+                self._recover(time.time())
             if mono >= self.next_expiry:
-                # One bounded step of the sweep. While jobs flow, steps are small and
-                # spaced so that sweeping takes about a twentieth of the loop's time;
-                # idle, it goes on at full speed.
-                busy = bool(self.outcomes or self.ready or self.want_work or
-                            any(c.inflight for c in self.children.values()))
-                t0 = time.monotonic()
-                more = self._expire_results(1000 if busy else 5000)
-                took = time.monotonic() - t0
-                self.next_expiry = mono + (RECOVERY_EVERY if not more else
-                                           max(0.02, 19 * took) if busy else 0)
+                self._expiry_step(mono)
 
     def _should_claim(self, slots: int) -> bool:
         """Claim now? Only if there may be work and room for it, and either outcomes are
@@ -333,32 +298,8 @@ class Supervisor:
         now = time.time()
         head = child.inflight.popleft() if child.inflight else None
         if head is not None:
-            seq, job = head.job.seq, head.job
-            task = self.app.tasks.get(job.task)
-            serializer = job.serializer
-            if child.kill_reason == "time_limit" and child.kill_job == seq:
-                exc: BaseException = TimeLimitExceeded(f"TimeLimitExceeded({head.hard})")
-                log.error("Task %s[%s] killed: hard time limit (%ss) exceeded",
-                          job.task, job.id, head.hard)
-                self.outcomes.append(_failed(seq, serializer, exc, now, child.pid))
-            elif child.kill_reason == "revoke" and child.kill_job == seq:
-                exc = TaskRevokedError("terminated")
-                self.outcomes.append(Outcome(seq, "REVOKED", encode_exception(serializer, exc),
-                                             "localq.exceptions.TaskRevokedError", None, None,
-                                             now, child.pid))
-                log.info("Task %s[%s] terminated by revoke", job.task, job.id)
-            elif child.kill_reason is not None:
-                # Shut down, or killed for another job that had just finished: this
-                # one was caught in the crossfire; it runs again.
-                self.outcomes.append(Outcome(seq, "PENDING"))
-            elif task is not None and task.option("reject_on_worker_lost"):
-                log.warning("Task %s[%s]: worker lost (%s); it will run again",
-                            job.task, job.id, how)
-                self.outcomes.append(Outcome(seq, "PENDING"))
-            else:
-                exc = WorkerLostError(f"Worker exited prematurely: {how} Job: {job.id}.")
-                log.error("Task %s[%s] failed: %s", job.task, job.id, exc)
-                self.outcomes.append(_failed(seq, serializer, exc, now, child.pid))
+            self.outcomes.append(death_outcome(child, head, self.app.tasks.get(head.job.task),
+                                               how, now))
             self.final_outcomes = True
         # Jobs it had been handed but never started go to another child.
         self.ready.extendleft(reversed([i.job for i in child.inflight]))
@@ -475,43 +416,6 @@ class Supervisor:
 
     # -------------------------------------------------------------- housekeeping
 
-    def _heartbeat(self) -> None:
-        now = time.time()
-        if not self.store.heartbeat(self.worker_id, now):
-            log.warning("this worker was presumed dead by another (stalled for over %ss); "
-                        "registering again", self.app.conf.worker_lost_after)
-            pid = os.getpid()
-            self.worker_id = self.store.register_worker(
-                pid, process_start_time(pid), socket.gethostname(), self.queues,
-                self.concurrency, now)
-            for child in self.children.values():
-                child.inflight.clear()
-            self.ready.clear()
-
-    def _recover(self, now: float, everyone: bool) -> None:
-        lost_after = self.app.conf.worker_lost_after
-        gone = [w["id"] for w in self.store.workers()
-                if w["id"] != self.worker_id and worker_is_gone(w, now, lost_after)]
-        if gone:
-            reason = encode_exception("json", WorkerLostError(
-                "the worker running this job died and the task has acks_late=False"))
-            back, failed = self.store.release_worker_jobs(gone, now, reason)
-            if back or failed:
-                log.warning("recovered %d job(s) from %d dead worker(s): %d put back, "
-                            "%d failed (acks_late=False)", back + failed, len(gone), back,
-                            failed)
-                self.want_work = True
-
-    def _expire_results(self, scan: int) -> bool:
-        """One bounded step of result expiry; True when there is more to look at now."""
-        expires = self.app.conf.result_expires
-        if not expires or self.stopping:
-            return False
-        seconds = expires.total_seconds() if hasattr(expires, "total_seconds") else expires
-        _, self.expiry_cursor = self.store.expire_results(time.time() - float(seconds),
-                                                          self.expiry_cursor, scan)
-        return self.expiry_cursor != 0
-
     # -------------------------------------------------------------- stopping
 
     def _shutdown(self, cold: bool) -> None:
@@ -552,9 +456,3 @@ class Supervisor:
             self.selector.close()
             signal.set_wakeup_fd(-1)
             log.info("localq worker stopped (pid %d)", os.getpid())
-
-
-def _failed(seq: int, serializer: str, exc: BaseException, now: float, pid: int) -> Outcome:
-    from .serializer import exception_type_name
-    return Outcome(seq, "FAILURE", encode_exception(serializer, exc), exception_type_name(exc),
-                   None, None, now, pid, 0.0, str(exc))

@@ -1,0 +1,113 @@
+"""Upkeep of a worker: its heartbeat, recovering the jobs of dead workers, expiring results.
+
+A mixin of the Supervisor: each step is small and bounded, so that upkeep
+never stalls the pool.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from typing import TYPE_CHECKING, Any
+
+from .exceptions import WorkerLostError
+from .serializer import encode_exception
+
+if TYPE_CHECKING:
+    from .app import Localq
+    from .pool import Child
+    from .store import Store
+
+log = logging.getLogger("localq.worker")
+
+RECOVERY_EVERY = 5.0     # seconds between looks for dead workers
+
+
+def process_start_time(pid: int) -> str | None:
+    """The kernel's start time of a process: tells a live pid from a reused one."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+        return data[data.rindex(b")") + 2:].split()[19].decode()
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def worker_is_gone(w: dict, now: float, lost_after: float) -> bool:
+    try:
+        os.kill(w["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass
+    if w["pid_start"] and process_start_time(w["pid"]) not in (None, w["pid_start"]):
+        return True              # the pid was reused by another process
+    return now - w["heartbeat"] > lost_after
+
+
+class Upkeep:
+    app: Localq
+    store: Store
+    worker_id: int
+    queues: list[str]
+    concurrency: int
+    children: dict[int, Child]
+    ready: Any
+    outcomes: list
+    want_work: bool
+    stopping: bool
+    expiry_cursor: int
+    next_expiry: float
+
+    def _register(self, now: float) -> None:
+        pid = os.getpid()
+        self.worker_id = self.store.register_worker(
+            pid, process_start_time(pid), socket.gethostname(), self.queues, self.concurrency,
+            now)
+
+    def _heartbeat(self) -> None:
+        now = time.time()
+        if not self.store.heartbeat(self.worker_id, now):
+            log.warning("this worker was presumed dead by another (stalled for over %ss); "
+                        "registering again", self.app.conf.worker_lost_after)
+            self._register(now)
+            for child in self.children.values():
+                child.inflight.clear()
+            self.ready.clear()
+
+    def _recover(self, now: float) -> None:
+        lost_after = self.app.conf.worker_lost_after
+        gone = [w["id"] for w in self.store.workers()
+                if w["id"] != self.worker_id and worker_is_gone(w, now, lost_after)]
+        if gone:
+            reason = encode_exception("json", WorkerLostError(
+                "the worker running this job died and the task has acks_late=False"))
+            back, failed = self.store.release_worker_jobs(gone, now, reason)
+            if back or failed:
+                log.warning("recovered %d job(s) from %d dead worker(s): %d put back, "
+                            "%d failed (acks_late=False)", back + failed, len(gone), back,
+                            failed)
+                self.want_work = True
+
+    def _expire_results(self, scan: int) -> bool:
+        """One bounded step of result expiry; True when there is more to look at now."""
+        expires = self.app.conf.result_expires
+        if not expires or self.stopping:
+            return False
+        seconds = expires.total_seconds() if hasattr(expires, "total_seconds") else expires
+        _, self.expiry_cursor = self.store.expire_results(time.time() - float(seconds),
+                                                          self.expiry_cursor, scan)
+        return self.expiry_cursor != 0
+
+    def _expiry_step(self, mono: float) -> None:
+        """One bounded step of the sweep. While jobs flow, steps are small and spaced so
+        that sweeping takes about a twentieth of the loop's time; idle, it goes on at
+        full speed."""
+        busy = bool(self.outcomes or self.ready or self.want_work or
+                    any(c.inflight for c in self.children.values()))
+        t0 = time.monotonic()
+        more = self._expire_results(1000 if busy else 5000)
+        took = time.monotonic() - t0
+        self.next_expiry = mono + (RECOVERY_EVERY if not more else
+                                   max(0.02, 19 * took) if busy else 0)
