@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Time limits: how late the soft and hard limits strike, and how soon the pool is whole.
 
-    python benchmarks/limits_bench.py [--quick] [--runs N]
+    python benchmarks/limits_bench.py [--quick] [--runs N] [--json PATH]
 
 Run from the project root; localq is imported from this checkout. Stdlib only.
 Everything happens in a fresh temporary folder that is deleted at the end; the
@@ -35,17 +35,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
-import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+import _common as c
+from _common import BenchError, live_children, percentile
 
 from localq import Localq, SoftTimeLimitExceeded, TimeLimitExceeded  # noqa: E402
 
@@ -112,37 +109,6 @@ def where(seconds):
 
 
 # ---------------------------------------------------------------- helpers
-
-class BenchError(Exception):
-    pass
-
-
-def live_children(pid: int) -> set[int]:
-    """Children of pid that are not zombies."""
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            pids = [int(p) for p in f.read().split()]
-    except OSError:
-        return set()
-    live = set()
-    for p in pids:
-        try:
-            with open(f"/proc/{p}/stat", "rb") as f:
-                data = f.read()
-            if data[data.rindex(b")") + 2:].split()[0] not in (b"Z", b"X"):
-                live.add(p)
-        except (OSError, ValueError):
-            pass
-    return live
-
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    k = (len(ordered) - 1) * p / 100
-    lo = int(k)
-    hi = min(lo + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
-
 
 class Bench:
     def __init__(self, runs: int, tmp: str) -> None:
@@ -242,98 +208,69 @@ TARGETS = [  # text, keys, limit in ms (on the max)
 ]
 
 
+def summary(v: list[float]) -> dict[str, float]:
+    """n, p50, p90, max and min of a figure's samples (ms)."""
+    return {"n": len(v), "p50": statistics.median(v), "p90": percentile(v, 90),
+            "max": max(v), "min": min(v)}
+
+
+def target_results(bench: Bench) -> list[tuple[str, float | None, float | None, bool | None]]:
+    """(text, max ms, p50 ms, ok) for each target: the max of its runs against its limit."""
+    out = []
+    for text, keys, limit in TARGETS:
+        values = [x for k in keys for x in bench.samples.get(k, [])]
+        if not values:
+            out.append((text, None, None, None))
+        else:
+            out.append((text, max(values), statistics.median(values), max(values) <= limit))
+    return out
+
+
 def report(bench: Bench, quick: bool, wall: float, background: str) -> str:
-    head = ("figure", "n", "p50 ms", "p90 ms", "max ms", "min ms")
-    rows = [head]
+    rows = [("figure", "n", "p50 ms", "p90 ms", "max ms", "min ms")]
     for key, label in ROWS:
         v = bench.samples.get(key)
         if not v:
             rows.append((label, "0", "n/a", "n/a", "n/a", "n/a"))
             continue
-        rows.append((label, str(len(v)), f"{statistics.median(v):.1f}",
-                     f"{percentile(v, 90):.1f}", f"{max(v):.1f}", f"{min(v):.1f}"))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+        f = summary(v)
+        rows.append((label, str(f["n"]), f"{f['p50']:.1f}", f"{f['p90']:.1f}",
+                     f"{f['max']:.1f}", f"{f['min']:.1f}"))
     lines = [f"localq time limits benchmark: {bench.runs} runs per figure"
-             f"{' (quick)' if quick else ''}, {CHILDREN} children, Python "
-             f"{platform.python_version()}, {os.cpu_count()} CPUs, {git_commit()}", ""]
-    for i, r in enumerate(rows):
-        lines.append("  ".join(r[c].ljust(widths[c]) if c == 0 else r[c].rjust(widths[c])
-                               for c in range(len(r))))
-        if i == 0:
-            lines.append("  ".join("-" * w for w in widths))
+             f"{' (quick)' if quick else ''}, {CHILDREN} children, "
+             f"{c.machine()}, {c.git_commit('commit ')}", ""]
+    lines += c.table(rows)
     lines.append("")
-    for text, keys, limit in TARGETS:
-        values = [x for k in keys for x in bench.samples.get(k, [])]
-        if not values:
-            lines.append(f"target {text}: n/a FAILED TO MEASURE")
-            continue
-        worst = max(values)
-        lines.append(f"target {text}: max {worst:.1f} ms, p50 "
-                     f"{statistics.median(values):.1f} ms {'OK' if worst <= limit else 'MISS'}")
-    lines.extend(bench.notes)
-    lines.append(background)
-    lines.append(f"total {wall:.1f}s")
+    for text, worst, p50, ok in target_results(bench):
+        shown = "n/a" if worst is None else f"max {worst:.1f} ms, p50 {p50:.1f} ms"
+        lines.append(c.target_line(text, shown, ok))
+    lines += c.report_tail(bench.notes, background, wall)
     return "\n".join(lines)
-
-
-def cpu_now() -> tuple[int, float]:
-    """(busy jiffies of the whole machine, CPU seconds of this process and its reaped
-    descendants: the embedded supervisor and, through it, its children)."""
-    with open("/proc/stat") as f:
-        fields = [int(x) for x in f.readline().split()[1:]]
-    busy = sum(fields) - fields[3] - fields[4]      # minus idle and iowait
-    t = os.times()
-    return busy, t.user + t.system + t.children_user + t.children_system
-
-
-def background_load(before: tuple[int, float], seconds: float) -> str:
-    after = cpu_now()
-    machine = (after[0] - before[0]) / os.sysconf("SC_CLK_TCK")
-    other = max(0.0, machine - (after[1] - before[1]))
-    cpus = os.cpu_count() or 1
-    share = other / (seconds * cpus) * 100
-    return (f"background: other processes used {other:.1f} CPU-s of {seconds * cpus:.0f} "
-            f"({share:.0f} % of the machine) during the run"
-            + ("; figures are noisy, run again on a quiet machine" if share > 5 else ""))
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
-                             capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--", "localq"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return "commit " + out.stdout.strip() + ("+dirty localq/" if dirty else "")
-    except Exception:
-        return "unknown commit"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="5 runs per figure (default 20)")
     parser.add_argument("--runs", type=int, default=None, help="runs per figure")
+    c.add_json_option(parser)
     args = parser.parse_args()
     runs = args.runs or (5 if args.quick else 20)
-    started = time.perf_counter()
-    cpu0 = cpu_now()
-    tmp = tempfile.mkdtemp(prefix="localq-limits-bench-")
-    bench = Bench(runs, tmp)
-    code = 0
-    try:
-        bench.run()
-    except BenchError as exc:
-        bench.notes.append(f"ERROR {exc}")
-        code = 1
-    finally:
-        app.close()
-        try:
-            from localq.result import close_bells
-            close_bells()
-        except Exception:
-            pass
-        shutil.rmtree(tmp, ignore_errors=True)
-    wall = time.perf_counter() - started
-    print(report(bench, args.quick, wall, background_load(cpu0, wall)))
+    json_path = c.json_path(args)
+    bench, wall, background, code = c.run_embedded(
+        "localq-limits-bench-", lambda tmp: Bench(runs, tmp), [app])
+    print(report(bench, args.quick, wall, background))
+    if json_path:
+        c.write_json(json_path, {
+            "runs": runs, "quick": args.quick, "children": CHILDREN, **c.run_info(),
+            "seconds": wall, "unit": "ms",
+            "figures": {key: dict(summary(bench.samples[key]), label=label,
+                                  samples=bench.samples[key])
+                        for key, label in ROWS if bench.samples.get(key)},
+            "targets": [{"text": text, "max": worst, "p50": p50, "limit": limit, "ok": ok}
+                        for (text, worst, p50, ok), (_, _, limit)
+                        in zip(target_results(bench), TARGETS)],
+            "notes": bench.notes, "background": background, "errors": [
+                n[len("ERROR "):] for n in bench.notes if n.startswith("ERROR ")]})
     return code
 
 

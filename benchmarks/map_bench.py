@@ -1,6 +1,6 @@
 """app.map over N no-op items with 2 children, beside multiprocessing.Pool(2).map.
 
-    python benchmarks/map_bench.py [--items 100000] [--repeat 3] [--concurrency 2]
+    python benchmarks/map_bench.py [--items 100000] [--repeat 3] [--concurrency 2] [--json PATH]
 
 Prints, for each: items/s of the map call alone (the pool or the worker is
 already running), the best and the median of the repeats, and the ratio
@@ -8,7 +8,8 @@ localq / Pool (and against Pool with chunksize=1: one message per item,
 closer to what a queue does). Also: the enqueue rate of a map's jobs (encode + insert in
 large transactions, no worker competing for the CPU), and start to first
 result of an embedded worker (fork the supervisor and its children, one
-``delay().get()``). Pool is the ceiling: it keeps nothing on disk.
+``delay().get()``). Pool is the ceiling: it keeps nothing on disk. ``--json PATH``
+also saves every rate (items/s) and the medians.
 """
 from __future__ import annotations
 
@@ -20,9 +21,9 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import _common as c
 
-from localq import Localq  # noqa: E402
+from localq import Localq  # noqa: E402  (after _common put this checkout first on sys.path)
 from localq import mapping  # noqa: E402
 
 app = Localq(main="map_bench")
@@ -93,7 +94,9 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=2)
+    c.add_json_option(parser)
     args = parser.parse_args()
+    json_path = c.json_path(args)
     with tempfile.TemporaryDirectory(prefix="localq-map-bench-") as folder:
         enqueue = bench_enqueue(folder, args.items, args.repeat)
         lq = bench_localq(folder, args.items, args.repeat, args.concurrency)
@@ -110,6 +113,14 @@ def main() -> None:
           f"{statistics.median(lq['rates']) / statistics.median(pool):.4f}")
     print(f"ratio localq / Pool chunksize=1 (median) "
           f"{statistics.median(lq['rates']) / statistics.median(pool_one):.3f}")
+    if json_path:
+        rates = {"enqueue": enqueue, "localq": lq["rates"], "pool": pool,
+                 "pool_chunksize1": pool_one}
+        c.write_json(json_path, {
+            "items": args.items, "repeat": args.repeat, "concurrency": args.concurrency,
+            **c.run_info(), "unit": "items/s", "first": lq["first"], "rates": rates,
+            "median": {k: statistics.median(v) for k, v in rates.items()},
+            "best": {k: max(v) for k, v in rates.items()}})
 
 
 if __name__ == "__main__":

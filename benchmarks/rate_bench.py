@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Rate limits: does a limited task run at its rate, and does a throttled backlog cost others?
 
-    python benchmarks/rate_bench.py [--quick] [--profile DIR]
+    python benchmarks/rate_bench.py [--quick] [--profile DIR] [--json PATH]
 
 Run from the project root; localq is imported from this checkout. Stdlib only.
 Everything happens in a fresh temporary folder that is deleted at the end; the
@@ -45,18 +45,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from urllib.request import pathname2url
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+import _common as c
+from _common import BenchError
 
 from localq import Localq  # noqa: E402
 from localq.result import close_bells  # noqa: E402  (this process's get() doorbells)
@@ -100,13 +97,8 @@ bare_noop = bare.task(name=noop.name)(noop.run)
 
 # ---------------------------------------------------------------- helpers
 
-class BenchError(Exception):
-    pass
-
-
 def readonly(path: str) -> sqlite3.Connection:
-    return sqlite3.connect(f"file:{pathname2url(path)}?mode=ro", uri=True,
-                           isolation_level=None, timeout=60)
+    return c.read_only(path, timeout=60)
 
 
 def count_done(db: sqlite3.Connection, task: str) -> int:
@@ -323,42 +315,49 @@ B_COLUMNS = [  # key prefix, heading, unit
 ]
 
 
+UNITS = {"rate1": "{:,.1f}/s", "us": "{:,.1f} us", "count": "{:,.0f}"}
+
+
 def show(value: float | None, unit: str) -> str:
-    if value is None:
-        return "n/a"
-    if unit == "rate1":
-        return f"{value:,.1f}/s"
-    if unit == "rate":
-        return f"{value:,.0f}/s"
-    if unit == "us":
-        return f"{value:,.1f} us"
-    return f"{value:,.0f}"
+    return c.show(value, unit, UNITS)
 
 
-def table(rows: list[tuple[str, ...]]) -> list[str]:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+def medians(bench: Bench) -> dict[str, float]:
+    return {k: statistics.median(x) for k, x in bench.values.items() if x}
+
+
+def targets(med: dict[str, float]) -> list[tuple[str, str, float | None, bool | None, str]]:
+    """(key, text, value, ok, shown value) for each target, from the medians."""
     out = []
-    for i, r in enumerate(rows):
-        out.append("  ".join(c.ljust(widths[k]) if k == 0 else c.rjust(widths[k])
-                             for k, c in enumerate(r)).rstrip())
-        if i == 0:
-            out.append("  ".join("-" * w for w in widths))
+    if "a_done" in med:
+        dev = (med["a_done"] - RATE) / RATE * 100
+        out.append(("rate", f"{RATE:,}/s task within 5 % of {RATE:,}/s", med["a_done"],
+                    abs(dev) <= 5, f"{med['a_done']:,.1f}/s, {dev:+.2f} %"))
+    else:
+        out.append(("rate", f"{RATE:,}/s task within 5 %", None, None, "n/a"))
+    if "stream_alone" in med and "stream_declared" in med:
+        ratio = med["stream_declared"] / med["stream_alone"]
+        out.append(("backlog", f"no-op throughput with {BACKLOG:,} throttled jobs waiting "
+                    f"within 10 % of none waiting", ratio, ratio >= 0.9,
+                    f"{med['stream_declared']:,.0f}/s vs {med['stream_alone']:,.0f}/s, "
+                    f"ratio {ratio:.2f}"))
+    else:
+        out.append(("backlog", "throughput with a throttled backlog", None, None, "n/a"))
     return out
 
 
 def report(bench: Bench, wall: float, background: str) -> str:
     v = bench.values
-    med = {k: statistics.median(x) for k, x in v.items() if x}
+    med = medians(bench)
     lines = [f"localq rate limit benchmark{' (quick)' if bench.quick else ''}: "
-             f"{CHILDREN} children, Python {platform.python_version()}, {os.cpu_count()} CPUs, "
-             f"{git_commit()}", "",
+             f"{CHILDREN} children, {c.machine()}, {c.git_commit('commit ')}", "",
              f"(a) a task limited to {RATE:,}/s, {bench.n_rate:,} jobs enqueued then run, "
              f"median of {bench.runs} runs"]
     rows = [("figure", "median", "runs")]
     for key, label, unit in A_ROWS:
         rows.append((label, show(med.get(key), unit),
                      ", ".join(show(x, unit) for x in v.get(key, []))))
-    lines += table(rows)
+    lines += c.table(rows)
     lines += ["", f"(b) a no-op task, {bench.n_stream:,} jobs streamed by delay() while the "
               f"worker runs, median of {bench.runs_b} runs;",
               f"(c) the same {bench.n_stream:,} jobs enqueued first, then drained, median of "
@@ -366,27 +365,15 @@ def report(bench: Bench, wall: float, background: str) -> str:
     rows = [("case",) + tuple(h for _, h, _ in B_COLUMNS)]
     for case, label in CASES.items():
         rows.append((label,) + tuple(show(med.get(f"{p}_{case}"), u) for p, _, u in B_COLUMNS))
-    lines += table(rows)
+    lines += c.table(rows)
     lines += ["", "runs:"]
     for p, h, u in B_COLUMNS:
         for case in CASES:
             if v.get(f"{p}_{case}"):
                 lines.append(f"  {h} [{case}]: " + ", ".join(show(x, u) for x in v[f"{p}_{case}"]))
     lines.append("")
-    if "a_done" in med:
-        dev = (med["a_done"] - RATE) / RATE * 100
-        lines.append(f"target {RATE:,}/s task within 5 % of {RATE:,}/s: {med['a_done']:,.1f}/s, "
-                     f"{dev:+.2f} % {'OK' if abs(dev) <= 5 else 'MISS'}")
-    else:
-        lines.append(f"target {RATE:,}/s task within 5 %: n/a FAILED TO MEASURE")
-    if "stream_alone" in med and "stream_declared" in med:
-        ratio = med["stream_declared"] / med["stream_alone"]
-        lines.append(f"target no-op throughput with {BACKLOG:,} throttled jobs waiting within "
-                     f"10 % of none waiting: {med['stream_declared']:,.0f}/s vs "
-                     f"{med['stream_alone']:,.0f}/s, ratio {ratio:.2f} "
-                     f"{'OK' if ratio >= 0.9 else 'MISS'}")
-    else:
-        lines.append("target throughput with a throttled backlog: n/a FAILED TO MEASURE")
+    for _, text, _, ok, shown in targets(med):
+        lines.append(c.target_line(text, shown, ok))
     for p, h, u in B_COLUMNS:
         base = med.get(f"{p}_alone")
         if not base or p == "send":
@@ -394,42 +381,8 @@ def report(bench: Bench, wall: float, background: str) -> str:
         parts = [f"{case} {med[f'{p}_{case}'] / base:.2f}" for case in CASES
                  if case != "alone" and f"{p}_{case}" in med]
         lines.append(f"info: {h} against none waiting: " + ", ".join(parts))
-    lines.extend(bench.notes)
-    lines.append(background)
-    lines.append(f"total {wall:.1f}s")
+    lines += c.report_tail(bench.notes, background, wall)
     return "\n".join(lines)
-
-
-def cpu_now() -> tuple[int, float]:
-    """(busy jiffies of the whole machine, CPU seconds of this process and its reaped
-    descendants: the embedded supervisors and, through them, their children)."""
-    with open("/proc/stat") as f:
-        fields = [int(x) for x in f.readline().split()[1:]]
-    busy = sum(fields) - fields[3] - fields[4]      # minus idle and iowait
-    t = os.times()
-    return busy, t.user + t.system + t.children_user + t.children_system
-
-
-def background_load(before: tuple[int, float], seconds: float) -> str:
-    after = cpu_now()
-    machine = (after[0] - before[0]) / os.sysconf("SC_CLK_TCK")
-    other = max(0.0, machine - (after[1] - before[1]))
-    cpus = os.cpu_count() or 1
-    share = other / (seconds * cpus) * 100
-    return (f"background: other processes used {other:.1f} CPU-s of {seconds * cpus:.0f} "
-            f"({share:.0f} % of the machine) during the run"
-            + ("; figures are noisy, run again on a quiet machine" if share > 5 else ""))
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
-                             capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--", "localq"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return "commit " + out.stdout.strip() + ("+dirty localq/" if dirty else "")
-    except Exception:
-        return "unknown commit"
 
 
 def main() -> int:
@@ -439,25 +392,22 @@ def main() -> int:
                              "10,000 jobs x 3 runs, 20,000 x 5 runs, 20,000 x 3 runs)")
     parser.add_argument("--profile", metavar="DIR",
                         help="keep a cProfile dump of every supervisor in DIR/<run>/")
+    c.add_json_option(parser)
     args = parser.parse_args()
     profile_dir = os.path.abspath(args.profile) if args.profile else None
-    started = time.perf_counter()
-    cpu0 = cpu_now()
-    tmp = tempfile.mkdtemp(prefix="localq-rate-bench-")
-    bench = Bench(args.quick, tmp, profile_dir)
-    code = 0
-    try:
-        bench.run()
-    except BenchError as exc:
-        bench.notes.append(f"ERROR {exc}")
-        code = 1
-    finally:
-        app.close()
-        bare.close()
-        close_bells()
-        shutil.rmtree(tmp, ignore_errors=True)
-    wall = time.perf_counter() - started
-    print(report(bench, wall, background_load(cpu0, wall)))
+    json_path = c.json_path(args)
+    bench, wall, background, code = c.run_embedded(
+        "localq-rate-bench-", lambda tmp: Bench(args.quick, tmp, profile_dir), [app, bare])
+    print(report(bench, wall, background))
+    if json_path:
+        c.write_json(json_path, {
+            "quick": args.quick, "children": CHILDREN, "rate": RATE, "backlog": BACKLOG,
+            "n_rate": bench.n_rate, "n_stream": bench.n_stream, **c.run_info(),
+            "seconds": wall, "runs": bench.values, "medians": medians(bench),
+            "targets": [{"key": key, "text": text, "value": value, "ok": ok, "shown": shown}
+                        for key, text, value, ok, shown in targets(medians(bench))],
+            "notes": bench.notes, "background": background, "errors": [
+                n[len("ERROR "):] for n in bench.notes if n.startswith("ERROR ")]})
     return code
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """localq with a deep queue and a big table: each figure at 10,000 jobs and at N.
 
-    python benchmarks/scale.py [--quick] [--jobs N] [--fill auto|delay|rows]
+    python benchmarks/scale.py [--quick] [--jobs N] [--fill auto|delay|rows] [--json PATH]
 
 Run from the project root; localq is imported from this checkout. N defaults
 to 1,000,000 (--quick: 100,000). For a no-op ``add(x, y)`` task and a CLI
@@ -32,25 +32,20 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import sqlite3
 import statistics
 import sys
-import tempfile
 import time
-import traceback
 from pathlib import Path
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-sys.path.insert(0, ROOT)
-sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import localq  # noqa: E402  (after the sys.path insertion, on purpose)
+import _common as c  # noqa: E402  (processes, the CLI worker, load accounting, reporting)
+from _common import WORKERS, BenchError, Worker  # noqa: E402
+
+import localq  # noqa: E402  (after _common put this checkout first on sys.path)
 from localq.ids import format_id, new_id, parse_id  # noqa: E402
-
-import throughput as tp  # noqa: E402  (processes, the CLI worker, load accounting)
 
 BASE = 10_000          # the baseline depth, and the size of every measured window
 STREAM = 20_000        # jobs sent by the streaming figure
@@ -83,10 +78,6 @@ WAITING = ("SELECT count(*) FROM jobs WHERE state IN ('PENDING', 'RETRY') AND la
 RUNNING = "SELECT count(*) FROM jobs WHERE state = 'STARTED'"   # the partial index jobs_running
 
 
-class BenchError(Exception):
-    pass
-
-
 def rss_kib(pid: int) -> int | None:
     try:
         with open(f"/proc/{pid}/status") as f:
@@ -114,38 +105,20 @@ def checkpoint(path: str) -> tuple[int, int, int]:
         conn.close()
 
 
-class Scale:
+class Scale(c.TempBench):
     def __init__(self, n: int, quick: bool, fill: str) -> None:
+        super().__init__("lqscale-", {"benchtasks.py": BENCHTASKS})
         self.n = n
         self.quick = quick
         self.fill_mode = fill
         self.expire_backlog = 30_000 if quick else 100_000
-        self.tmp = tempfile.mkdtemp(prefix="lqscale-")
-        if len(self.tmp) > 60:        # keep <db>.d/ bells inside it (sun_path is short)
-            shutil.rmtree(self.tmp)
-            self.tmp = tempfile.mkdtemp(prefix="lqscale-", dir="/tmp")
-        self.workers: list[tp.Worker] = []     # tp.Worker appends itself here
         self.figures: dict[str, dict] = {}     # key -> {label, unit, base, big, note}
         self.expiry: dict[str, dict] = {}
-        self.notes: list[str] = []
-        self.errors: list[str] = []
         self.phase_load: list[str] = []
         self.checked: list[str] = []
         self.our_pids: set[int] = {os.getpid()}
-        Path(self.tmp, "benchtasks.py").write_text(BENCHTASKS)
-        sys.path.insert(0, self.tmp)
-        import benchtasks
-        self.app = benchtasks.app
-        self.add = benchtasks.add
 
     # -------------------------------------------------------------- plumbing
-
-    def use_db(self, name: str) -> str:
-        """Point the app at a fresh database file and create it (not timed)."""
-        path = os.path.join(self.tmp, name)
-        self.app.path = path
-        self.app.store.data_version()
-        return path
 
     def drop_db(self, path: str) -> None:
         """Delete a database we are done with (a 1,000,000-job file is ~100s of MB)."""
@@ -174,22 +147,26 @@ class Scale:
                 for k, i in enumerate(range(start, start + count))]
 
     def start_worker(self, db: str, ro: sqlite3.Connection,
-                     extra_env: dict[str, str] | None = None) -> tuple[tp.Worker, float]:
-        worker = tp.Worker(self, db, extra_env)
+                     extra_env: dict[str, str] | None = None) -> tuple[Worker, float]:
+        worker = Worker(self, db, extra_env)
         ready = worker.wait_registered(ro)
         self.our_pids.add(worker.pid)
         return worker, ready
 
-    def note_our_children(self, worker: tp.Worker) -> None:
-        self.our_pids.update(tp.proc_children(worker.pid))
+    def note_our_children(self, worker: Worker) -> None:
+        self.our_pids.update(c.proc_children(worker.pid))
 
     def others_ticks(self) -> dict[tuple[int, str], int]:
-        return {k: v for k, v in tp.all_cpu_ticks().items() if k[0] not in self.our_pids}
+        return {k: v for k, v in c.all_cpu_ticks().items() if k[0] not in self.our_pids}
 
-    def phase_background(self, name: str, before: dict, seconds: float) -> None:
+    def phase_started(self, name: str) -> dict[tuple[int, str], int]:
+        return self.others_ticks()
+
+    def phase_ended(self, name: str, before, seconds: float) -> None:
+        """The CPU other processes used during the phase."""
         used = sum(t - before.get(k, 0) for k, t in self.others_ticks().items())
-        share = used / tp.CLK_TCK / (seconds * (os.cpu_count() or 1)) * 100
-        self.phase_load.append(f"{name}: {used / tp.CLK_TCK:.1f} CPU-s in {seconds:.0f}s "
+        share = used / c.CLK_TCK / (seconds * (os.cpu_count() or 1)) * 100
+        self.phase_load.append(f"{name}: {used / c.CLK_TCK:.1f} CPU-s in {seconds:.0f}s "
                                f"({share:.0f} % of the machine)")
 
     @staticmethod
@@ -197,7 +174,7 @@ class Scale:
         row = ro.execute("SELECT state FROM jobs WHERE seq = ?", (seq,)).fetchone()
         return None if row is None else row[0]
 
-    def wait_done(self, ro: sqlite3.Connection, worker: tp.Worker, seq: int, poll: float,
+    def wait_done(self, ro: sqlite3.Connection, worker: Worker, seq: int, poll: float,
                   timeout: float, everything: bool) -> float:
         """Poll until job ``seq`` has finished (SUCCESS, or deleted by result expiry) and,
         if ``everything``, no job waits or runs any more. Returns the time it was seen."""
@@ -216,24 +193,18 @@ class Scale:
             time.sleep(poll)
 
     def run(self) -> None:
-        phases = [(f"scale: {BASE:,} queued, {SAMPLES} rounds", self.base_phase),
-                  (f"scale: {self.n:,} queued", self.big_phase),
-                  (f"result_expires, {REPEAT} rounds of 3 drains", self.expiry_phase)]
-        for name, phase in phases:
-            t0 = time.perf_counter()
-            before = self.others_ticks()
-            print(f"... {name}", file=sys.stderr, flush=True)
-            try:
-                phase()
-            except Exception as exc:      # report, keep going, clean up at the end
-                self.errors.append(f"{name}: {type(exc).__name__}: {exc}")
-                traceback.print_exc()
-            finally:
-                for w in list(self.workers):
-                    w.stop()
-            seconds = time.perf_counter() - t0
-            self.phase_background(name, before, seconds)
-            print(f"    {seconds:.1f}s", file=sys.stderr, flush=True)
+        self.run_phases([(f"scale: {BASE:,} queued, {SAMPLES} rounds", self.base_phase),
+                         (f"scale: {self.n:,} queued", self.big_phase),
+                         (f"result_expires, {REPEAT} rounds of 3 drains", self.expiry_phase)])
+
+    def finish(self, ro: sqlite3.Connection, worker: Worker | None, db: str) -> None:
+        """After a drain: close the connection, stop the worker, look at its log, delete
+        the database."""
+        ro.close()
+        if worker is not None:
+            worker.stop()
+            self.check_log(worker)
+        self.drop_db(db)
 
     # -------------------------------------------------------------- scale
 
@@ -290,7 +261,7 @@ class Scale:
             rates, ids = self.fill(BASE, BASE, {BASE - 1})
             enqueue += rates
             checkpoint(db)
-            ro = tp.read_only(db)
+            ro = c.read_only(db)
             worker = None
             try:
                 worker, ready = self.start_worker(db, ro)
@@ -303,11 +274,7 @@ class Scale:
                 else:
                     self.check(ro, f"base-{rnd}.db", BASE)
             finally:
-                ro.close()
-                if worker is not None:
-                    worker.stop()
-                    self.check_log(worker)
-                self.drop_db(db)
+                self.finish(ro, worker, db)
         med = f"median of {SAMPLES}: "
         self.fig("enqueue", "enqueue: 10,000 delay() at that depth", "rate", "base",
                  statistics.median(enqueue), note=med + ", ".join(f"{r:,.0f}" for r in enqueue))
@@ -330,7 +297,7 @@ class Scale:
                  statistics.median(enqueue), note=f"baseline: {SAMPLES} empty tables; N: the "
                  f"last {SAMPLES} x 10,000 of the fill; medians")
         checkpoint(db)
-        ro = tp.read_only(db)
+        ro = c.read_only(db)
         worker = None
         try:
             firsts = []
@@ -364,13 +331,9 @@ class Scale:
                               + ", ".join(f"{r / 1000:.0f}k" for r in per) + " /s")
             self.after_drain(db, ro, worker, "big", total, rss0, rss1, rss2, t_end - ready)
         finally:
-            ro.close()
-            if worker is not None:
-                worker.stop()
-                self.check_log(worker)
-            self.drop_db(db)
+            self.finish(ro, worker, db)
 
-    def after_drain(self, db: str, ro: sqlite3.Connection, worker: tp.Worker, which: str,
+    def after_drain(self, db: str, ro: sqlite3.Connection, worker: Worker, which: str,
                     total: int, rss0, rss1, rss2, seconds: float) -> None:
         """Memory and size figures at the end of a drain, then streaming."""
         self.fig("drain_time", "drain: time of the last worker (info)", "s", which, seconds)
@@ -411,9 +374,7 @@ class Scale:
     def check(self, ro: sqlite3.Connection, name: str, expected: int) -> None:
         """Every job SUCCESS with the right result (a full scan: not timed)."""
         states = dict(ro.execute("SELECT state, count(*) FROM jobs GROUP BY state").fetchall())
-        wrong = ro.execute("SELECT count(*) FROM jobs WHERE state = 'SUCCESS' AND "
-                           "CAST(result AS INTEGER) <> 2 * json_extract(payload, '$[0][0]')"
-                           ).fetchone()[0]
+        wrong = c.count_wrong(ro)
         if states != {"SUCCESS": expected} or wrong:
             self.errors.append(f"{name}: expected {expected:,} SUCCESS, found {states}, "
                                f"wrong result: {wrong}")
@@ -465,7 +426,7 @@ class Scale:
             last = rows[-1][0]
             self.app.store.enqueue_rows(rows)
         checkpoint(db)
-        ro = tp.read_only(db)
+        ro = c.read_only(db)
         worker = None
         env = {"LOCALQ_BENCH_RESULT_EXPIRES": str(expires)} if expires else None
         entry = self.expiry.setdefault(key, {"rates": [], "left": [], "deleted": []})
@@ -507,58 +468,25 @@ class Scale:
             self.note_our_children(worker)
             worker.check_alive()
         finally:
-            ro.close()
-            if worker is not None:
-                worker.stop()
-                self.check_log(worker)
-            self.drop_db(db)
-
-    def check_log(self, worker: tp.Worker) -> None:
-        lines = worker.log_lines()
-        if lines:
-            self.notes.append(f"worker pid {worker.pid} logged {len(lines)} line(s) at WARNING "
-                              f"or above; first: {lines[0][:160]}")
-
-    def cleanup(self) -> None:
-        for w in self.workers:
-            try:
-                w.stop()
-            except Exception as exc:
-                self.errors.append(f"stopping worker {w.pid}: {exc}")
-        self.app.close()
-        try:
-            from localq.result import close_bells
-            close_bells()
-        except Exception:
-            pass
-        sys.path.remove(self.tmp)
-        shutil.rmtree(self.tmp)
+            self.finish(ro, worker, db)
 
 
 # ---------------------------------------------------------------- report
 
+UNITS = {"s": "{:.2f} s", "kib": lambda v: f"{v / 1024:.1f} MiB", "mib": "{:.1f} MiB"}
+
+
 def show(value, unit: str) -> str:
-    if value is None:
-        return "n/a"
-    if unit == "rate":
-        return f"{value:,.0f}/s"
-    if unit == "s":
-        return f"{value:.2f} s"
-    if unit == "kib":
-        return f"{value / 1024:.1f} MiB"
-    if unit == "mib":
-        return f"{value:.1f} MiB"
-    if unit == "bytes":
-        return f"{value:,.0f} B"
-    return str(value)
+    """rate and bytes as everywhere; seconds to 0.01 s; memory in MiB."""
+    return c.show(value, unit, UNITS)
 
 
 ORDER = ["enqueue", "drain_first", "drain_all", "drain_time", "stream", "stream_enqueue",
          "rss_start", "rss_10k", "rss_end", "bytes_job", "bytes_job_ckpt", "wal"]
 
 
-def targets(bench: Scale) -> list[tuple[str, float | None, bool | None, str]]:
-    """(text, value, ok, shown value) for each target."""
+def targets(bench: Scale) -> list[tuple[str, str, float | None, bool | None, str]]:
+    """(key, text, value, ok, shown value) for each target."""
     figs = bench.figures
     out = []
 
@@ -571,20 +499,21 @@ def targets(bench: Scale) -> list[tuple[str, float | None, bool | None, str]]:
     for key, text in [("enqueue", "enqueue"), ("drain_first", "drain, first 10,000"),
                       ("drain_all", "drain, whole backlog"), ("stream", "streaming")]:
         r = ratio(key)
-        out.append((f"{text} at {bench.n:,} >= 80 % of at {BASE:,}", r,
+        out.append((key, f"{text} at {bench.n:,} >= 80 % of at {BASE:,}", r,
                     None if r is None else r >= 0.8, "n/a" if r is None else f"{r:.2f}x"))
     f = figs.get("rss_10k", {})
     end = figs.get("rss_end", {}).get("big")
     grow = end / f["big"] if end and f.get("big") else None
-    out.append((f"supervisor RSS flat: end of the {bench.n:,} drain <= 1.2 x after 10,000 done",
+    out.append(("rss",
+                f"supervisor RSS flat: end of the {bench.n:,} drain <= 1.2 x after 10,000 done",
                 grow, None if grow is None else grow <= 1.2,
                 "n/a" if grow is None else
                 f"{f['big'] / 1024:.1f} -> {end / 1024:.1f} MiB ({grow:.2f}x)"))
     base = expiry_rate(bench, "default")
     old = expiry_rate(bench, "old")
     r = old / base if base and old else None
-    out.append((f"drain of {bench.expire_backlog:,} beside {bench.n:,} expired results >= 90 % "
-                f"of with nothing to clean", r, None if r is None else r >= 0.9,
+    out.append(("expiry", f"drain of {bench.expire_backlog:,} beside {bench.n:,} expired "
+                f"results >= 90 % of with nothing to clean", r, None if r is None else r >= 0.9,
                 "n/a" if r is None else f"{r:.2f}x"))
     return out
 
@@ -608,9 +537,9 @@ def report(bench: Scale, wall: float, load: list[str]) -> str:
         rows.append((f["label"], show(f["base"], f["unit"]), show(f["big"], f["unit"]), ratio,
                      f["note"]))
     lines = [f"localq scale benchmark: N={bench.n:,}{' (quick)' if bench.quick else ''}, "
-             f"{tp.WORKERS} worker children, Python {platform.python_version()}, "
-             f"{os.cpu_count()} CPUs, localq {localq.__version__} ({tp.git_commit()})", ""]
-    lines += table(rows)
+             f"{WORKERS} worker children, {c.machine()}, "
+             f"localq {localq.__version__} ({c.git_commit()})", ""]
+    lines += c.table(rows, note=True)
     lines.append("")
     ex = bench.expiry
     erows = [(f"result_expires: drain of a {bench.expire_backlog:,}-job backlog", "rate",
@@ -628,7 +557,7 @@ def report(bench: Scale, wall: float, load: list[str]) -> str:
         r = f"{rate / base:.2f}x" if base else "n/a"
         rounds = ", ".join(f"{x:,.0f}" for x in ex[key]["rates"])
         erows.append((label, show(rate, "rate"), r, f"{note}{'; ' if note else ''}{rounds}"))
-    lines += table(erows)
+    lines += c.table(erows, note=True)
     e = ex.get("old")
     if e and e["left"]:
         lines.append(f"  old rows left at the end of the drain: "
@@ -643,9 +572,8 @@ def report(bench: Scale, wall: float, load: list[str]) -> str:
                          f"{e['limit']:.0f}s after the drain")
         lines.append(f"  (writing the {bench.n:,} old rows took {e['prepared']:.1f}s, untimed)")
     lines.append("")
-    for text, _, ok, shown in targets(bench):
-        verdict = "FAILED TO MEASURE" if ok is None else "OK" if ok else "MISS"
-        lines.append(f"target {text}: {shown} {verdict}")
+    for _, text, _, ok, shown in targets(bench):
+        lines.append(c.target_line(text, shown, ok))
     lines.append("")
     lines.extend(bench.notes)
     if bench.checked:
@@ -657,27 +585,6 @@ def report(bench: Scale, wall: float, load: list[str]) -> str:
     lines.extend(load)
     lines.append(f"total {wall:.1f}s")
     return "\n".join(lines)
-
-
-def table(rows: list[tuple]) -> list[str]:
-    cols = len(rows[0]) - 1
-    widths = [max(len(r[i]) for r in rows) for i in range(cols)]
-    out = []
-    for i, r in enumerate(rows):
-        out.append("  ".join(r[c].ljust(widths[c]) if c == 0 else r[c].rjust(widths[c])
-                             for c in range(cols)) + ("  " + r[cols] if r[cols] else ""))
-        if i == 0:
-            out.append("  ".join("-" * w for w in widths))
-    return out
-
-
-def cpu_times() -> list[int]:
-    """The machine's CPU time by kind (/proc/stat: user nice system idle iowait irq softirq
-    steal ...), in clock ticks."""
-    try:
-        return [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    except (OSError, ValueError):
-        return []
 
 
 def steal_share(before: list[int], after: list[int]) -> str:
@@ -706,13 +613,15 @@ def main() -> int:
                         help="how to queue the first N-10,000 jobs: one delay() each, or "
                              "enqueue_rows() in chunks of 20,000; auto: delay() when the "
                              f"baseline rate says it takes under {DELAY_FILL_MAX:.0f}s")
+    c.add_json_option(parser)
     args = parser.parse_args()
     n = args.jobs or (100_000 if args.quick else 1_000_000)
     if n < 2 * SAMPLES * BASE:
         parser.error(f"--jobs must be at least {2 * SAMPLES * BASE:,}")
+    json_path = c.json_path(args)
     started = time.perf_counter()
-    ticks = tp.all_cpu_ticks()
-    cpu0 = cpu_times()
+    ticks = c.all_cpu_ticks()
+    cpu0 = c.cpu_times()
     load = [f"load average at start {loadavg()}"]
     bench = Scale(n, args.quick, args.fill)
     try:
@@ -721,9 +630,20 @@ def main() -> int:
         bench.cleanup()
     wall = time.perf_counter() - started
     load.append(f"load average at the end {loadavg()}")
-    load.append(tp.background_load(ticks, wall))
-    load.append(steal_share(cpu0, cpu_times()))
+    load.append(c.background_load_by_process(ticks, wall))
+    load.append(steal_share(cpu0, c.cpu_times()))
     print(report(bench, wall, load))
+    if json_path:
+        c.write_json(json_path, {
+            "n": n, "base": BASE, "quick": args.quick, "fill": args.fill, "workers": WORKERS,
+            **c.run_info(), "localq": localq.__version__, "seconds": wall,
+            "figures": bench.figures,
+            "expiry": {k: dict(v, median=expiry_rate(bench, k)) for k, v in bench.expiry.items()},
+            "expire_backlog": bench.expire_backlog,
+            "targets": [{"key": key, "text": text, "value": value, "ok": ok, "shown": shown}
+                        for key, text, value, ok, shown in targets(bench)],
+            "notes": bench.notes, "checked": bench.checked, "errors": bench.errors,
+            "load": bench.phase_load + load})
     return 1 if bench.errors else 0
 
 
