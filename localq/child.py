@@ -7,7 +7,7 @@ job that is slow, unknown, or time-limited, so that the supervisor always
 knows which job is running: the first one it has no outcome for.
 
 Messages to the supervisor: ``("o", [outcome, ...])``, and before it exits on
-its own (recycling) ``("x", reason, [seq of jobs it did not start])``.
+its own (recycling) ``("x", reason, [seq of jobs it did not start], [outcome, ...])``.
 """
 from __future__ import annotations
 
@@ -122,8 +122,9 @@ def _loop(app: Localq, conn: Connection, max_tasks: int | None,
             elif max_memory_kib and resident_kib() > max_memory_kib:
                 reason = f"resident memory {resident_kib()} KiB > max_memory_per_child"
             if reason:
-                conn.send(("o", buffered))
-                conn.send(("x", reason, [job[0] for job in batch[index + 1:]]))
+                # One message, so the supervisor learns of the outcomes and of the exit
+                # together and never hands this child more work in between.
+                conn.send(("x", reason, [job[0] for job in batch[index + 1:]], buffered))
                 return
             if time.perf_counter() - first_buffered > FLUSH_AFTER:
                 conn.send(("o", buffered))

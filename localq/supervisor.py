@@ -250,6 +250,7 @@ class Supervisor(Upkeep):
                 if message[0] == "o":
                     self._take_outcomes(child, message[1])
                 else:                                  # "x": it leaves on its own
+                    self._take_outcomes(child, message[3])
                     child.leaving = message[1]
                     leftover = set(message[2])
                     kept = deque(i for i in child.inflight if i.job.seq not in leftover)
@@ -275,7 +276,8 @@ class Supervisor(Upkeep):
                           job.id if job else "?", outcome.exc_message,
                           (outcome.traceback or "").rstrip())
             self.outcomes.append(outcome)
-        child.note_duration(max(0.0, busy / len(outcomes)))
+        if outcomes:
+            child.note_duration(max(0.0, busy / len(outcomes)))
         self.final_outcomes = True
         self.flow.finished(len(outcomes))
 
@@ -296,7 +298,9 @@ class Supervisor(Upkeep):
         self.selector.unregister(child.conn)
         child.conn.close()
         now = time.time()
-        head = child.inflight.popleft() if child.inflight else None
+        # A child that announced its exit ran none of the jobs still on its list (they
+        # were handed over after it decided to leave): they all go to another child.
+        head = child.inflight.popleft() if child.inflight and child.leaving is None else None
         if head is not None:
             self.outcomes.append(death_outcome(child, head, self.app.tasks.get(head.job.task),
                                                how, now))
