@@ -29,7 +29,7 @@ import warnings
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from .exceptions import ConfigurationError, EncodeError, TaskRevokedError, TimeoutError
-from .ids import new_id
+from .ids import new_id, new_seq
 from .progress import Progress
 from .result import AsyncResult, EagerResult, Waiter
 from .serializer import check_serializer, decode_exception, decode_value, encode_call, encode_value
@@ -161,16 +161,18 @@ def _enqueue(app: Localq, task: Task, group: str, serializer: str, payloads: lis
     total = len(payloads)
     for start in range(0, total, CHUNK):
         end = min(start + CHUNK, total)
-        rows = [(f"{group}:{i}" if resumable else new_id(), t.task, t.queue, t.lane,
-                 t.priority, serializer, payloads[i], t.options, 0.0, t.expires, now, group, i)
+        # (seq, id): a resumable item has a chosen id, a one-off item a generated seq.
+        rows = [(None if resumable else new_seq(), f"{group}:{i}" if resumable else None,
+                 t.task, t.queue, t.lane, t.priority, serializer, payloads[i], t.options, 0.0,
+                 t.expires, now, group, i)
                 for i in range(start, end)]
-        inserted = app.store.enqueue_rows(rows)
+        inserted = app.store.insert_rows(rows)
         while not resumable and inserted < len(rows):
             # Another producer drew the same row number in the same millisecond (rare):
             # send the items that are missing again, with fresh ids.
             present = app.store.group_indexes(group, start, end)
-            rows = [(new_id(), *r[1:]) for r in rows if r[12] not in present]
-            inserted = app.store.enqueue_rows(rows)
+            rows = [(new_seq(), *r[1:]) for r in rows if r[13] not in present]
+            inserted = app.store.insert_rows(rows)
         if start == 0:
             app.nudge_workers()     # let the workers start on the first chunk
     if total > CHUNK:

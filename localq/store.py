@@ -146,10 +146,16 @@ class Store(WorkerRecords, MapRecords, FlowRecords):
             conn.executemany(_INSERT, map(_insert_params, jobs))
 
     def enqueue_rows(self, rows: Iterable[tuple]) -> int:
-        """Insert prepared rows (NewJob's fields in order) in one transaction; returns
-        how many were new (a row whose id exists already is skipped)."""
+        """Insert rows of NewJob's fields in one transaction; returns how many were new
+        (a row whose id exists already is skipped)."""
+        return self.insert_rows(_insert_params(NewJob(*r)) for r in rows)
+
+    def insert_rows(self, rows: Iterable[tuple]) -> int:
+        """The same with rows already in the table's order: (seq, id, task, queue, lane,
+        priority, serializer, payload, options, eta, expires, created, group_id,
+        group_index), seq None for a chosen id, id None for a generated one."""
         with self.transaction() as conn:
-            return conn.executemany(_INSERT, (_insert_params(NewJob(*r)) for r in rows)).rowcount
+            return conn.executemany(_INSERT, rows).rowcount
 
     def job(self, job_id: str) -> dict | None:
         with self._read() as conn:
