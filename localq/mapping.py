@@ -32,6 +32,7 @@ from .exceptions import ConfigurationError, EncodeError, TaskRevokedError, Timeo
 from .ids import new_id, new_seq
 from .progress import Progress
 from .result import AsyncResult, EagerResult, Waiter
+from .rows import FINAL_STATES
 from .serializer import check_serializer, decode_exception, decode_value, encode_call, encode_value
 
 if TYPE_CHECKING:
@@ -224,13 +225,9 @@ def _collect(app: Localq, group: str, total: int, bar: Progress | None, *, resum
                 return results
             if new >= WINDOW // 2:
                 continue          # a backlog of stored results (a resumed map): read on
-            spent = time.perf_counter() - t0
-            if not waiter.wait():
+            if not _paced_wait(waiter, t0):
                 raise TimeoutError(f"map of {total} items: {total - done} not finished "
                                    f"after {waiter_timeout(timeout)}s")
-            rest = min(MAX_PAUSE, PACE * spent) - (time.perf_counter() - t0 - spent)
-            if rest > 0:
-                time.sleep(rest)  # pacing, not waiting: keep the CPU for the children
     finally:
         if bar is not None:
             bar.close(done, failures)
@@ -295,20 +292,25 @@ def as_completed(results: Iterable[AsyncResult], timeout: float | None = None
         for app in apps.values():
             ids = [i for i, r in pending.items() if r.app is app]
             states = app.store.states(ids)
-            finished.extend(i for i in ids if states.get(i) in _FINAL)
+            finished.extend(i for i in ids if states.get(i) in FINAL_STATES)
         for job_id in finished:
             yield pending.pop(job_id)
         if not pending:
             return
-        spent = time.perf_counter() - t0
-        if not waiter.wait():
+        if not _paced_wait(waiter, t0):
             raise TimeoutError(f"{len(pending)} of the results were not ready after "
                                f"{waiter_timeout(timeout)}s")
-        rest = min(MAX_PAUSE, PACE * spent) - (time.perf_counter() - t0 - spent)
-        if rest > 0:
-            time.sleep(rest)
 
 
-_FINAL = frozenset(("SUCCESS", "FAILURE", "REVOKED"))
+def _paced_wait(waiter: Waiter, t0: float) -> bool:
+    """Wait for a ring, then pause so that reads cost at most 1/PACE of the time:
+    pacing, not waiting, to keep the CPU for the children. False past the deadline."""
+    spent = time.perf_counter() - t0
+    if not waiter.wait():
+        return False
+    rest = min(MAX_PAUSE, PACE * spent) - (time.perf_counter() - t0 - spent)
+    if rest > 0:
+        time.sleep(rest)
+    return True
 
 __all__ = ["as_completed", "drop_map", "run_map"]

@@ -16,9 +16,10 @@ import textwrap
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Callable
 
 import pytest
+from conftest import child_pids as children_of
+from conftest import pid_alive, wait_for
 
 import localq
 from localq import ConfigurationError, EncodeError, Localq, as_completed
@@ -83,33 +84,6 @@ def localq_app() -> Localq:
 
 def lines(path: Path) -> list[str]:
     return path.read_text().split() if path.exists() else []
-
-
-def wait_for(predicate: Callable[[], object], timeout: float = 30.0, what: str = "") -> object:
-    deadline = time.monotonic() + timeout
-    delay = 0.002
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(delay)
-        delay = min(delay * 2, 0.05)
-    return value
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"   # a zombie is dead
-    except OSError:
-        return False
-
-
-def children_of(pid: int) -> list[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(p) for p in f.read().split()]
-    except OSError:
-        return []
 
 
 def env_with_root(**extra: str) -> dict:
