@@ -20,7 +20,7 @@ from .control import Control
 from .exceptions import ConfigurationError, NotRegistered
 from .flow import lane_for
 from .ids import new_id
-from .result import AsyncResult
+from .result import AsyncResult as Result  # the method AsyncResult shadows the class
 from .serializer import check_serializer, encode_call
 from .store import NewJob, Store
 from .task import Task, job_options, to_timestamp
@@ -109,21 +109,21 @@ class Localq:
         return register
 
     def send_task(self, name: str, args: Iterable | None = None, kwargs: dict | None = None,
-                  **options: Any) -> AsyncResult:
+                  **options: Any) -> Result:
         """Send a job by task name (the task need not be defined in this process)."""
         task = self.tasks.get(name)
         if task is None:
             task = Task(self, _unknown_task, {"name": name})
         return task.apply_async(tuple(args or ()), kwargs, **options)
 
-    def AsyncResult(self, task_id: str) -> AsyncResult:  # noqa: N802 - Celery's name
-        return AsyncResult(task_id, self)
+    def AsyncResult(self, task_id: str) -> Result:  # noqa: N802 - Celery's name
+        return Result(task_id, self)
 
     def send_job(self, task: Task, args: tuple, kwargs: dict, *, countdown: float | None,
                  eta: datetime | float | None, expires: float | datetime | None,
                  queue: str | None, priority: int | None, task_id: str | None,
                  time_limit: float | None, soft_time_limit: float | None,
-                 serializer: str | None, ignored: dict) -> AsyncResult:
+                 serializer: str | None, ignored: dict) -> Result:
         if ignored:
             _warn_ignored(ignored)
         if self.conf.task_always_eager:
@@ -136,7 +136,7 @@ class Localq:
         while not self.store.enqueue(job) and task_id is None:
             job = job._replace(id=new_id())   # two producers drew the same row number
         self.nudge_workers()
-        return AsyncResult(job.id, self)
+        return Result(job.id, self)
 
     def new_job(self, task: Task, args: tuple, kwargs: dict, *, countdown: float | None = None,
                 eta: datetime | float | None = None, expires: float | datetime | None = None,

@@ -68,9 +68,9 @@ def execute(app: Localq, seq: int, job_id: str, task_name: str, serializer: str,
         auto = _autoretry(task, exc)
         if isinstance(auto, Retry):
             return _retry(seq, serializer, auto, started, pid)
-        if auto is not None:        # retry() itself raised: max_retries reached
-            exc = auto
-        return _failure(seq, serializer, exc, tb_module.format_exc(), started, pid)
+        # retry() itself raised when max_retries was reached: that is the failure
+        return _failure(seq, serializer, auto if auto is not None else exc,
+                        tb_module.format_exc(), started, pid)
     finally:
         task.pop_request()
     if task.option("ignore_result"):

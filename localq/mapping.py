@@ -288,7 +288,7 @@ def as_completed(results: Iterable[AsyncResult], timeout: float | None = None
     waiter = Waiter(next(iter(apps.values())).path, timeout)
     while True:
         t0 = time.perf_counter()
-        finished = []
+        finished: list[str] = []
         for app in apps.values():
             ids = [i for i, r in pending.items() if r.app is app]
             states = app.store.states(ids)

@@ -75,7 +75,7 @@ def localq_worker(localq_app: Localq, request: pytest.FixtureRequest
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_fixture_setup(fixturedef: Any, request: Any) -> Iterator[None]:
-    outcome = yield
+    outcome: Any = yield
     if fixturedef.argname != "localq_app" or outcome.excinfo is not None:
         return
     app = outcome.get_result()

@@ -38,7 +38,7 @@ def decode_value(serializer: str, payload: str | bytes | None) -> Any:
         return None
     if serializer == "json":
         return _loads(payload)
-    return pickle.loads(payload)
+    return pickle.loads(payload if isinstance(payload, bytes) else payload.encode())
 
 
 def encode_call(serializer: str, task_name: str, args: tuple | list, kwargs: dict) -> str | bytes:

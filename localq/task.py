@@ -75,8 +75,8 @@ def task_name_for(fun: Callable) -> str:
         spec = getattr(main, "__spec__", None)
         if spec is not None and spec.name:
             module = spec.name
-        elif getattr(main, "__file__", None):
-            module = os.path.splitext(os.path.basename(main.__file__))[0]  # type: ignore[union-attr]
+        elif isinstance(path := getattr(main, "__file__", None), str):
+            module = os.path.splitext(os.path.basename(path))[0]
     return f"{module}.{fun.__qualname__}"
 
 
