@@ -88,6 +88,17 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _existing_app(args: argparse.Namespace) -> Localq:
+    """The app of a command that only reads or edits jobs: it never creates a database."""
+    app = _app(args)
+    if not os.path.exists(app.path):
+        print(f"localq: there is no localq database at {app.path}: pass --app module:app or "
+              f"--db PATH (or set $LOCALQ_DB), or run from the folder that holds it",
+              file=sys.stderr)
+        raise SystemExit(1)
+    return app
+
+
 def _app(args: argparse.Namespace) -> Localq:
     if args.app:
         try:
@@ -142,12 +153,12 @@ def _ago(ts: float | None, now: float) -> str:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from .status import render_status
-    print(render_status(_app(args)))
+    print(render_status(_existing_app(args)))
     return 0
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    app = _app(args)
+    app = _existing_app(args)
     row = app.store.job(args.id)
     if row is None:
         print(f"localq: no job {args.id} in {app.path}", file=sys.stderr)
@@ -179,7 +190,7 @@ def stamp(t: float | None) -> str:
 
 
 def cmd_purge(args: argparse.Namespace) -> int:
-    app = _app(args)
+    app = _existing_app(args)
     queues = [q.strip() for q in args.queues.split(",")] if args.queues else None
     where = f"queue(s) {', '.join(queues)}" if queues else "all queues"
     if not args.force:
@@ -203,7 +214,7 @@ def cmd_rate_limit(args: argparse.Namespace) -> int:
 
 
 def cmd_revoke(args: argparse.Namespace) -> int:
-    app = _app(args)
+    app = _existing_app(args)
     app.control.revoke(args.ids, terminate=args.terminate)
     for job_id in args.ids:
         print(f"{job_id}: {app.AsyncResult(job_id).state}")

@@ -191,3 +191,13 @@ def test_scheduled_jobs_wait_apart_from_ready_ones(app):
         soon = add.apply_async((5, 5), countdown=0.2)
         assert soon.get(timeout=10) == 10
     assert set(app.store.states([r.id for r in later]).values()) == {"PENDING"}
+
+
+def test_read_commands_never_create_a_database(tmp_path):
+    env = dict(os.environ, PYTHONPATH=f"{HERE}:{ROOT}")
+    env.pop("LOCALQ_DB", None)
+    for command in (["status"], ["show", "some-id"], ["purge", "-f"]):
+        proc = subprocess.run([sys.executable, "-m", "localq", *command], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=30, env=env)
+        assert proc.returncode == 1 and "no localq database" in proc.stderr
+    assert list(tmp_path.iterdir()) == []
