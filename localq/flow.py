@@ -142,6 +142,3 @@ class FlowControl:
             self._declared = (declared, caps, set(declared) | set(caps))
             self._declared_version = version
         return self._declared
-
-    def finished(self, count: int) -> None:
-        """Jobs finished; a capped task may run again (checked at the next claim)."""

@@ -136,14 +136,8 @@ class Store(WorkerRecords, MapRecords, FlowRecords):
             try:
                 conn = self._conn or self._db()
                 return conn.execute(_INSERT, _insert_params(job)).rowcount == 1
-            except sqlite3.Error:
-                pass
-        with self._read() as conn:    # again, to turn the error into a clear one
-            return conn.execute(_INSERT, _insert_params(job)).rowcount == 1
-
-    def enqueue_many(self, jobs: Iterable[NewJob]) -> None:
-        with self.transaction() as conn:
-            conn.executemany(_INSERT, map(_insert_params, jobs))
+            except sqlite3.Error as exc:
+                raise _database_error(self.path, exc) from None
 
     def enqueue_rows(self, rows: Iterable[tuple]) -> int:
         """Insert rows of NewJob's fields in one transaction; returns how many were new
@@ -163,12 +157,6 @@ class Store(WorkerRecords, MapRecords, FlowRecords):
             cur = conn.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE {where}", (key,))
             row = cur.fetchone()
             return None if row is None else job_dict(column_names(cur), row)
-
-    def job_state(self, job_id: str) -> str | None:
-        with self._read() as conn:
-            where, key = _where_id(job_id)
-            row = conn.execute(f"SELECT state FROM jobs WHERE {where}", (key,)).fetchone()
-            return None if row is None else row[0]
 
     def states(self, job_ids: Sequence[str]) -> dict[str, str]:
         out: dict[str, str] = {}
@@ -297,9 +285,6 @@ class Store(WorkerRecords, MapRecords, FlowRecords):
                              "ELSE 'PENDING' END, owner = NULL, started = NULL "
                              "WHERE seq = ? AND state = 'STARTED' AND owner = ?", back)
 
-    def put_back(self, owner: int, seqs: Sequence[int]) -> None:
-        self.finish(owner, [Outcome(s, "PENDING") for s in seqs])
-
     # -------------------------------------------------------------- maintenance
 
 def _insert_params(j: NewJob) -> tuple:
@@ -321,16 +306,20 @@ def _where_id(job_id: str) -> tuple[str, Any]:
 def _errors(path: str) -> Iterator[None]:
     try:
         yield
-    except sqlite3.OperationalError as exc:
+    except sqlite3.Error as exc:
+        raise _database_error(path, exc) from None
+
+
+def _database_error(path: str, exc: sqlite3.Error) -> DatabaseError:
+    """One message that says what is wrong with the file and what to do."""
+    if isinstance(exc, sqlite3.OperationalError):
         if "locked" in str(exc) or "busy" in str(exc):
-            raise DatabaseError(
+            return DatabaseError(
                 f"{path} stayed locked by another process for over a minute ({exc}). "
-                f"Nothing was lost; find the process holding it (fuser {path}) and retry."
-            ) from None
-        raise DatabaseError(f"{path}: {exc}") from None
-    except sqlite3.DatabaseError as exc:
-        raise DatabaseError(f"{path} cannot be used ({exc}): it may be corrupt. Restore it "
-                            f"from a backup or point localq at another path.") from None
+                f"Nothing was lost; find the process holding it (fuser {path}) and retry.")
+        return DatabaseError(f"{path}: {exc}")
+    return DatabaseError(f"{path} cannot be used ({exc}): it may be corrupt. Restore it "
+                         f"from a backup or point localq at another path.")
 
 
 def _before_fork() -> None:

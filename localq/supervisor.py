@@ -279,7 +279,6 @@ class Supervisor(Upkeep):
         if outcomes:
             child.note_duration(max(0.0, busy / len(outcomes)))
         self.final_outcomes = True
-        self.flow.finished(len(outcomes))
 
     @staticmethod
     def _pop_inflight(child: Child, seq: int) -> Claimed | None:

@@ -39,8 +39,6 @@ ANNOTATABLE = ("rate_limit", "time_limit", "soft_time_limit", "max_retries",
                "max_concurrency", "reject_on_worker_lost", "serializer", "autoretry_for",
                "retry_backoff", "retry_backoff_max", "retry_jitter", "retry_kwargs",
                "expires")
-# Per-call options that travel with the job (stored in its options column).
-CALL_OPTIONS = ("time_limit", "soft_time_limit")
 
 
 class Request:
