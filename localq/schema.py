@@ -13,7 +13,6 @@ import sqlite3
 from .exceptions import DatabaseError
 
 SCHEMA_VERSION = 1
-SQLITE_MAGIC = b"SQLite format 3\x00"
 BUSY_TIMEOUT_MS = 60_000
 
 # Partial indexes keep the claim query's index as small as the backlog:
@@ -100,8 +99,14 @@ MIGRATIONS: dict[int, str] = {}   # from version N to N+1, when there is one
 
 
 def open_database(path: str, synchronous: str = "NORMAL") -> sqlite3.Connection:
-    """Open (creating if new) the localq database at ``path``, or raise DatabaseError."""
-    _check_file(path)
+    """Open (creating if new) the localq database at ``path``, or raise DatabaseError.
+
+    The file is only ever opened through SQLite. Opening it with a file descriptor
+    of our own (to read its header, say) and closing it would release every POSIX
+    lock this process holds on it, including those of another thread's connection
+    in the middle of a transaction: two writers at once, and a corrupt file.
+    """
+    new = _check_folder(path)
     try:
         conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
                                check_same_thread=False, cached_statements=256)
@@ -109,7 +114,7 @@ def open_database(path: str, synchronous: str = "NORMAL") -> sqlite3.Connection:
         raise DatabaseError(f"cannot open localq database {path}: {exc}") from None
     try:
         conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-        _check_or_create_schema(conn, path)
+        _check_or_create_schema(conn, path, new)
         conn.execute(f"PRAGMA synchronous={synchronous}")
     except BaseException:
         conn.close()
@@ -117,37 +122,27 @@ def open_database(path: str, synchronous: str = "NORMAL") -> sqlite3.Connection:
     return conn
 
 
-def _check_file(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        directory = os.path.dirname(os.path.abspath(path))
-        if not os.path.isdir(directory):
-            raise DatabaseError(f"cannot create localq database {path}: "
-                                f"folder {directory} does not exist") from None
-        try:  # owner-only from the first byte; SQLite gives -wal/-shm the same mode
-            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
-        except OSError as exc:
-            raise DatabaseError(f"cannot create localq database {path}: {exc}") from None
-        return
-    except OSError as exc:
-        raise DatabaseError(f"cannot open localq database {path}: {exc}") from None
-    try:
-        head = os.read(fd, len(SQLITE_MAGIC))
-    finally:
-        os.close(fd)
-    if head and head != SQLITE_MAGIC:
-        raise DatabaseError(
-            f"{path} is not a SQLite database, so it cannot be a localq database. "
-            f"The file was left untouched: point localq at another path "
-            f"(Localq(path) or $LOCALQ_DB).")
+def _check_folder(path: str) -> bool:
+    """True when the file does not exist yet; an error when it cannot be created."""
+    if os.path.exists(path):
+        return False
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise DatabaseError(f"cannot create localq database {path}: "
+                            f"folder {directory} does not exist")
+    return True
 
 
-def _check_or_create_schema(conn: sqlite3.Connection, path: str) -> None:
+def _check_or_create_schema(conn: sqlite3.Connection, path: str, new: bool) -> None:
     try:
         tables = {r[0] for r in conn.execute(
             "SELECT name FROM sqlite_master WHERE type='table'")}
     except sqlite3.DatabaseError as exc:
+        if "not a database" in str(exc):
+            raise DatabaseError(
+                f"{path} is not a SQLite database, so it cannot be a localq database. "
+                f"The file was left untouched: point localq at another path "
+                f"(Localq(path) or $LOCALQ_DB).") from None
         raise DatabaseError(
             f"{path} cannot be read as a SQLite database ({exc}): it may be corrupt. "
             f"The file was left untouched; restore it from a backup or use another path.") from None
@@ -159,6 +154,13 @@ def _check_or_create_schema(conn: sqlite3.Connection, path: str) -> None:
             f"{path} is a SQLite database of another program (tables: "
             f"{', '.join(sorted(tables)[:5])}), not a localq database. The file was left "
             f"untouched: point localq at another path.")
+    if new:
+        # Owner-only before anything is written; SQLite gives -wal and -shm the
+        # database file's mode when it creates them, just below.
+        try:
+            os.chmod(path, 0o600)
+        except OSError as exc:
+            raise DatabaseError(f"cannot make {path} private to its owner: {exc}") from None
     # A new, empty file. WAL must be set outside a transaction.
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("BEGIN IMMEDIATE")

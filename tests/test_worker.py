@@ -223,6 +223,17 @@ def test_eight_producers_beside_two_workers_never_see_locked(app, start_worker):
     assert all(r.get(timeout=60) == int(r.get()) for r in results)
     wait_for(lambda: dict(((s, c) for _, _, s, c in app.store.counts())).get("SUCCESS") == 2000,
              timeout=60, what="all 2000 jobs")
+    assert integrity(app.path) == "ok"
+
+
+def integrity(path: str) -> str:
+    """SQLite's own check of the file: one 'ok', or what is broken."""
+    import sqlite3
+    con = sqlite3.connect(path)
+    try:
+        return "\n".join(r[0] for r in con.execute("PRAGMA integrity_check"))
+    finally:
+        con.close()
 
 
 def test_app_that_does_not_import_exits_2_with_one_line(tmp_path):
@@ -281,3 +292,4 @@ def test_chaos_repeated_kill_9_of_workers_and_children_loses_nothing(app, start_
     assert all(r.state in ("SUCCESS", "FAILURE") for r in results)
     last.ready().signal(signal.SIGTERM)
     assert last.wait(30) == 0
+    assert integrity(app.path) == "ok"
