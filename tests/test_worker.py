@@ -126,12 +126,18 @@ def test_get_wakes_within_milliseconds_not_a_poll_interval(app):
     assert took[len(took) // 2] < 0.05
 
 
-def test_cli_worker_runs_jobs_and_warm_shutdown_finishes_the_running_job(app, start_worker):
+def worker_running_a_job(app, start_worker, concurrency: str, label: str, seconds: float):
+    """A CLI worker, and a job of ``seconds`` that it has started."""
     from sample_tasks import slow_record
     out = app.path + ".runs"
-    w = start_worker("-c", "2")
-    r = slow_record.delay(out, "done", 1.0)
-    wait_for(lambda: "start-done" in runs_of(out), what="job to start")
+    w = start_worker("-c", concurrency)
+    r = slow_record.delay(out, label, seconds)
+    wait_for(lambda: f"start-{label}" in runs_of(out), what="job to start")
+    return w, r
+
+
+def test_cli_worker_runs_jobs_and_warm_shutdown_finishes_the_running_job(app, start_worker):
+    w, r = worker_running_a_job(app, start_worker, "2", "done", 1.0)
     w.signal(signal.SIGTERM)
     assert w.wait(30) == 0
     assert r.get(timeout=1) == "done"
@@ -140,11 +146,7 @@ def test_cli_worker_runs_jobs_and_warm_shutdown_finishes_the_running_job(app, st
 
 
 def test_second_signal_is_a_cold_shutdown_that_puts_the_job_back(app, start_worker):
-    from sample_tasks import slow_record
-    out = app.path + ".runs"
-    w = start_worker("-c", "1")
-    r = slow_record.delay(out, "long", 30)
-    wait_for(lambda: "start-long" in runs_of(out), what="job to start")
+    w, r = worker_running_a_job(app, start_worker, "1", "long", 30)
     w.signal(signal.SIGTERM)
     wait_for(lambda: "warm shutdown" in w.stderr(), what="the first signal to be seen")
     w.signal(signal.SIGTERM)
