@@ -13,6 +13,7 @@ class WorkerRecords:
     """Methods of :class:`localq.store.Store`; they use its connection and transactions."""
 
     _read: Callable[[], AbstractContextManager[sqlite3.Connection]]
+    write: Callable[..., sqlite3.Cursor]
     transaction: Callable[[], AbstractContextManager[sqlite3.Connection]]
 
     def register_worker(self, pid: int, pid_start: str | None, hostname: str,
@@ -26,13 +27,11 @@ class WorkerRecords:
 
     def heartbeat(self, worker_id: int, now: float) -> bool:
         """False when this worker's row is gone (another presumed it dead)."""
-        with self._read() as conn:
-            return conn.execute("UPDATE workers SET heartbeat = ? WHERE id = ?",
-                                (now, worker_id)).rowcount == 1
+        return self.write("UPDATE workers SET heartbeat = ? WHERE id = ?",
+                          (now, worker_id)).rowcount == 1
 
     def unregister_worker(self, worker_id: int) -> None:
-        with self._read() as conn:
-            conn.execute("DELETE FROM workers WHERE id = ?", (worker_id,))
+        self.write("DELETE FROM workers WHERE id = ?", (worker_id,))
 
     def workers(self) -> list[dict]:
         with self._read() as conn:
