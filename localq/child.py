@@ -19,6 +19,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .execute import LimitCache, execute, install_soft_limit_handler
+from .profiling import run_profiled
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
@@ -60,16 +61,7 @@ def child_main(app: Localq, conn: Connection, max_tasks: int | None,
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         install_soft_limit_handler()
-        profile_dir = os.environ.get("LOCALQ_PROFILE_DIR")
-        if profile_dir:     # for benchmarks/: where a child spends its time
-            import cProfile
-            profiler = cProfile.Profile()
-            try:
-                profiler.runcall(_loop, app, conn, max_tasks, max_memory_kib)
-            finally:
-                profiler.dump_stats(os.path.join(profile_dir, f"child-{os.getpid()}.prof"))
-        else:
-            _loop(app, conn, max_tasks, max_memory_kib)
+        run_profiled("child", _loop, app, conn, max_tasks, max_memory_kib)
     except BaseException:    # noqa: BLE001 - a child must never unwind into the caller
         code = 1
         try:
