@@ -19,11 +19,11 @@ from .config import Settings
 from .control import Control
 from .exceptions import ConfigurationError, NotRegistered
 from .flow import lane_for
-from .ids import new_id
+from .ids import format_id, new_id, new_seq
 from .result import AsyncResult as Result  # the method AsyncResult shadows the class
 from .serializer import check_serializer, encode_call
 from .store import NewJob, Store
-from .task import Task, job_options, to_timestamp
+from .task import SendDefaults, Task, check_priority, expires_at, job_options, to_timestamp
 from .wakeup import Ringer, wake_folder
 
 
@@ -119,6 +119,26 @@ class Localq:
     def AsyncResult(self, task_id: str) -> Result:  # noqa: N802 - Celery's name
         return Result(task_id, self)
 
+    def send_plain(self, task: Task, args: tuple, kwargs: dict) -> Result:
+        """``delay()``: a call with no per-call options, on the shortest path (the row's
+        fixed part comes from the task's cache; the id is the row number)."""
+        if self.conf.task_always_eager:
+            return self.send_job(task, args, kwargs, countdown=None, eta=None, expires=None,
+                                 queue=None, priority=None, task_id=None, time_limit=None,
+                                 soft_time_limit=None, serializer=None, ignored={})
+        d = task.send_defaults()
+        payload = encode_call(d.serializer, task.name, args, kwargs)
+        now = time.time()
+        expires = None if d.expires is None else expires_at(d.expires, now)
+        store = self.store
+        seq = new_seq()
+        while not store.insert_row((seq, None, task.name, d.queue, d.lane, d.priority,
+                                    d.serializer, payload, d.options, 0.0, expires, now,
+                                    None, None)):
+            seq = new_seq()              # two producers drew the same row number
+        self.nudge_workers()
+        return Result(format_id(seq), self)
+
     def send_job(self, task: Task, args: tuple, kwargs: dict, *, countdown: float | None,
                  eta: datetime | float | None, expires: float | datetime | None,
                  queue: str | None, priority: int | None, task_id: str | None,
@@ -146,7 +166,8 @@ class Localq:
                 group_id: str | None = None, group_index: int | None = None,
                 now: float | None = None) -> NewJob:
         """Encode a call into a row, checking everything before anything is stored."""
-        serializer = check_serializer(serializer or task.option("serializer"))
+        d = task.send_defaults()
+        serializer = check_serializer(serializer) if serializer else d.serializer
         payload = encode_call(serializer, task.name, args, kwargs)
         now = time.time() if now is None else now
         when = 0.0
@@ -154,22 +175,24 @@ class Localq:
             when = now + float(countdown)
         elif eta is not None:
             when = to_timestamp(eta)
-        expires = expires if expires is not None else task.option("expires")
-        expires_at = None
-        if expires is not None:
-            expires_at = to_timestamp(expires) if isinstance(expires, datetime) \
-                else now + float(expires)
-        prio = task.option("priority") if priority is None else priority
-        prio = 0 if prio is None else prio
-        if not isinstance(prio, int) or not 0 <= prio <= 9:
-            raise ConfigurationError(f"priority must be an integer from 0 to 9 (9 runs first), "
-                                     f"not {prio!r}")
-        return NewJob(task_id or new_id(), task.name,
-                      queue or task.option("queue") or self._route(task.name)
-                      or self.conf.task_default_queue,
-                      lane_for(task), prio, serializer, payload,
-                      job_options(task, time_limit, soft_time_limit), when, expires_at, now,
+        expires = expires if expires is not None else d.expires
+        options = d.options if time_limit is None and soft_time_limit is None \
+            else job_options(task, time_limit, soft_time_limit)
+        return NewJob(task_id or new_id(), task.name, queue or d.queue, d.lane,
+                      d.priority if priority is None else check_priority(priority),
+                      serializer, payload, options, when,
+                      None if expires is None else expires_at(expires, now), now,
                       group_id, group_index)
+
+    def send_defaults(self, task: Task) -> SendDefaults:
+        """What every job of ``task`` gets unless the call says otherwise (cached by the
+        task until the settings change)."""
+        prio = task.option("priority")
+        return SendDefaults(task.option("queue") or self._route(task.name)
+                            or self.conf.task_default_queue, lane_for(task),
+                            0 if prio is None else check_priority(prio),
+                            check_serializer(task.option("serializer")),
+                            job_options(task, None, None), task.option("expires"))
 
     def _route(self, name: str) -> str | None:
         routes = self.conf.task_routes

@@ -42,12 +42,19 @@ def new_seq() -> int:
         return (state["ms"] << _COUNTER_BITS) | state["n"]
 
 
+def _low_hex(low9: int) -> str:
+    """The id's last 64 bits as text, "xxxx-xxxxxxxxxxxx": they depend on 9 bits of seq."""
+    h = f"{(0b10 << 62) | (low9 << 53) | _MARK:016x}"
+    return f"{h[:4]}-{h[4:]}"
+
+
+_LOW_HEX = [_low_hex(i) for i in range(512)]   # delay() formats one id per call
+
+
 def format_id(seq: int) -> str:
     ms, n = seq >> _COUNTER_BITS, seq & ((1 << _COUNTER_BITS) - 1)
-    value = (ms << 80) | (0x8 << 76) | ((n >> 9) << 64) | (0b10 << 62) | ((n & 0x1FF) << 53) \
-        | _MARK
-    h = f"{value:032x}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    h = f"{ms:012x}"
+    return f"{h[:8]}-{h[8:]}-8{n >> 9:03x}-{_LOW_HEX[n & 0x1FF]}"
 
 
 def parse_id(text: str) -> int | None:

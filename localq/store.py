@@ -161,11 +161,15 @@ class Store(WorkerRecords, MapRecords, FlowRecords):
 
     def enqueue(self, job: NewJob) -> bool:
         """Insert one job in its own transaction; False when its id already exists."""
+        return self.insert_row(_insert_params(job))
+
+    def insert_row(self, row: tuple) -> bool:
+        """The same with a row in the table's order (see insert_rows)."""
         # The hot path of delay(): no context managers, one statement (autocommit).
         with self._lock:
             try:
                 conn = self._wconn or self._writer()
-                return _retry_busy(conn.execute, _INSERT, _insert_params(job)).rowcount == 1
+                return _retry_busy(conn.execute, _INSERT, row).rowcount == 1
             except sqlite3.Error as exc:
                 raise _database_error(self.path, exc) from None
 

@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Any
 from .exceptions import TaskRevokedError
 from .execute import LimitCache
 from .flow import FlowControl
-from .profiling import run_profiled
 from .pool import Child, Inflight, death_outcome, fork_child
+from .profiling import run_profiled
 from .serializer import encode_exception
 from .store import Claimed, Outcome, Store
 from .upkeep import RECOVERY_EVERY, Checkpointer, Upkeep

@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
 from .exceptions import ConfigurationError, MaxRetriesExceededError, Retry
 from .limits import parse_rate
@@ -39,6 +39,16 @@ ANNOTATABLE = ("rate_limit", "time_limit", "soft_time_limit", "max_retries",
                "max_concurrency", "reject_on_worker_lost", "serializer", "autoretry_for",
                "retry_backoff", "retry_backoff_max", "retry_jitter", "retry_kwargs",
                "expires")
+
+
+class SendDefaults(NamedTuple):
+    """The fixed part of a task's job rows: see Localq.send_defaults."""
+    queue: str
+    lane: str | None
+    priority: int
+    serializer: str
+    options: str | None
+    expires: float | datetime | None
 
 
 class Request:
@@ -95,6 +105,8 @@ class Task:
         self._declared = {k: v for k, v in options.items() if v is not None}
         self._cache: dict[str, Any] = {}
         self._cache_version = -1
+        self._send_defaults: SendDefaults | None = None
+        self._send_version = -1
         self._requests = _RequestStack()
         if "serializer" in self._declared:
             check_serializer(self._declared["serializer"])
@@ -109,6 +121,12 @@ class Task:
             self._cache = self._effective_options()
             self._cache_version = conf.version
         return self._cache[key]
+
+    def send_defaults(self) -> SendDefaults:
+        if self._send_version != self.app.conf.version:
+            self._send_defaults = self.app.send_defaults(self)
+            self._send_version = self.app.conf.version
+        return self._send_defaults     # type: ignore[return-value]
 
     def _effective_options(self) -> dict[str, Any]:
         conf = self.app.conf
@@ -152,7 +170,7 @@ class Task:
         return self.run(*args, **kwargs)
 
     def delay(self, *args: Any, **kwargs: Any) -> AsyncResult:
-        return self.apply_async(args, kwargs)
+        return self.app.send_plain(self, args, kwargs)
 
     def apply_async(self, args: tuple | list | None = None, kwargs: dict | None = None, *,
                     countdown: float | None = None, eta: datetime | float | None = None,
@@ -160,6 +178,10 @@ class Task:
                     priority: int | None = None, task_id: str | None = None,
                     time_limit: float | None = None, soft_time_limit: float | None = None,
                     serializer: str | None = None, **ignored: Any) -> AsyncResult:
+        if (countdown is None and eta is None and expires is None and queue is None
+                and priority is None and task_id is None and time_limit is None
+                and soft_time_limit is None and serializer is None and not ignored):
+            return self.app.send_plain(self, tuple(args or ()), dict(kwargs or {}))
         return self.app.send_job(self, tuple(args or ()), dict(kwargs or {}),
                                  countdown=countdown, eta=eta, expires=expires, queue=queue,
                                  priority=priority, task_id=task_id, time_limit=time_limit,
@@ -222,6 +244,18 @@ def to_timestamp(value: datetime | float | int) -> float:
             value = value.replace(tzinfo=timezone.utc)
         return value.timestamp()
     return float(value)
+
+
+def expires_at(expires: float | datetime, now: float) -> float:
+    """``expires`` as epoch seconds: a datetime is a moment, a number is seconds from now."""
+    return to_timestamp(expires) if isinstance(expires, datetime) else now + float(expires)
+
+
+def check_priority(priority: Any) -> int:
+    if not isinstance(priority, int) or not 0 <= priority <= 9:
+        raise ConfigurationError(f"priority must be an integer from 0 to 9 (9 runs first), "
+                                 f"not {priority!r}")
+    return priority
 
 
 def job_options(task: Task, time_limit: float | None, soft_time_limit: float | None) -> str | None:
