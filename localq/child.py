@@ -19,6 +19,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .execute import LimitCache, execute, install_soft_limit_handler
+from .ids import format_id
 from .profiling import run_profiled
 
 if TYPE_CHECKING:
@@ -100,8 +101,8 @@ def _loop(app: Localq, conn: Connection, max_tasks: int | None,
                 conn.send(("o", buffered))
                 buffered = []
             t0 = time.perf_counter()
-            outcome = execute(app, seq, job_id, task_name, serializer, payload, opts, retries,
-                              pid, soft)
+            outcome = execute(app, seq, job_id or format_id(seq), task_name, serializer,
+                              payload, opts, retries, pid, soft)
             elapsed = time.perf_counter() - t0
             speed[task_name] = 0.7 * speed.get(task_name, elapsed) + 0.3 * elapsed
             if not buffered:

@@ -21,7 +21,7 @@ import time
 from collections import deque
 from multiprocessing import Pipe
 from multiprocessing.connection import Connection
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 from .child import child_main
 from .exceptions import TaskRevokedError, TimeLimitExceeded, WorkerLostError
@@ -39,12 +39,13 @@ KILL_GRACE = 0.1      # seconds between SIGTERM and SIGKILL for a child we stop
 
 
 class Inflight:
-    __slots__ = ("job", "hard", "sent")
+    __slots__ = ("job", "hard", "sent", "size")
 
     def __init__(self, job: Claimed, hard: float | None, sent: float) -> None:
         self.job = job
         self.hard = hard        # hard time limit in seconds, if any
         self.sent = sent        # monotonic time it was handed to the child
+        self.size = len(job.payload or b"")
 
 
 class Child:
@@ -53,7 +54,8 @@ class Child:
     def __init__(self, pid: int, conn: Connection) -> None:
         self.pid = pid
         self.conn = conn
-        self.inflight: deque[Inflight] = deque()
+        self.inflight: deque[Inflight] = deque()   # change it through hand/pop/keep_only
+        self.queued_bytes = 0         # the arguments' size of what is in flight
         self.last_report = time.monotonic()
         self.avg_duration: float | None = None
         self.handed = 0               # jobs handed over in its life (for max_tasks)
@@ -62,6 +64,30 @@ class Child:
         self.kill_reason: str | None = None
         self.kill_job: int | None = None
         self.sigkill_at: float | None = None
+
+    def hand(self, items: list[Inflight]) -> None:
+        self.inflight.extend(items)
+        self.queued_bytes += sum(i.size for i in items)
+
+    def pop(self, seq: int) -> Claimed | None:
+        """Take a reported job off the list. Outcomes come in the order the jobs were
+        handed over: it is the head, almost always."""
+        inflight = self.inflight
+        if inflight and inflight[0].job.seq == seq:
+            item = inflight.popleft()
+        else:
+            for item in inflight:
+                if item.job.seq == seq:
+                    inflight.remove(item)
+                    break
+            else:
+                return None
+        self.queued_bytes -= item.size
+        return item.job
+
+    def keep_only(self, items: Iterable[Inflight]) -> None:
+        self.inflight = deque(items)
+        self.queued_bytes = sum(i.size for i in self.inflight)
 
     def running(self) -> Inflight | None:
         return self.inflight[0] if self.inflight else None

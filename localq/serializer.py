@@ -27,10 +27,11 @@ def _make_dumps() -> Any:
     JSONEncoder.encode spends building a C encoder on every call: build it once.
     (No circular-reference markers: a cycle fails as RecursionError instead.)"""
     from json import encoder
-    if encoder.c_make_encoder is None:        # a Python without the C accelerator
+    make = getattr(encoder, "c_make_encoder", None)
+    if make is None:        # a Python without the C accelerator
         return json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-    chunks = encoder.c_make_encoder(None, _not_json, encoder.encode_basestring, None, ":",
-                                    ",", False, False, True)
+    chunks = make(None, _not_json, encoder.encode_basestring, None, ":", ",", False, False,
+                  True)
     join = "".join
     return lambda value: join(chunks(value, 0))
 

@@ -267,9 +267,8 @@ class Supervisor(Upkeep):
                     self._take_outcomes(child, message[3])
                     child.leaving = message[1]
                     leftover = set(message[2])
-                    kept = deque(i for i in child.inflight if i.job.seq not in leftover)
                     back = [i.job for i in child.inflight if i.job.seq in leftover]
-                    child.inflight = kept
+                    child.keep_only([i for i in child.inflight if i.job.seq not in leftover])
                     self.ready.extendleft(reversed(back))
                     log.info("child %d recycled: %s", child.pid, message[1])
                     self._keep_pool_whole()
@@ -279,31 +278,22 @@ class Supervisor(Upkeep):
             self._child_exited(child)
 
     def _take_outcomes(self, child: Child, outcomes: list[tuple]) -> None:
+        """Outcome tuples from a child: (seq, state, result, exc_type, traceback,
+        started, ended, pid, eta, exc_message), as Outcome's fields."""
         child.last_report = time.monotonic()
         busy = 0.0
+        pop = child.pop
         for t in outcomes:
-            outcome = Outcome(*t)
-            job = self._pop_inflight(child, outcome.seq)
-            busy += outcome.ended - (outcome.started or outcome.ended)
-            if outcome.state == "FAILURE":
+            job = pop(t[0])
+            busy += t[6] - (t[5] or t[6])
+            if t[1] == "FAILURE":
                 log.error("Task %s[%s] raised: %s\n%s", job.task if job else "?",
-                          job.id if job else "?", outcome.exc_message,
-                          (outcome.traceback or "").rstrip())
-            self.outcomes.append(outcome)
+                          job.id if job else "?", t[9], (t[4] or "").rstrip())
+        make = tuple.__new__
+        self.outcomes.extend([make(Outcome, t) for t in outcomes])
         if outcomes:
             child.note_duration(max(0.0, busy / len(outcomes)))
         self.final_outcomes = True
-
-    @staticmethod
-    def _pop_inflight(child: Child, seq: int) -> Claimed | None:
-        # Outcomes come in the order the jobs were handed over: the head, almost always.
-        if child.inflight and child.inflight[0].job.seq == seq:
-            return child.inflight.popleft().job
-        for item in child.inflight:
-            if item.job.seq == seq:
-                child.inflight.remove(item)
-                return item.job
-        return None
 
     def _child_exited(self, child: Child) -> None:
         how = child.reap()
@@ -361,7 +351,7 @@ class Supervisor(Upkeep):
         claim = self._should_claim(slots)
         if (self.outcomes or claim) and not self._streaming(time.monotonic()):
             outcomes, self.outcomes = self.outcomes, []
-            if any(o.state in ("RETRY", "PENDING") for o in outcomes):
+            if not self.want_work and any(o.state in ("RETRY", "PENDING") for o in outcomes):
                 self.want_work = True     # a job to run again: its ETA sets the next wake
             now = time.time()
             with self.store.transaction() as conn:
@@ -399,9 +389,6 @@ class Supervisor(Upkeep):
             room = min(room, self.max_tasks - child.handed)
         return max(0, room)
 
-    def _hard_limit(self, job: Claimed) -> float | None:
-        return self.limits.get(job.task, job.options)[2]
-
     def _dispatch(self) -> None:
         if not self.ready:
             return
@@ -415,7 +402,7 @@ class Supervisor(Upkeep):
                 continue
             # Never block the loop on a full channel: a busy child is handed at most
             # MAX_QUEUED_BYTES of arguments; an idle one (reading) takes any size.
-            budget = MAX_QUEUED_BYTES - sum(len(i.job.payload or b"") for i in child.inflight)
+            budget = MAX_QUEUED_BYTES - child.queued_bytes
             jobs: list[Claimed] = []
             while ready and len(jobs) < room:
                 size = len(ready[0].payload or b"")
@@ -426,7 +413,8 @@ class Supervisor(Upkeep):
             if not jobs:
                 continue
             room = len(jobs)
-            child.inflight.extend(Inflight(job, self._hard_limit(job), mono) for job in jobs)
+            limits = self.limits.get
+            child.hand([Inflight(job, limits(job.task, job.options)[2], mono) for job in jobs])
             # (seq, id, task, serializer, payload, options, retries): the child's tuple
             child.conn.send([job[:7] for job in jobs])
             child.handed += room

@@ -123,7 +123,7 @@ class Upkeep:
                         "registering again", self.app.conf.worker_lost_after)
             self._register(now)
             for child in self.children.values():
-                child.inflight.clear()
+                child.keep_only(())
             self.ready.clear()
 
     def _recover(self, now: float) -> None:
