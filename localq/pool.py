@@ -36,6 +36,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("localq.worker")
 
 KILL_GRACE = 0.1      # seconds between SIGTERM and SIGKILL for a child we stop
+# Jobs queued in one child, at most, however fast they are: enough that the
+# supervisor writes and claims while the children work (128 left it idle a
+# quarter of a drain, waiting for outcomes), few enough that a job stuck
+# behind a slow one is not a crowd.
+PREFETCH_MAX = 512
 
 
 class Inflight:
@@ -103,7 +108,7 @@ class Child:
         """How many jobs to keep queued in the child: about 5 ms of work."""
         if self.avg_duration is None:
             return 1
-        return max(1, min(128, int(0.005 / max(self.avg_duration, 1e-6))))
+        return max(1, min(PREFETCH_MAX, int(0.005 / max(self.avg_duration, 1e-6))))
 
     def note_duration(self, seconds: float) -> None:
         avg = self.avg_duration

@@ -42,6 +42,7 @@ log = logging.getLogger("localq.worker")
 
 FALLBACK_CHECK = 0.5     # seconds between data_version checks when idle
 MAX_QUEUED_BYTES = 64 * 1024   # arguments queued in a busy child's channel, at most
+CLAIM_MAX = 256         # jobs claimed in one transaction, at most: holds the write lock ~2 ms
 COALESCE = 0.001         # seconds: while jobs stream in, one write per this, at most
 
 
@@ -347,7 +348,7 @@ class Supervisor(Upkeep):
 
     def _turn(self) -> None:
         """Write outcomes and claim work in one transaction, then hand work out."""
-        slots = 0 if self.stopping else self._free_slots()
+        slots = 0 if self.stopping else min(self._free_slots(), CLAIM_MAX)
         claim = self._should_claim(slots)
         if (self.outcomes or claim) and not self._streaming(time.monotonic()):
             outcomes, self.outcomes = self.outcomes, []
