@@ -11,11 +11,9 @@ correctness.
 from __future__ import annotations
 
 import errno
-import hashlib
 import itertools
 import os
 import socket
-import tempfile
 import threading
 import time
 
@@ -30,13 +28,15 @@ def wake_folder(db_path: str) -> str:
     folder = os.path.abspath(db_path) + ".d"
     if len(folder.encode()) <= _MAX_FOLDER:
         return folder
+    import hashlib  # rare (a deep path), and ~3 ms to import: only when needed
+    import tempfile
     digest = hashlib.sha1(folder.encode()).hexdigest()[:16]
     return os.path.join(tempfile.gettempdir(), f"localq-{os.getuid()}", digest)
 
 
 def _ensure_folder(folder: str) -> None:
     parent = os.path.dirname(folder)
-    if parent.startswith(tempfile.gettempdir()) and not os.path.isdir(parent):
+    if not folder.endswith(".d") and not os.path.isdir(parent):   # the temp-dir fallback
         os.makedirs(parent, mode=0o700, exist_ok=True)
     try:
         os.mkdir(folder, 0o700)
