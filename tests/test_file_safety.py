@@ -62,3 +62,33 @@ def test_threads_opening_apps_while_processes_come_and_go_keep_the_file_sound(tm
         assert con.execute("SELECT count(*) FROM jobs").fetchone()[0] > 600
     finally:
         con.close()
+
+
+def test_a_send_waits_out_a_write_lock_held_elsewhere_and_then_lands(tmp_path):
+    # Writes fail fast on a taken lock and retry in localq (not in SQLite's busy
+    # wait); a send that meets the lock must neither raise nor be lost.
+    path = str(tmp_path / "locked.db")
+    app = Localq(path)
+    echo = app.task(lambda x: x, name="echo")
+    echo.delay(0)                                  # the file exists, with its schema
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")              # another writer holds the lock
+    outcome: dict[str, object] = {}
+
+    def send():
+        try:
+            outcome["id"] = echo.delay(1).id
+        except BaseException as exc:  # noqa: BLE001
+            outcome["error"] = exc
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    sender.join(0.3)                               # long enough to meet the lock many times
+    assert sender.is_alive() and not outcome, "the send did not wait for the lock"
+    holder.execute("COMMIT")
+    sender.join(30)
+    holder.close()
+    assert "error" not in outcome, outcome.get("error")
+    assert app.AsyncResult(str(outcome["id"])).state == "PENDING"
+    assert app.store.job(str(outcome["id"]))["task"] == "echo"
+    app.close()
