@@ -61,12 +61,12 @@ class FlowRecords:
         return conn.execute(f"UPDATE jobs SET eta = 0 WHERE {READY_WHERE} AND eta > 0 AND "
                             "eta <= ?", (now,)).rowcount
 
-    def next_due(self, queues: Sequence[str]) -> float | None:
-        """The earliest ETA of a delayed job in these queues, if any."""
+    def next_due(self, conn: sqlite3.Connection, queues: Sequence[str]) -> float | None:
+        """The earliest ETA of a delayed job in these queues, if any (inside ``conn``'s
+        transaction: the claim's, so that it costs no read transaction of its own)."""
         marks = ",".join("?" * len(queues))
-        with self._read() as conn:
-            row = conn.execute(f"SELECT min(eta) FROM jobs WHERE {READY_WHERE} AND eta > 0 "
-                               f"AND queue IN ({marks})", list(queues)).fetchone()
+        row = conn.execute(f"SELECT min(eta) FROM jobs WHERE {READY_WHERE} AND eta > 0 "
+                           f"AND queue IN ({marks})", list(queues)).fetchone()
         return row[0] if row else None
 
     def running_counts(self, conn: sqlite3.Connection, tasks: Sequence[str]) -> dict[str, int]:

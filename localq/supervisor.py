@@ -368,17 +368,19 @@ class Supervisor(Upkeep):
                             "localq.exceptions.TaskRevokedError", None, None, now)
                         for c in revoked])
                     claimed = [c for c in claimed if c not in revoked]
+                drained = claim and len(claimed) + len(revoked) < slots
+                due = self.store.next_due(conn, self.queues) if drained else None
+            if self.final_outcomes or revoked:   # first: someone may be waiting on these
+                self.final_outcomes = False
+                self.waiters.ring()
             self.checkpointer.poke()
             self.rings = 0
             self.last_write = time.monotonic()
-            if self.final_outcomes or revoked:
-                self.final_outcomes = False
-                self.waiters.ring()
             if claim:
                 self.ready.extend(claimed)
-                if len(claimed) + len(revoked) < slots:
-                    self.want_work = False
-                    self.next_due = self.store.next_due(self.queues)
+            if drained:                  # every claimable job is claimed: sleep till told
+                self.want_work = False
+                self.next_due = due
         self._dispatch()
 
     def _room(self, child: Child) -> int:
