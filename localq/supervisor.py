@@ -273,7 +273,7 @@ class Supervisor(Upkeep):
                     self.ready.extendleft(reversed(back))
                     log.info("child %d recycled: %s", child.pid, message[1])
                     self._keep_pool_whole()
-                if not conn.poll():
+                if not child.has_more():
                     break
         except (EOFError, OSError):
             self._child_exited(child)
