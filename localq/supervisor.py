@@ -406,26 +406,25 @@ class Supervisor(Upkeep):
             # Never block the loop on a full channel: a busy child is handed at most
             # MAX_QUEUED_BYTES of arguments; an idle one (reading) takes any size.
             budget = MAX_QUEUED_BYTES - child.queued_bytes
-            jobs: list[Claimed] = []
-            while ready and len(jobs) < room:
-                size = len(ready[0].payload or b"")
-                if size > budget and (jobs or child.inflight):
-                    break
-                budget -= size
-                jobs.append(ready.popleft())
-            if not jobs:
-                continue
-            room = len(jobs)
             limits = self.limits.get
-            child.hand([Inflight(job, limits(job.task, job.options)[2], mono) for job in jobs])
+            items: list[Inflight] = []
+            for _ in range(room):
+                job = ready[0]
+                item = Inflight(job, limits(job.task, job.options)[2], mono)
+                if item.size > budget and (items or child.inflight):
+                    break
+                budget -= item.size
+                items.append(item)
+                ready.popleft()
+            if not items:
+                continue
+            child.hand(items)
             # (seq, id, task, serializer, payload, options, retries): the child's tuple
-            child.conn.send([job[:7] for job in jobs])
-            child.handed += room
+            child.conn.send([item.job[:7] for item in items])
+            child.handed += len(items)
             if self.max_tasks and child.handed >= self.max_tasks and not child.replaced:
                 child.replaced = True      # it leaves after these: start its successor now
                 self._keep_pool_whole()
-
-    # -------------------------------------------------------------- housekeeping
 
     # -------------------------------------------------------------- stopping
 
