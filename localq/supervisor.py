@@ -148,10 +148,10 @@ class Supervisor(Upkeep):
             self._turn()
             if self.stopping and not self.children:
                 break
-            timeout = self._timeout(last_check, last_heartbeat)
-            if timeout > 0 and self._streaming(time.monotonic()):
-                # Sleep out the window deaf: rings and outcomes that come meanwhile
-                # are read all at once after it, instead of one wake-up each.
+            timeout, coalescing = self._timeout(last_check, last_heartbeat)
+            if coalescing:
+                # Sleep out the (sub-millisecond) window deaf: rings and outcomes that
+                # come meanwhile are read all at once after it, not one wake-up each.
                 time.sleep(timeout)
                 timeout = 0.0
             for key, _ in self.selector.select(timeout):
@@ -198,11 +198,14 @@ class Supervisor(Upkeep):
         writing again, so that a stream of jobs is claimed in batches."""
         return self.rings > 1 and mono - self.last_write < COALESCE and not self.stopping
 
-    def _timeout(self, last_check: float, last_heartbeat: float) -> float:
+    def _timeout(self, last_check: float, last_heartbeat: float) -> tuple[float, bool]:
+        """How long to wait for events, and whether that is a coalescing window (to be
+        slept through deaf) rather than an ordinary wait that any event ends."""
         mono = time.monotonic()
         if self.outcomes or self._should_claim(self._free_slots()):
-            return max(0.0, self.last_write + COALESCE - mono) if self._streaming(mono) \
-                else 0.0
+            if self._streaming(mono):
+                return max(0.0, self.last_write + COALESCE - mono), True
+            return 0.0, False
         deadline = min(last_check + FALLBACK_CHECK, self.next_expiry,
                        last_heartbeat + self.app.conf.worker_heartbeat_interval)
         for child in self.children.values():
@@ -216,7 +219,7 @@ class Supervisor(Upkeep):
         flow_at = self.flow.next_refill()
         if flow_at is not None and not self.stopping:
             deadline = min(deadline, mono + max(0.0, flow_at - time.time()))
-        return max(0.0, deadline - mono)
+        return max(0.0, deadline - mono), False
 
     def _handle(self, what: Any) -> None:
         if what == "bell":
