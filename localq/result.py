@@ -115,8 +115,13 @@ class AsyncResult:
 
     @property
     def state(self) -> str:
-        row = self._load()
-        return "PENDING" if row is None else row["state"]
+        # Only the state column until the job is final (ready() is polled in loops);
+        # the whole row is read once, when something asks for more than the state.
+        row = self._row
+        if row is not None and row["state"] in FINAL_STATES:
+            return row["state"]
+        state = self.app.store.state(self.id)
+        return "PENDING" if state is None else state
 
     status = state
 
@@ -206,12 +211,12 @@ class AsyncResult:
             return row
         waiter = Waiter(self.app.path, timeout)
         while True:
-            row = self._load()
-            if row is not None and row["state"] in FINAL_STATES:
+            state = self.state
+            if state in FINAL_STATES and (row := self._load()) is not None:
                 return row
             if not waiter.wait():
                 raise TimeoutError(f"the operation timed out: task {self.id} is still "
-                                   f"{row['state'] if row else 'PENDING'} after {timeout}s")
+                                   f"{state} after {timeout}s")
 
     def forget(self) -> None:
         """Delete a finished job's stored result."""

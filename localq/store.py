@@ -199,6 +199,13 @@ class Store(WorkerRecords, MapRecords, FlowRecords):
             row = cur.fetchone()
             return None if row is None else job_dict(column_names(cur), row)
 
+    def state(self, job_id: str) -> str | None:
+        """One job's state (None when there is no such job): a fraction of job()'s cost."""
+        with self._read() as conn:
+            where, key = _where_id(job_id)
+            row = conn.execute(f"SELECT state FROM jobs WHERE {where}", (key,)).fetchone()
+            return None if row is None else row[0]
+
     def states(self, job_ids: Sequence[str]) -> dict[str, str]:
         out: dict[str, str] = {}
         by_seq = {seq: i for i in job_ids if (seq := parse_id(i)) is not None}
