@@ -37,7 +37,28 @@ def _make_dumps() -> Any:
 
 
 _dumps = _make_dumps()
-_loads = json.loads
+
+
+def _make_loads() -> Any:
+    """json.loads for the text we wrote, minus json's two whitespace regexes per call:
+    the C scanner reads the value straight; anything else (surrounding whitespace,
+    trailing data, bytes) goes through json.loads and its errors."""
+    from json import scanner
+    make = getattr(scanner, "c_make_scanner", None)
+    if make is None:
+        return json.loads
+    scan = make(json.JSONDecoder())
+
+    def loads(text: Any) -> Any:
+        try:
+            value, end = scan(text, 0)
+        except Exception:              # StopIteration, TypeError for bytes, ...
+            return json.loads(text)
+        return value if end == len(text) else json.loads(text)
+    return loads
+
+
+_loads = _make_loads()
 
 
 def check_serializer(name: str) -> str:
