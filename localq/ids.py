@@ -22,24 +22,39 @@ _state = {"pid": -1, "ms": -1, "n": 0}
 
 def new_seq() -> int:
     """A fresh row number: time-ordered, and ordered within this process."""
-    ms = time.time_ns() // 1_000_000
     with _lock:
-        state = _state
-        if state["pid"] != os.getpid():        # a fork must not repeat its parent's numbers
-            state["pid"] = os.getpid()
-            state["ms"] = -1
-        if ms > state["ms"]:
-            state["ms"] = ms
-            # A random start in the lower half leaves room to count up within one ms
-            # and makes two processes unlikely to pick the same number (a clash is
-            # detected at insert, and a new number taken).
-            state["n"] = int.from_bytes(os.urandom(3), "big") >> 4
-        else:
-            state["n"] += 1
-            if state["n"] >> _COUNTER_BITS:
-                state["ms"] += 1
-                state["n"] = 0
-        return (state["ms"] << _COUNTER_BITS) | state["n"]
+        return _take(1)
+
+
+def new_seqs(count: int) -> range:
+    """``count`` fresh row numbers in a row, for one lock instead of ``count`` (a map's
+    items). A count past the millisecond's counter carries into the next millisecond."""
+    with _lock:
+        return range(_take(count), _take(0) + 1) if count > 0 else range(0)
+
+
+def _take(count: int) -> int:
+    """The first of ``count`` numbers after the last one given (under _lock); with
+    count 0, the last one given."""
+    ms = time.time_ns() // 1_000_000
+    state = _state
+    if state["pid"] != os.getpid():        # a fork must not repeat its parent's numbers
+        state["pid"] = os.getpid()
+        state["ms"] = -1
+    if count == 0:
+        return (state["ms"] << _COUNTER_BITS) + state["n"]
+    if ms > state["ms"]:
+        state["ms"] = ms
+        # A random start in the lower half leaves room to count up within one ms
+        # and makes two processes unlikely to pick the same number (a clash is
+        # detected at insert, and a new number taken).
+        state["n"] = int.from_bytes(os.urandom(3), "big") >> 4
+    else:
+        state["n"] += 1
+    first = (state["ms"] << _COUNTER_BITS) + state["n"]
+    last = first + count - 1                 # past the counter's bits: the next ms
+    state["ms"], state["n"] = last >> _COUNTER_BITS, last & ((1 << _COUNTER_BITS) - 1)
+    return first
 
 
 def _low_hex(low9: int) -> str:

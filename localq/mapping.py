@@ -28,7 +28,7 @@ import warnings
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from .exceptions import ConfigurationError, EncodeError, TaskRevokedError, TimeoutError
-from .ids import new_id, new_seq
+from .ids import new_id, new_seq, new_seqs
 from .progress import Progress
 from .result import AsyncResult, EagerResult, Waiter
 from .rows import FINAL_STATES
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from .app import Localq
     from .task import Task
 
-CHUNK = 10_000      # jobs per enqueue transaction: long enough to be cheap, short
+CHUNK = 2_000       # jobs per enqueue transaction: long enough to be cheap, short
                     # enough not to hold the write lock from the workers for long
 WINDOW = 4096       # indexes looked at past the furthest finished one
 PACE = 8.0          # wait at least PACE x the cost of a read before the next one
@@ -163,10 +163,11 @@ def _enqueue(app: Localq, task: Task, group: str, serializer: str, payloads: lis
     for start in range(0, total, CHUNK):
         end = min(start + CHUNK, total)
         # (seq, id): a resumable item has a chosen id, a one-off item a generated seq.
-        rows = [(None if resumable else new_seq(), f"{group}:{i}" if resumable else None,
+        seqs = new_seqs(end - start) if not resumable else [None] * (end - start)
+        rows = [(seq, f"{group}:{i}" if resumable else None,
                  t.task, t.queue, t.lane, t.priority, serializer, payloads[i], t.options, 0.0,
                  t.expires, now, group, i)
-                for i in range(start, end)]
+                for seq, i in zip(seqs, range(start, end))]
         inserted = app.store.insert_rows(rows)
         while not resumable and inserted < len(rows):
             # Another producer drew the same row number in the same millisecond (rare):
