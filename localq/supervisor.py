@@ -63,6 +63,7 @@ class Supervisor(Upkeep):
         self.outcomes: list[Outcome] = []
         self.final_outcomes = False
         self.want_work = True                     # there may be claimable jobs
+        self.checkpointer: Checkpointer | None = None
         self.rings = 0                            # producers' rings since the last write
         self.last_write = 0.0                     # monotonic time of the last transaction
         self.next_due: float | None = None        # wall-clock ETA of the next delayed job
@@ -83,7 +84,6 @@ class Supervisor(Upkeep):
         now = time.time()
         self._register(now)
         self._recover(now)
-        self.checkpointer = Checkpointer(Store(app.path, app.conf.database_synchronous))
         self.bell = Doorbell(wake_folder(app.path), supervisor_name())
         self.waiters = Ringer(wake_folder(app.path), "g")
         self._sig_r, self._sig_w = os.pipe()
@@ -101,6 +101,7 @@ class Supervisor(Upkeep):
         try:
             for _ in range(self.concurrency):
                 self._start_child()
+            self.checkpointer = Checkpointer(Store(app.path, app.conf.database_synchronous))
             self._banner()
             if self.ready_fd is not None:
                 os.write(self.ready_fd, b"ready\n")
@@ -123,8 +124,14 @@ class Supervisor(Upkeep):
         close = [self.bell.fileno(), self._sig_r, self._sig_w, self.selector.fileno()]
         if self.parent_fd is not None:
             close.append(self.parent_fd)
-        child = fork_child(self.app, [c.conn for c in self.children.values()], close,
-                           self.max_tasks, self.max_memory)
+        if self.checkpointer is not None:
+            self.checkpointer.pause()        # fork with one thread only
+        try:
+            child = fork_child(self.app, [c.conn for c in self.children.values()], close,
+                               self.max_tasks, self.max_memory)
+        finally:
+            if self.checkpointer is not None:
+                self.checkpointer.resume()
         self.children[child.pid] = child
         self.selector.register(child.conn, selectors.EVENT_READ, child)
         return child
@@ -376,7 +383,8 @@ class Supervisor(Upkeep):
             if self.final_outcomes or revoked:   # first: someone may be waiting on these
                 self.final_outcomes = False
                 self.waiters.ring()
-            self.checkpointer.poke()
+            if self.checkpointer is not None:
+                self.checkpointer.poke()
             self.rings = 0
             self.last_write = time.monotonic()
             if claim:
@@ -463,7 +471,8 @@ class Supervisor(Upkeep):
             self.store.unregister_worker(self.worker_id)
         finally:
             self.waiters.ring()
-            self.checkpointer.stop()
+            if self.checkpointer is not None:
+                self.checkpointer.stop()
             self.bell.close()
             self.waiters.close()
             self.store.close()

@@ -37,40 +37,58 @@ class Checkpointer:
     with an fsync, every ~500 jobs; ~6 us per job on average) or the
     supervisor's own turn (the whole pool waits). Here a thread, woken by the loop
     after it writes, checkpoints at most every CHECKPOINT_EVERY seconds; SQLite
-    releases the GIL meanwhile. The WAL is then reset before it reaches 1,000
-    pages, and producers only checkpoint when no worker runs. Its own Store
-    closes its connection around any fork of the supervisor, as every Store does.
+    releases the GIL meanwhile. The WAL is then mostly reset before it reaches
+    1,000 pages. Not always: a reset needs a moment with no reader on the WAL,
+    and a client that polls the database without pause (the benchmarks' pollers)
+    can deny it that, and then producers checkpoint too. Its own Store closes
+    its connection around any fork, as every Store does, and the thread is
+    paused around the supervisor's forks, so that a child is never forked from a
+    process with a second thread (a deadlock risk Python 3.12 warns about).
     """
 
     def __init__(self, store: Store) -> None:
         self.store = store
         self._wake = threading.Event()
         self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="localq-checkpoint",
-                                        daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None
+        self.resume()
 
     def poke(self) -> None:
         if not self._wake.is_set():
             self._wake.set()
 
+    def pause(self) -> None:
+        """Stop the thread (waiting for a checkpoint under way); resume() starts anew."""
+        if self._thread is not None:
+            self._stopping.set()
+            self._wake.set()
+            self._thread.join()
+            self._thread = None
+
+    def resume(self) -> None:
+        self._stopping = threading.Event()
+        self._wake = threading.Event()
+        self._wake.set()                  # look once: pokes made while paused are lost
+        self._thread = threading.Thread(target=self._run, name="localq-checkpoint",
+                                        daemon=True)
+        self._thread.start()
+
     def stop(self) -> None:
-        self._stopping.set()
-        self._wake.set()
-        self._thread.join()
+        self.pause()
         self.store.close()
 
     def _run(self) -> None:
+        wake, stopping = self._wake, self._stopping     # this thread's own pair
         while True:
-            self._wake.wait()
-            if self._stopping.is_set():
+            wake.wait()
+            if stopping.is_set():
                 return
-            self._wake.clear()
+            wake.clear()
             try:
                 self.store.checkpoint()
             except Exception as exc:      # never fatal: SQLite checkpoints on its own
                 log.warning("WAL checkpoint failed: %s", exc)
-            if self._stopping.wait(CHECKPOINT_EVERY):
+            if stopping.wait(CHECKPOINT_EVERY):
                 return
 
 
