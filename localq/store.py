@@ -369,20 +369,18 @@ def _retry_busy(execute: Any, sql: str, params: Any = ()) -> sqlite3.Cursor:
     safe. The first retries come within tens of microseconds (a write holds the lock
     for ~30 us to a few ms); the pause doubles up to 1 ms, and after a minute the
     error goes up."""
-    try:
-        return execute(sql, params)
-    except sqlite3.OperationalError as exc:
-        if exc.sqlite_errorcode & 0xFF != _SQLITE_BUSY:
-            raise
-    pause = 20e-6
-    give_up = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    pause, give_up = 20e-6, None
     while True:
-        time.sleep(pause)
         try:
             return execute(sql, params)
         except sqlite3.OperationalError as exc:
-            if exc.sqlite_errorcode & 0xFF != _SQLITE_BUSY or time.monotonic() > give_up:
+            if exc.sqlite_errorcode & 0xFF != _SQLITE_BUSY:
                 raise
+            now = time.monotonic()
+            give_up = give_up or now + BUSY_TIMEOUT_MS / 1000
+            if now > give_up:
+                raise
+        time.sleep(pause)
         pause = min(pause * 2, 0.001)
 
 
