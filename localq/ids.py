@@ -29,20 +29,20 @@ def new_seq() -> int:
 def new_seqs(count: int) -> range:
     """``count`` fresh row numbers in a row, for one lock instead of ``count`` (a map's
     items). A count past the millisecond's counter carries into the next millisecond."""
+    if count <= 0:
+        return range(0)
     with _lock:
-        return range(_take(count), _take(0) + 1) if count > 0 else range(0)
+        first = _take(count)
+    return range(first, first + count)
 
 
 def _take(count: int) -> int:
-    """The first of ``count`` numbers after the last one given (under _lock); with
-    count 0, the last one given."""
+    """The first of ``count`` (>= 1) numbers after the last one given (under _lock)."""
     ms = time.time_ns() // 1_000_000
     state = _state
     if state["pid"] != os.getpid():        # a fork must not repeat its parent's numbers
         state["pid"] = os.getpid()
         state["ms"] = -1
-    if count == 0:
-        return (state["ms"] << _COUNTER_BITS) + state["n"]
     if ms > state["ms"]:
         state["ms"] = ms
         # A random start in the lower half leaves room to count up within one ms
