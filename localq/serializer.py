@@ -17,7 +17,6 @@ from .exceptions import ConfigurationError, EncodeError, TaskError
 SERIALIZERS = ("json", "pickle")
 
 
-
 def _not_json(value: Any) -> Any:
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 

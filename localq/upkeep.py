@@ -48,8 +48,6 @@ class Checkpointer:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self._wake = threading.Event()
-        self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self.resume()
 
@@ -66,9 +64,12 @@ class Checkpointer:
             self._thread = None
 
     def resume(self) -> None:
+        """Start a thread with a fresh pair of events (the old thread may still be
+        reading its own). It checkpoints once at once: a poke made while paused is
+        not kept."""
         self._stopping = threading.Event()
         self._wake = threading.Event()
-        self._wake.set()                  # look once: pokes made while paused are lost
+        self._wake.set()
         self._thread = threading.Thread(target=self._run, name="localq-checkpoint",
                                         daemon=True)
         self._thread.start()
