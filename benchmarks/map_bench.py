@@ -23,8 +23,10 @@ import time
 
 import _common as c
 
-from localq import Localq  # noqa: E402  (after _common put this checkout first on sys.path)
-from localq import mapping  # noqa: E402
+from localq import (
+    Localq,  # noqa: E402  (after _common put this checkout first on sys.path)
+    mapping,  # noqa: E402
+)
 
 app = Localq(main="map_bench")
 

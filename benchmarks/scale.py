@@ -560,7 +560,7 @@ def report(bench: Scale, wall: float, load: list[str]) -> str:
     lines += c.table(erows, note=True)
     e = ex.get("old")
     if e and e["left"]:
-        lines.append(f"  old rows left at the end of the drain: "
+        lines.append("  old rows left at the end of the drain: "
                      + ", ".join(f"{x:,}" for x in e["left"]) + f" of {bench.n:,} (the sweep "
                      f"deleted " + ", ".join(f"{x:,.0f}" for x in e["deleted"])
                      + " rows/s during the drain)")
