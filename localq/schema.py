@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import stat
+import threading
 
 from .exceptions import DatabaseError
 
@@ -106,75 +108,190 @@ MIGRATIONS: dict[int, str] = {}   # from version N to N+1, when there is one
 def open_database(path: str, synchronous: str = "NORMAL") -> sqlite3.Connection:
     """Open (creating if new) the localq database at ``path``, or raise DatabaseError.
 
-    The file is only ever opened through SQLite. Opening it with a file descriptor
-    of our own (to read its header, say) and closing it would release every POSIX
-    lock this process holds on it, including those of another thread's connection
-    in the middle of a transaction: two writers at once, and a corrupt file.
+    The file is only ever opened through SQLite, but for its creation (below).
+    Opening it with a file descriptor of our own (to read its header, say) and
+    closing it would release every POSIX lock this process holds on it, including
+    those of another thread's connection in the middle of a transaction: two
+    writers at once, and a corrupt file. SQLite's own close keeps those locks.
     """
-    new = _check_folder(path)
+    _inspect(path)
     try:
         conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
                                check_same_thread=False, cached_statements=256)
     except sqlite3.Error as exc:
-        raise DatabaseError(f"cannot open localq database {path}: {exc}") from None
+        raise DatabaseError(f"cannot open localq database {path}: "
+                            f"{unwritable(path) or exc}") from None
     try:
         conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-        _check_or_create_schema(conn, path, new)
+        _check_or_create_schema(conn, path)
         conn.execute(f"PRAGMA synchronous={synchronous}")
+    except sqlite3.Error as exc:
+        conn.close()
+        raise _unreadable(path, exc) from None
     except BaseException:
         conn.close()
         raise
     return conn
 
 
-def _check_folder(path: str) -> bool:
-    """True when the file does not exist yet; an error when it cannot be created."""
-    if os.path.exists(path):
-        return False
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise DatabaseError(f"cannot create localq database {path}: "
-                            f"folder {directory} does not exist")
-    return True
+# Held while this process creates a file with a descriptor of its own, so that no
+# other thread opens it with SQLite before that descriptor is closed (see above).
+_create_lock = threading.Lock()
+os.register_at_fork(after_in_child=lambda: globals().update(_create_lock=threading.Lock()))
 
 
-def _check_or_create_schema(conn: sqlite3.Connection, path: str, new: bool) -> None:
+def _inspect(path: str) -> None:
+    """Decide whether ``path`` may be used, before SQLite may write a byte to it.
+
+    A new file is created here, owner-only from its first instant; an empty file
+    is made owner-only if it is ours; a localq database is used as it is.
+    Anything else raises, the
+    file and its -wal and -journal untouched: a plain SQLite open would roll
+    back another program's hot journal, or checkpoint and delete its WAL.
+    """
+    with _create_lock:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except FileExistsError:
+            pass
+        except FileNotFoundError:
+            directory = os.path.dirname(os.path.abspath(path))
+            raise DatabaseError(f"cannot create localq database {path}: "
+                                f"folder {directory} does not exist") from None
+        except OSError as exc:
+            raise DatabaseError(f"cannot create localq database {path}: "
+                                f"{unwritable(path) or exc.strerror}") from None
+        else:
+            os.close(fd)
+            return
     try:
-        tables = {r[0] for r in conn.execute(
-            "SELECT name FROM sqlite_master WHERE type='table'")}
-    except sqlite3.DatabaseError as exc:
+        st = os.stat(path)
+    except OSError as exc:
+        raise DatabaseError(f"cannot open localq database {path}: {exc.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise DatabaseError(f"{path} is not a regular file, so it cannot be a localq "
+                            f"database. Point localq at another path (Localq(path) or "
+                            f"$LOCALQ_DB).")
+    # The main file alone, as SQLite sees it with no locks, journal or WAL: cannot
+    # write anything, not even a -shm.
+    names = _objects(path, "immutable=1") if st.st_size else []
+    if names is None or (not names and _has_log(path)):
+        # Inconclusive: the schema may live in the WAL only (a new localq database
+        # not yet checkpointed), or the file was mid-checkpoint. A read-only
+        # connection reads through the WAL; it may rebuild the -shm index, but
+        # never rolls back a journal nor writes the file or its WAL.
+        names = _objects(path, "mode=ro", final=True)
+    assert names is not None
+    if "localq_meta" in names:
+        return
+    if names:
+        raise DatabaseError(
+            f"{path} is a SQLite database of another program (it holds "
+            f"{', '.join(sorted(names)[:5])}), not a localq database. The file was left "
+            f"untouched: point localq at another path.")
+    # An empty file or an empty SQLite database: ours to fill, so ours to keep private.
+    if st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) & 0o077:
+        try:
+            os.chmod(path, 0o600)
+        except OSError as exc:
+            raise DatabaseError(f"cannot make {path} private to its owner: {exc}") from None
+
+
+def _has_log(path: str) -> bool:
+    """True when a -wal or -journal beside the file holds something."""
+    for suffix in ("-wal", "-journal"):
+        try:
+            if os.stat(path + suffix).st_size:
+                return True
+        except OSError:
+            pass
+    return False
+
+
+def _objects(path: str, how: str, final: bool = False) -> list[str] | None:
+    """The names in the file's schema, read through a read-only connection.
+
+    None when it cannot be read and ``final`` is false (ask again another way);
+    otherwise an unreadable file raises its one clear message."""
+    uri = "file://" + path.replace("%", "%25").replace("?", "%3f").replace("#", "%23")
+    try:
+        conn = sqlite3.connect(f"{uri}?{how}", uri=True, timeout=BUSY_TIMEOUT_MS / 1000,
+                               isolation_level=None, check_same_thread=False)
+    except sqlite3.Error as exc:
+        raise DatabaseError(f"cannot open localq database {path}: "
+                            f"{unwritable(path) or exc}") from None
+    try:
+        return [r[0] for r in conn.execute("SELECT name FROM sqlite_master")]
+    except sqlite3.Error as exc:
         if "not a database" in str(exc):
             raise DatabaseError(
                 f"{path} is not a SQLite database, so it cannot be a localq database. "
                 f"The file was left untouched: point localq at another path "
                 f"(Localq(path) or $LOCALQ_DB).") from None
-        raise DatabaseError(
-            f"{path} cannot be read as a SQLite database ({exc}): it may be corrupt. "
-            f"The file was left untouched; restore it from a backup or use another path.") from None
-    if "localq_meta" in tables:
+        if not final:
+            return None
+        if "readonly" in str(exc) and os.path.exists(path + "-journal"):
+            raise DatabaseError(
+                f"{path} has a hot journal ({path}-journal): the program that wrote it "
+                f"stopped in the middle of a transaction, and it is not a localq database "
+                f"as far as can be read. Both files were left untouched: open it with the "
+                f"program that made it (or the sqlite3 shell) to recover it, or point "
+                f"localq at another path.") from None
+        raise _unreadable(path, exc) from None
+    finally:
+        conn.close()
+
+
+def unwritable(path: str) -> str | None:
+    """Why this user cannot write the database or the files SQLite keeps beside it,
+    with what to do; None when nothing is in the way."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        return (f"permission denied: {path} is read-only for this user. localq writes "
+                f"to its database (even to read results, SQLite needs write access): "
+                f"make it writable (chmod u+w) or run as its owner")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return (f"permission denied: the folder {directory} is read-only for this user, "
+                f"and SQLite must create {os.path.basename(path)}-wal and -shm beside the "
+                f"file. Make the folder writable, or move the database to a folder you "
+                f"can write to")
+    return None
+
+
+def _unreadable(path: str, exc: sqlite3.Error) -> DatabaseError:
+    """The one message for a file SQLite cannot read at open time."""
+    reason = unwritable(path)
+    if reason:
+        return DatabaseError(f"cannot open localq database {path}: {reason}. "
+                             f"The file was left untouched.")
+    if isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc)
+                                                      or "busy" in str(exc)):
+        return DatabaseError(
+            f"{path} stayed locked by another process for over a minute ({exc}). "
+            f"Nothing was lost; find the process holding it (fuser {path}) and retry.")
+    return DatabaseError(
+        f"{path} cannot be read as a SQLite database ({exc}): it may be corrupt. "
+        f"The file was left untouched; restore it from a backup or use another path.")
+
+
+def _check_or_create_schema(conn: sqlite3.Connection, path: str) -> None:
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE name='localq_meta'").fetchone():
         _check_version(conn, path)
         return
-    if tables:
-        raise DatabaseError(
-            f"{path} is a SQLite database of another program (tables: "
-            f"{', '.join(sorted(tables)[:5])}), not a localq database. The file was left "
-            f"untouched: point localq at another path.")
-    if new:
-        # Owner-only before anything is written; SQLite gives -wal and -shm the
-        # database file's mode when it creates them, just below.
-        try:
-            os.chmod(path, 0o600)
-        except OSError as exc:
-            raise DatabaseError(f"cannot make {path} private to its owner: {exc}") from None
-    # A new, empty file. WAL must be set outside a transaction.
+    # A new or empty file (_inspect said so). WAL must be set outside a transaction;
+    # SQLite gives -wal and -shm the database file's mode (0600) when it makes them.
     conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("BEGIN IMMEDIATE")
     try:
-        if conn.execute("SELECT 1 FROM sqlite_master WHERE name='localq_meta'").fetchone():
+        names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master")]
+        if "localq_meta" in names:
             conn.execute("COMMIT")   # another process created it meanwhile
             _check_version(conn, path)
             return
+        if names:                    # another program filled it meanwhile
+            raise DatabaseError(f"{path} became a SQLite database of another program "
+                                f"while localq was opening it; point localq at another path.")
         for statement in DDL.split(";"):
             if statement.strip():
                 conn.execute(statement)
