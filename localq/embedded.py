@@ -102,8 +102,9 @@ class EmbeddedWorker:
         data = b""
         while b"\n" not in data:
             remaining = deadline - time.monotonic()
-            readable, _, _ = select.select([ready_r], [], [], max(0.0, remaining))
-            if not readable:
+            poller = select.poll()     # not select(): descriptors above 1024 happen
+            poller.register(ready_r, select.POLLIN)
+            if not poller.poll(max(0.0, remaining) * 1000):
                 self.stop(timeout=5)
                 raise LocalqError(f"the embedded worker did not start within {START_TIMEOUT}s")
             chunk = os.read(ready_r, 4096)

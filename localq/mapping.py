@@ -230,6 +230,7 @@ def _collect(app: Localq, group: str, total: int, bar: Progress | None, *, resum
                 raise TimeoutError(f"map of {total} items: {total - done} not finished "
                                    f"after {waiter_timeout(timeout)}s")
     finally:
+        waiter.close()
         if bar is not None:
             bar.close(done, failures)
 

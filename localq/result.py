@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import atexit
 import os
-import select
 import threading
 import time
+import weakref
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -23,53 +23,79 @@ from .wakeup import Doorbell, waiter_name, wake_folder
 if TYPE_CHECKING:
     from .app import Localq
 
-_bells = threading.local()
-_all_bells: list[Doorbell] = []
+# Waiter bells are shared by the threads of a process: a thread takes an idle one
+# for the length of one wait and gives it back, so a process holds as many as it
+# has threads waiting at once (plus MAX_IDLE), however many threads come and go.
+MAX_IDLE = 4
+_idle: dict[str, list[Doorbell]] = {}       # per wake-up folder
+_live: weakref.WeakSet[Doorbell] = weakref.WeakSet()
 _bells_pid = os.getpid()
 _bells_lock = threading.Lock()
+_at_exit: list[bool] = []
 
 
-def _my_bell(db_path: str) -> Doorbell:
-    """This thread's doorbell for the database's wake-up folder (made once)."""
+def _forked() -> bool:
+    """True in a forked copy (once): the parent's bells are not ours to use or close."""
     global _bells_pid
-    if _bells_pid != os.getpid():          # a forked copy: the parent's bells are not ours
-        _bells_pid = os.getpid()
-        _bells.__dict__.clear()
-        _all_bells.clear()
+    if _bells_pid == os.getpid():
+        return False
+    _bells_pid = os.getpid()
+    _idle.clear()
+    _live.clear()
+    return True
+
+
+def _take_bell(db_path: str) -> Doorbell:
+    _forked()
     folder = wake_folder(db_path)
-    bells = _bells.__dict__.setdefault("by_folder", {})
-    bell = bells.get(folder)
+    with _bells_lock:
+        idle = _idle.get(folder)
+        bell = idle.pop() if idle else None
+    if bell is not None and bell.bound and not os.path.lexists(bell.path):
+        bell.close()          # its folder was deleted (a test's cleanup): a new one
+        bell = None
     if bell is None:
         bell = Doorbell(folder, waiter_name())
-        bells[folder] = bell
         with _bells_lock:
-            if not _all_bells:
+            if not _at_exit:
+                _at_exit.append(True)
                 atexit.register(close_bells)
-            _all_bells.append(bell)
+            _live.add(bell)
     return bell
+
+
+def _give_back(bell: Doorbell) -> None:
+    if _forked():
+        return
+    with _bells_lock:
+        idle = _idle.setdefault(bell.folder, [])
+        if len(idle) < MAX_IDLE and bell.sock.fileno() >= 0:
+            idle.append(bell)
+            return
+    bell.close()
 
 
 def close_bells(folder: str | None = None) -> None:
     """Close this process's waiter bells: all of them, or those in one wake-up folder
     (the pytest plugin does this before it deletes a test's database)."""
-    if _bells_pid != os.getpid():
+    if _forked():
         return
     with _bells_lock:
-        for bell in [b for b in _all_bells if folder is None or b.folder == folder]:
+        for bell in [b for b in _live if folder is None or b.folder == folder]:
             bell.close()
-            _all_bells.remove(bell)
-    by_folder = _bells.__dict__.get("by_folder", {})
-    for key in [k for k in by_folder if folder is None or k == folder]:
-        del by_folder[key]
+            _live.discard(bell)
+        for key in [k for k in _idle if folder is None or k == folder]:
+            del _idle[key]
 
 
 class Waiter:
     """Sleep until a supervisor rings (outcomes were written) or a backoff timer
-    passes; the caller re-checks the database after each :meth:`wait`."""
+    passes; the caller re-checks the database after each :meth:`wait`, and
+    calls :meth:`close` when done (garbage collection does it otherwise)."""
 
     def __init__(self, db_path: str, timeout: float | None) -> None:
         self.deadline = None if timeout is None else time.monotonic() + timeout
-        self.bell = _my_bell(db_path)
+        self.bell: Doorbell | None = _take_bell(db_path)
         self.bell.drain_messages()     # rings from before this wait mean nothing now
         self.fallback = 0.005
 
@@ -81,12 +107,23 @@ class Waiter:
             if remaining <= 0:
                 return False
             wait = min(wait, remaining)
-        ready, _, _ = select.select([self.bell], [], [], wait)
-        if ready:
+        assert self.bell is not None, "wait() after close()"
+        if self.bell.poller.poll(wait * 1000):
             self.bell.drain_messages()
         else:
             self.fallback = min(self.fallback * 2, 0.5)
         return True
+
+    def close(self) -> None:
+        bell, self.bell = self.bell, None
+        if bell is not None:
+            _give_back(bell)
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:   # interpreter shutdown: the atexit hook closes the bells
+            pass
 
 
 class AsyncResult:
@@ -210,13 +247,16 @@ class AsyncResult:
         if row is not None and row["state"] in FINAL_STATES:
             return row
         waiter = Waiter(self.app.path, timeout)
-        while True:
-            state = self.state
-            if state in FINAL_STATES and (row := self._load()) is not None:
-                return row
-            if not waiter.wait():
-                raise TimeoutError(f"the operation timed out: task {self.id} is still "
-                                   f"{state} after {timeout}s")
+        try:
+            while True:
+                state = self.state
+                if state in FINAL_STATES and (row := self._load()) is not None:
+                    return row
+                if not waiter.wait():
+                    raise TimeoutError(f"the operation timed out: task {self.id} is still "
+                                       f"{state} after {timeout}s")
+        finally:
+            waiter.close()
 
     def forget(self) -> None:
         """Delete a finished job's stored result."""

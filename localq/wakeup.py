@@ -11,9 +11,13 @@ correctness.
 from __future__ import annotations
 
 import errno
+import functools
 import itertools
+import logging
 import os
+import select
 import socket
+import stat
 import threading
 import time
 
@@ -22,45 +26,110 @@ _MAX_FOLDER = 90
 _counter = itertools.count()
 RELIST = 0.05
 REFRESH = 1.0
+_warned: set[str] = set()
 
 
+@functools.lru_cache(maxsize=256)
 def wake_folder(db_path: str) -> str:
-    folder = os.path.abspath(db_path) + ".d"
+    """The wake-up folder of a database. The path is resolved once (symlinks
+    followed) so that every process using the file, by whatever path, agrees."""
+    folder = os.path.realpath(db_path) + ".d"
     if len(folder.encode()) <= _MAX_FOLDER:
         return folder
     import hashlib  # rare (a deep path), and ~3 ms to import: only when needed
     import tempfile
     digest = hashlib.sha1(folder.encode()).hexdigest()[:16]
-    return os.path.join(tempfile.gettempdir(), f"localq-{os.getuid()}", digest)
+    return os.path.join(tempfile.gettempdir(), f"localq-{os.geteuid()}", digest)
 
 
-def _ensure_folder(folder: str) -> None:
-    parent = os.path.dirname(folder)
-    if not folder.endswith(".d") and not os.path.isdir(parent):   # the temp-dir fallback
-        os.makedirs(parent, mode=0o700, exist_ok=True)
+def _not_private(path: str, st: os.stat_result | None = None) -> str | None:
+    """Why ``path`` (its ``lstat``) is not a folder of this user, mode 0700, not a
+    symlink: another user could have made or replaced it. None when it is."""
     try:
-        os.mkdir(folder, 0o700)
-    except FileExistsError:
+        st = st or os.lstat(path)
+    except OSError as exc:
+        return exc.strerror or "missing"
+    if stat.S_ISLNK(st.st_mode):
+        return "a symlink"
+    if not stat.S_ISDIR(st.st_mode):
+        return "not a folder"
+    if st.st_uid != os.geteuid():
+        return f"owned by uid {st.st_uid}"
+    if stat.S_IMODE(st.st_mode) != 0o700:
+        return f"mode {stat.S_IMODE(st.st_mode):o}, not 700"
+    return None
+
+
+def _refuse(folder: str, path: str, why: str) -> bool:
+    """Log once per wake-up folder why it is not used; False."""
+    if folder not in _warned:
+        _warned.add(folder)
+        logging.getLogger("localq").warning(
+            "localq does not use the wake-up folder %s: %s is %s, and it must be a private "
+            "folder of this user. Workers and get() poll the database instead (slower). "
+            "Remove it if you do not know who made it.", folder, path, why)
+    return False
+
+
+def safe_folder(folder: str, st: os.stat_result | None = None, create: bool = False) -> bool:
+    """True when the wake-up folder (made here if ``create`` and missing, mode 0700)
+    and, for the temp-dir fallback, its per-user parent are private to this user."""
+    levels = [folder] if folder.endswith(".d") else [os.path.dirname(folder), folder]
+    for path in levels:
+        if create:
+            try:
+                os.mkdir(path, 0o700)
+            except FileExistsError:
+                pass
+            except OSError:
+                return False   # a read-only folder, say: no wake-ups, the timers still run
+        why = _not_private(path, st if path == folder else None)
+        if why is not None:
+            return _refuse(folder, path, why) if create or os.path.lexists(path) else False
+    return True
+
+
+def _bell_name(name: str, prefix: str) -> bool:
+    """Our naming scheme: a prefix letter, then ``<pid>.<n>``."""
+    head, dot, tail = name[len(prefix):].partition(".")
+    return name.startswith(prefix) and head.isdigit() and dot == "." and tail.isdigit()
+
+
+def _unlink_socket(path: str) -> None:
+    """Remove ``path`` if it is a socket (never a file, a folder or a symlink)."""
+    try:
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)
+    except OSError:
         pass
 
 
 class Doorbell:
-    """A bell of one's own: ``fileno()`` turns readable when someone rings."""
+    """A bell of one's own: ``fileno()`` turns readable when someone rings.
+
+    When the folder is not safe to use the bell is never bound: it never rings,
+    and its owner's timer does the work."""
 
     def __init__(self, folder: str, name: str) -> None:
         self.folder = folder
         self.path = os.path.join(folder, name)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.setblocking(False)
+        self.bound = False
         for _ in range(3):
-            _ensure_folder(folder)
+            if not safe_folder(folder, create=True):
+                break
             try:
-                if os.path.exists(self.path):
-                    os.unlink(self.path)
+                _unlink_socket(self.path)       # a dead process's bell of the same name
                 self.sock.bind(self.path)
+                self.bound = True
                 break
             except FileNotFoundError:   # the folder was removed under us: make it again
                 continue
+            except OSError:
+                break
+        self.poller = select.poll()     # not select(): descriptors above 1024 happen
+        self.poller.register(self.sock.fileno(), select.POLLIN)
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -74,15 +143,15 @@ class Doorbell:
                 return messages
 
     def close(self) -> None:
-        try:
-            os.unlink(self.path)
-        except OSError:
-            pass
+        if self.sock.fileno() < 0:
+            return
         self.sock.close()
-        try:
-            os.rmdir(self.folder)      # only succeeds when no other bell is left
-        except OSError:
-            pass
+        if self.bound:
+            _unlink_socket(self.path)
+            try:
+                os.rmdir(self.folder)      # only succeeds when no other bell is left
+            except OSError:
+                pass
 
 
 class Ringer:
@@ -118,10 +187,13 @@ class Ringer:
         if now - self._checked >= RELIST:
             self._checked = now
             try:
-                mtime = os.stat(self.folder).st_mtime_ns
+                st = os.lstat(self.folder)
             except OSError:
+                st = None
+            if st is None or not safe_folder(self.folder, st):
                 self._targets, self._mtime = [], None
                 return
+            mtime = st.st_mtime_ns
             if mtime != self._mtime or now - self._listed >= REFRESH:
                 self._mtime = mtime
                 self._list(now)
@@ -136,7 +208,7 @@ class Ringer:
         except OSError:
             names = []
         self._targets = [os.path.join(self.folder, n) for n in names
-                         if n.startswith(self.prefix)]
+                         if _bell_name(n, self.prefix)]
 
     def _send_all(self, message: bytes) -> bool:
         """Ring every cached bell; False if one of them was dead (and removed)."""
@@ -152,10 +224,7 @@ class Ringer:
             except OSError as exc:
                 if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):
                     all_alive = False
-                    try:      # nobody reads it: its owner died without cleaning up
-                        os.unlink(target)
-                    except OSError:
-                        pass
+                    _unlink_socket(target)   # nobody reads it: its owner died uncleanly
         return all_alive
 
     def close(self) -> None:
