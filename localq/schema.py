@@ -301,6 +301,9 @@ def _check_or_create_schema(conn: sqlite3.Connection, path: str) -> None:
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+    # The schema into the file itself, so that the next open knows it from the main
+    # file alone (see _inspect) rather than reading through the WAL.
+    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
 
 def _check_version(conn: sqlite3.Connection, path: str) -> None:

@@ -7,6 +7,12 @@ after writing outcomes. A ring never blocks and never fails the caller: a
 full or dead bell is skipped (and a dead one removed), because every sleeper
 also re-checks the database on a timer. So a lost ring costs latency, never
 correctness.
+
+Another local user may have made the folder, or put a symlink in its place: it
+is used only when ``lstat`` shows a directory of this user with mode 0700 (made
+here with mkdir 0700 when missing), checked again whenever a ringer looks at
+it; otherwise it is left alone, with one warning, and everyone polls. Only
+sockets named by our scheme are ever removed, and only inside such a folder.
 """
 from __future__ import annotations
 

@@ -105,37 +105,44 @@ def open_it(path: Path) -> str:
 
 # ------------------------------------------------------- files that are not ours
 
-def test_a_crashed_wal_database_of_another_program_is_refused_and_its_wal_kept(tmp_path):
+def crashed_program(folder: Path, *statements: str) -> Path:
+    """Another program's database ``other.db``: it ran ``statements`` and died."""
     run("import sqlite3, os\n"
         "c = sqlite3.connect('other.db', isolation_level=None)\n"
-        "c.execute('PRAGMA journal_mode=WAL'); c.execute('PRAGMA wal_autocheckpoint=0')\n"
-        "c.execute('CREATE TABLE ledger (amount)')\n"
-        "c.execute('INSERT INTO ledger VALUES (42)')\n"
-        "os._exit(0)   # crashed: everything is in its WAL\n", tmp_path)
-    path = tmp_path / "other.db"
+        + "".join(f"{line}\n" for line in statements) + "os._exit(0)\n", folder)
+    return folder / "other.db"
+
+
+def refused_untouched(path: Path, *words: str) -> None:
+    """Opening ``path`` raises one message holding ``words``; no byte changed (an
+    empty -wal that SQLite leaves beside a database in WAL mode holds none)."""
     before = digests(path)
-    assert "other.db-wal" in before
     message = open_it(path)
-    assert "another program" in message and "ledger" in message and "untouched" in message
-    assert digests(path) == before
+    assert all(w in message for w in words), message
+    after = {name: digest for name, digest in digests(path).items()
+             if name in before or (path.parent / name).stat().st_size}
+    assert after == before
+
+
+def test_a_crashed_wal_database_of_another_program_is_refused_and_its_wal_kept(tmp_path):
+    path = crashed_program(tmp_path, "c.execute('PRAGMA journal_mode=WAL')",
+                           "c.execute('PRAGMA wal_autocheckpoint=0')",
+                           "c.execute('CREATE TABLE ledger (amount)')",
+                           "c.execute('INSERT INTO ledger VALUES (42)')")
+    assert (tmp_path / "other.db-wal").stat().st_size      # everything is in its WAL
+    refused_untouched(path, "another program", "ledger", "untouched")
     con = sqlite3.connect(path)        # and its owner still finds its row
     assert con.execute("SELECT amount FROM ledger").fetchall() == [(42,)]
     con.close()
 
 
 def test_a_database_with_a_hot_journal_is_refused_and_not_rolled_back(tmp_path):
-    run("import sqlite3, os\n"
-        "c = sqlite3.connect('other.db', isolation_level=None)\n"
-        "c.execute('CREATE TABLE files (data)')\n"
-        "c.execute('PRAGMA cache_size=2'); c.execute('BEGIN')\n"
-        "for _ in range(200): c.execute('INSERT INTO files VALUES (randomblob(3000))')\n"
-        "os._exit(0)   # crashed mid-transaction, pages spilled: a hot journal\n", tmp_path)
-    path = tmp_path / "other.db"
-    before = digests(path)
-    assert "other.db-journal" in before
-    message = open_it(path)
-    assert "another program" in message and "untouched" in message
-    assert digests(path) == before
+    path = crashed_program(  # died mid-transaction with pages spilled: a hot journal
+        tmp_path, "c.execute('CREATE TABLE files (data)')",
+        "c.execute('PRAGMA cache_size=2'); c.execute('BEGIN')",
+        "for _ in range(200): c.execute('INSERT INTO files VALUES (randomblob(3000))')")
+    assert (tmp_path / "other.db-journal").stat().st_size
+    refused_untouched(path, "another program", "untouched")
 
 
 def test_a_sqlite_file_holding_only_a_view_is_refused_untouched(tmp_path):
@@ -143,30 +150,23 @@ def test_a_sqlite_file_holding_only_a_view_is_refused_untouched(tmp_path):
     con = sqlite3.connect(path)
     con.execute("CREATE VIEW answer AS SELECT 42")
     con.close()
-    before = digests(path)
-    message = open_it(path)
-    assert "another program" in message and "answer" in message
-    assert digests(path) == before
+    refused_untouched(path, "another program", "answer")
 
 
-@pytest.mark.parametrize("damage", ["random", "header"])
-def test_a_corrupt_file_gets_one_clear_message_and_is_left_as_it_was(tmp_path, damage):
+@pytest.mark.parametrize("damage, says", [("random", "not a SQLite database"),
+                                          ("pages", "may be corrupt")])
+def test_a_corrupt_file_gets_one_clear_message_and_is_left_as_it_was(tmp_path, damage, says):
     path = tmp_path / "jobs.db"
     if damage == "random":
         path.write_bytes(random.Random(11).randbytes(64 * 1024))
-    else:   # a localq database whose first page was overwritten past the magic string
+    else:   # a localq database with pages past the first overwritten
         app = Localq(str(path))
         app.task(lambda: 1, name="t").delay()
         app.close()
         data = bytearray(path.read_bytes())
-        data[16:1024] = random.Random(12).randbytes(1024 - 16)
+        data[3000:9000] = random.Random(12).randbytes(6000)
         path.write_bytes(bytes(data))
-    before = digests(path)
-    message = open_it(path)
-    assert str(path) in message
-    assert ("not a SQLite database" in message or "corrupt" in message), message
-    assert "point localq at another path" in message or "restore it" in message
-    assert digests(path) == before
+    refused_untouched(path, str(path), says, "untouched", "another path")
 
 
 def test_an_empty_file_is_adopted_and_made_owner_only(tmp_path):
@@ -182,18 +182,20 @@ def test_an_empty_file_is_adopted_and_made_owner_only(tmp_path):
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
 
 
-def test_a_localq_database_not_yet_checkpointed_is_opened_by_a_second_process(tmp_path):
-    path = tmp_path / "jobs.db"
-    app = Localq(str(path))
-    task = app.task(lambda: 1, name="t")
+def test_a_localq_database_whose_schema_is_still_in_its_wal_is_opened(tmp_path):
+    root = str(Path(localq.__file__).parent.parent)
+    run(f"import sys, os, sqlite3; sys.path.insert(0, {root!r})\n"
+        f"from localq.schema import DDL, SCHEMA_VERSION\n"
+        f"c = sqlite3.connect('jobs.db', isolation_level=None)\n"
+        f"c.execute('PRAGMA journal_mode=WAL'); c.execute('PRAGMA wal_autocheckpoint=0')\n"
+        f"c.executescript('BEGIN;' + DDL + 'COMMIT;')\n"
+        f"c.execute(\"INSERT INTO localq_meta VALUES ('schema_version', ?)\", "
+        f"(str(SCHEMA_VERSION),))\n"
+        f"os._exit(0)   # crashed before any checkpoint\n", tmp_path)
+    assert (tmp_path / "jobs.db-wal").stat().st_size
+    app = Localq(str(tmp_path / "jobs.db"))
     try:
-        job = task.delay()     # its schema lives in the WAL only while this connection is open
-        code = (f"import sys; sys.path.insert(0, {str(Path(localq.__file__).parent.parent)!r})\n"
-                f"from localq import Localq\n"
-                f"print(Localq({str(path)!r}).AsyncResult({job.id!r}).state)\n")
-        out = subprocess.run([sys.executable, "-c", code], check=True, timeout=60,
-                             capture_output=True, text=True).stdout
-        assert out.strip() == "PENDING"
+        assert app.task(lambda: 1, name="t").delay().state == "PENDING"
     finally:
         app.close()
 
