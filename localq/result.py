@@ -64,8 +64,8 @@ def _take_bell(db_path: str) -> Doorbell:
 
 
 def _give_back(bell: Doorbell) -> None:
-    if _forked():
-        return
+    if _forked() or bell.pid != _bells_pid:
+        return      # the parent's: not ours to use or close
     with _bells_lock:
         idle = _idle.setdefault(bell.folder, [])
         if len(idle) < MAX_IDLE and bell.sock.fileno() >= 0:
@@ -90,7 +90,7 @@ def close_bells(folder: str | None = None) -> None:
 class Waiter:
     """Sleep until a supervisor rings (outcomes were written) or a backoff timer
     passes; the caller re-checks the database after each :meth:`wait`, and
-    calls :meth:`close` when done (garbage collection does it otherwise)."""
+    calls :meth:`close` when done (garbage collection closes the bell otherwise)."""
 
     def __init__(self, db_path: str, timeout: float | None) -> None:
         self.deadline = None if timeout is None else time.monotonic() + timeout
@@ -119,10 +119,14 @@ class Waiter:
             _give_back(bell)
 
     def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:   # interpreter shutdown: the atexit hook closes the bells
-            pass
+        # Not back to the pool: the collector may run this while this very thread
+        # holds _bells_lock. Closing the bell needs no lock.
+        bell, self.bell = self.bell, None
+        if bell is not None and bell.pid == os.getpid():
+            try:
+                bell.close()
+            except Exception:   # interpreter shutdown: the atexit hook closes the bells
+                pass
 
 
 class AsyncResult:

@@ -119,6 +119,7 @@ class Doorbell:
     def __init__(self, folder: str, name: str) -> None:
         self.folder = folder
         self.path = os.path.join(folder, name)
+        self.pid = os.getpid()
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.setblocking(False)
         self.bound = False
