@@ -127,7 +127,7 @@ def open_database(path: str, synchronous: str = "NORMAL") -> sqlite3.Connection:
         conn.execute(f"PRAGMA synchronous={synchronous}")
     except sqlite3.Error as exc:
         conn.close()
-        raise _unreadable(path, exc) from None
+        raise database_error(path, exc) from None
     except BaseException:
         conn.close()
         raise
@@ -237,7 +237,7 @@ def _objects(path: str, how: str, final: bool = False) -> list[str] | None:
                 f"as far as can be read. Both files were left untouched: open it with the "
                 f"program that made it (or the sqlite3 shell) to recover it, or point "
                 f"localq at another path.") from None
-        raise _unreadable(path, exc) from None
+        raise database_error(path, exc) from None
     finally:
         conn.close()
 
@@ -258,20 +258,21 @@ def unwritable(path: str) -> str | None:
     return None
 
 
-def _unreadable(path: str, exc: sqlite3.Error) -> DatabaseError:
-    """The one message for a file SQLite cannot read at open time."""
+def database_error(path: str, exc: sqlite3.Error) -> DatabaseError:
+    """One message that says what is wrong with the file and what to do."""
     reason = unwritable(path)
     if reason:
-        return DatabaseError(f"cannot open localq database {path}: {reason}. "
-                             f"The file was left untouched.")
-    if isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc)
-                                                      or "busy" in str(exc)):
-        return DatabaseError(
-            f"{path} stayed locked by another process for over a minute ({exc}). "
-            f"Nothing was lost; find the process holding it (fuser {path}) and retry.")
-    return DatabaseError(
-        f"{path} cannot be read as a SQLite database ({exc}): it may be corrupt. "
-        f"The file was left untouched; restore it from a backup or use another path.")
+        return DatabaseError(f"cannot use localq database {path}: {reason}. "
+                             f"Nothing in it was changed.")
+    if isinstance(exc, sqlite3.OperationalError):
+        if "locked" in str(exc) or "busy" in str(exc):
+            return DatabaseError(
+                f"{path} stayed locked by another process for over a minute ({exc}). "
+                f"Nothing was lost; find the process holding it (fuser {path}) and retry.")
+        return DatabaseError(f"{path}: {exc}")
+    return DatabaseError(f"{path} cannot be used ({exc}): it may be corrupt. Nothing in it "
+                         f"was changed; restore it from a backup or point localq at another "
+                         f"path.")
 
 
 def _check_or_create_schema(conn: sqlite3.Connection, path: str) -> None:

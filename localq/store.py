@@ -31,10 +31,10 @@ from contextlib import contextmanager
 from operator import itemgetter
 from typing import Any, Iterable, Iterator, NamedTuple, Sequence
 
-from .exceptions import DatabaseError
 from .ids import format_id, parse_id
 from .rows import JOB_COLUMNS, READY_WHERE, WAITING_STATES, column_names, job_dict, record_attempt
 from .schema import BUSY_TIMEOUT_MS, open_database
+from .schema import database_error as _database_error
 from .store_flow import FlowRecords
 from .store_maps import MapRecords
 from .store_workers import WorkerRecords
@@ -390,18 +390,6 @@ def _errors(path: str) -> Iterator[None]:
         yield
     except sqlite3.Error as exc:
         raise _database_error(path, exc) from None
-
-
-def _database_error(path: str, exc: sqlite3.Error) -> DatabaseError:
-    """One message that says what is wrong with the file and what to do."""
-    if isinstance(exc, sqlite3.OperationalError):
-        if "locked" in str(exc) or "busy" in str(exc):
-            return DatabaseError(
-                f"{path} stayed locked by another process for over a minute ({exc}). "
-                f"Nothing was lost; find the process holding it (fuser {path}) and retry.")
-        return DatabaseError(f"{path}: {exc}")
-    return DatabaseError(f"{path} cannot be used ({exc}): it may be corrupt. Restore it "
-                         f"from a backup or point localq at another path.")
 
 
 def _before_fork() -> None:

@@ -166,7 +166,7 @@ def test_a_corrupt_file_gets_one_clear_message_and_is_left_as_it_was(tmp_path, d
         data = bytearray(path.read_bytes())
         data[3000:9000] = random.Random(12).randbytes(6000)
         path.write_bytes(bytes(data))
-    refused_untouched(path, str(path), says, "untouched", "another path")
+    refused_untouched(path, str(path), says, "another path")
 
 
 def test_an_empty_file_is_adopted_and_made_owner_only(tmp_path):
