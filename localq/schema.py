@@ -246,6 +246,9 @@ def unwritable(path: str) -> str | None:
     """Why this user cannot write the database or the files SQLite keeps beside it,
     with what to do; None when nothing is in the way."""
     directory = os.path.dirname(os.path.abspath(path))
+    if os.path.exists(path) and not os.access(path, os.R_OK):
+        return (f"permission denied: this user cannot read {path}. Run as the user who "
+                f"owns it, or point localq at a database of your own")
     if os.path.exists(path) and not os.access(path, os.W_OK):
         return (f"permission denied: {path} is read-only for this user. localq writes "
                 f"to its database (even to read results, SQLite needs write access): "
@@ -260,15 +263,15 @@ def unwritable(path: str) -> str | None:
 
 def database_error(path: str, exc: sqlite3.Error) -> DatabaseError:
     """One message that says what is wrong with the file and what to do."""
-    reason = unwritable(path)
-    if reason:
-        return DatabaseError(f"cannot use localq database {path}: {reason}. "
-                             f"Nothing in it was changed.")
     if isinstance(exc, sqlite3.OperationalError):
         if "locked" in str(exc) or "busy" in str(exc):
             return DatabaseError(
                 f"{path} stayed locked by another process for over a minute ({exc}). "
                 f"Nothing was lost; find the process holding it (fuser {path}) and retry.")
+        reason = unwritable(path)
+        if reason:
+            return DatabaseError(f"cannot use localq database {path}: {reason}. "
+                                 f"Nothing in it was changed.")
         return DatabaseError(f"{path}: {exc}")
     return DatabaseError(f"{path} cannot be used ({exc}): it may be corrupt. Nothing in it "
                          f"was changed; restore it from a backup or point localq at another "

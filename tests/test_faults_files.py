@@ -92,6 +92,15 @@ def run(code: str, cwd: Path) -> None:
     subprocess.run([sys.executable, "-c", code], cwd=cwd, check=True, timeout=60)
 
 
+def said_on_opening(path: Path) -> str:
+    """What localq says when it opens ``path``; "opened" if it says nothing."""
+    try:
+        Localq(str(path)).AsyncResult("x").state
+    except localq.DatabaseError as exc:
+        return str(exc)
+    return "opened"
+
+
 def open_it(path: Path) -> str:
     """What localq says when it opens ``path``: the DatabaseError's message."""
     app = Localq(str(path))
@@ -249,17 +258,22 @@ def test_a_database_in_a_read_only_folder_says_so(shared_dir):
     os.chown(path, NOBODY, NOBODY)
     before = digests(path)
 
-    def open_as_nobody() -> str:
-        other = Localq(str(path))
-        try:
-            other.AsyncResult("x").state
-        except localq.DatabaseError as exc:
-            return str(exc)
-        return "opened"
-
-    message = outcome(as_nobody(open_as_nobody))
+    message = outcome(as_nobody(lambda: said_on_opening(path)))
     assert "read-only" in message and str(folder) in message and "-wal" in message, message
     assert "corrupt" not in message
+    assert digests(path) == before
+
+
+@as_root
+def test_a_database_of_another_user_says_it_cannot_be_read(shared_dir):
+    path = shared_dir / "jobs.db"
+    app = Localq(str(path))
+    app.task(lambda: 1, name="t").delay()
+    app.close()
+    before = digests(path)
+
+    message = outcome(as_nobody(lambda: said_on_opening(path)))
+    assert "cannot read" in message and str(path) in message, message
     assert digests(path) == before
 
 
