@@ -55,12 +55,19 @@ class FlowControl:
         return self._refill_at
 
     def due(self, now: float) -> bool:
-        return self._refill_at is not None and now >= self._refill_at
+        """A token has dripped in since the last claim: claim again (once; the claim
+        sets the next wake-up, so a time in the past never becomes a busy loop)."""
+        if self._refill_at is None or now < self._refill_at:
+            return False
+        self._refill_at = None
+        return True
 
     def claim(self, conn: sqlite3.Connection, owner: int, queues: list[str], slots: int,
               now: float) -> list[Claimed]:
         declared, caps, lanes = self._declared_limits()
-        if now >= self._next_sweep:
+        sweep = now >= self._next_sweep
+        if sweep:
+            self._next_sweep = now + LANE_SWEEP
             self._has_overrides = self.store.has_rate_overrides(conn)
         # With nothing throttled anywhere, a claim is one statement: no bucket to read.
         buckets = self.store.buckets(conn) if declared or self._has_overrides else {}
@@ -71,25 +78,26 @@ class FlowControl:
             if rate:
                 rates[name] = rate
         throttled = set(rates) | set(caps)
-        # A limit set only at run time, on a task sent without one: its waiting jobs
-        # are moved to its lane every few seconds (a scan, but not one per claim), and
-        # the main claim skips any that arrived since.
-        runtime_only = throttled - lanes
-        if now >= self._next_sweep:
-            self._next_sweep = now + LANE_SWEEP
-            for name in runtime_only:
-                self.store.move_to_lane(conn, name)
-            # Lanes with waiting jobs that this app does not throttle (a limit removed,
-            # or jobs sent by a newer app): claimed like any other, so none is stranded.
-            self._waiting_lanes = set(self.store.waiting_lanes(conn))
-        exclude = sorted(runtime_only)
+        # A limit set only at run time, on a task sent without one: producers put its
+        # jobs in the main order, which the main claim skips. They are moved to the
+        # task's lane (and claimed from it against the bucket, below) as soon as the
+        # main claim comes up short, when the only ready rows left in the main order
+        # of these queues are theirs, so the move costs what it moves; and every
+        # LANE_SWEEP while the main order stays busy, so that they are not starved.
+        runtime_only = sorted(throttled - lanes)
         self.store.release_due(conn, now)
         claimed: list[Claimed] = []
         for queue in queues:
             if len(claimed) >= slots:
                 break
             claimed += self.store.claim(conn, owner, queue, slots - len(claimed), now,
-                                        exclude=exclude)
+                                        exclude=runtime_only)
+        if runtime_only and (sweep or len(claimed) < slots):
+            self.store.move_to_lane(conn, runtime_only, queues)
+        if sweep:
+            # Lanes with waiting jobs that this app does not throttle (a limit removed,
+            # or jobs sent by a newer app): claimed like any other, so none is stranded.
+            self._waiting_lanes = set(self.store.waiting_lanes(conn))
         self._refill_at = None
         names = throttled | lanes | self._waiting_lanes
         if not names:
@@ -120,8 +128,10 @@ class FlowControl:
                 tokens -= len(got)
                 if got:   # refill() is a function of time: untouched buckets need no write
                     self.store.save_bucket(conn, name, tokens, now)
-                # Jobs may still be waiting for a token: wake when the next one drips in.
-                if allowance <= 0 or len(got) >= allowance:
+                # Jobs may still be waiting, held back by the empty bucket: wake when the
+                # next token drips in. (Held back by the slots or a cap instead, they are
+                # claimed when a job ends, which wakes the supervisor anyway.)
+                if tokens < 1 and len(got) >= allowance:
                     at = next_token_at(tokens, now, rate)
                     self._refill_at = at if self._refill_at is None else min(self._refill_at, at)
         return claimed

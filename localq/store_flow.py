@@ -38,10 +38,14 @@ class FlowRecords:
                      "updated = excluded.updated", (task, tokens, now))
 
     @staticmethod
-    def move_to_lane(conn: sqlite3.Connection, task: str) -> int:
-        """Move a task's waiting jobs out of the main claim order into its own lane."""
+    def move_to_lane(conn: sqlite3.Connection, tasks: Sequence[str],
+                     queues: Sequence[str]) -> int:
+        """Move these tasks' ready jobs in these queues out of the main claim order into
+        their own lanes: a walk of the main order's index (jobs_ready) of the queues."""
         return conn.execute(f"UPDATE jobs SET lane = task WHERE {READY_WHERE} AND lane IS NULL "
-                            "AND task = ?", (task,)).rowcount
+                            f"AND eta = 0 AND queue IN ({','.join('?' * len(queues))}) "
+                            f"AND task IN ({','.join('?' * len(tasks))})",
+                            [*queues, *tasks]).rowcount
 
     @staticmethod
     def waiting_lanes(conn: sqlite3.Connection) -> list[str]:
