@@ -14,11 +14,19 @@ class FlowRecords:
     _read: Callable[[], AbstractContextManager[sqlite3.Connection]]
     transaction: Callable[[], AbstractContextManager[sqlite3.Connection]]
 
-    def set_rate_override(self, task: str, rate: str | None) -> None:
+    def set_rate_override(self, task: str, rate: str | None, now: float) -> None:
+        """Set (``None``: drop) a task's run-time rate limit, and remember when."""
+        when = None if rate is None else now
         with self.transaction() as conn:
-            conn.execute("INSERT INTO rate_limits (task, override) VALUES (?, ?) "
-                         "ON CONFLICT(task) DO UPDATE SET override = excluded.override",
-                         (task, rate))
+            conn.execute("INSERT INTO rate_limits (task, override, override_set) VALUES (?, ?, ?) "
+                         "ON CONFLICT(task) DO UPDATE SET override = excluded.override, "
+                         "override_set = excluded.override_set", (task, rate, when))
+
+    def rate_overrides(self) -> list[tuple[str, str, float | None]]:
+        """(task, override, when it was set) of every run-time rate limit in force."""
+        with self._read() as conn:
+            return conn.execute("SELECT task, override, override_set FROM rate_limits "
+                                "WHERE override IS NOT NULL ORDER BY task").fetchall()
 
     @staticmethod
     def buckets(conn: sqlite3.Connection) -> dict[str, tuple]:

@@ -78,3 +78,55 @@ def test_a_token_due_while_every_child_is_busy_does_not_spin_the_supervisor(app,
     results = [sleep_then.delay(4, i) for i in range(4)]
     assert [r.get(timeout=60) for r in results] == list(range(4))
     assert cpu_seconds(worker.pid) - before < 1.0
+
+
+def status_line(db_path: str, task: str, *app_args: str) -> str:
+    out = localq_cli("status", *app_args, "--db", db_path)
+    assert out.returncode == 0, out.stderr
+    found = [line for line in out.stdout.splitlines()
+             if task in line and ("rate_limit" in line or "max_concurrency" in line)]
+    assert len(found) == 1, out.stdout
+    return found[0]
+
+
+def test_status_shows_a_run_time_override_until_it_is_reset_to_the_declared_limit(app):
+    from sample_tasks import limited  # rate_limit="10/s" on the task
+    app.control.rate_limit(limited.name, "100/s")
+    line = status_line(app.path, limited.name, "--app", "sample_tasks:app")
+    assert "100/s" in line and "run-time override set" in line
+    assert "in place of 10/s (declared on the task)" in line
+    # without the app, the file still tells which overrides are in force
+    assert "100/s" in status_line(app.path, limited.name)
+    out = localq_cli("rate-limit", "--db", app.path, limited.name, "none")
+    assert out.returncode == 0, out.stderr
+    line = status_line(app.path, limited.name, "--app", "sample_tasks:app")
+    assert "10/s" in line and "declared on the task" in line and "override" not in line
+
+
+def test_status_says_where_each_limit_comes_from(app):
+    from sample_tasks import add, capped
+    app.control.rate_limit(add.name, 0)      # no limit, stated at run time
+    line = status_line(app.path, add.name, "--app", "sample_tasks:app")
+    assert "no limit" in line and "run-time override" in line and "in place of no limit" in line
+    line = status_line(app.path, capped.name, "--app", "sample_tasks:app")
+    assert "max_concurrency  1" in line and "declared on the task" in line
+    app.conf.task_annotations = {add.name: {"rate_limit": "3/m"}}
+    app.control.rate_limit(add.name, None)
+    from localq.flow import limits_in_force
+    assert [(r["value"], r["source"]) for r in limits_in_force(app) if r["task"] == add.name] \
+        == [("3/m", "task_annotations['sample_tasks.add']")]
+
+
+def test_a_database_of_schema_1_gets_the_override_time_column(app):
+    import sqlite3
+
+    from sample_tasks import add
+    app.control.rate_limit(add.name, "5/s")
+    app.close()
+    con = sqlite3.connect(app.path)     # make it what localq 1 wrote
+    con.execute("ALTER TABLE rate_limits DROP COLUMN override_set")
+    con.execute("UPDATE localq_meta SET value = '1' WHERE key = 'schema_version'")
+    con.commit()
+    con.close()
+    app.control.rate_limit(add.name, "7/s")
+    assert "7/s" in status_line(app.path, add.name)
