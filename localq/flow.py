@@ -91,12 +91,14 @@ class FlowControl:
         self._next_sweep = 0.0
 
     def next_refill(self) -> float | None:
-        """Wall-clock time at which a throttled task with waiting jobs gets a token."""
+        """Wall-clock time at which a throttled task with waiting jobs gets a token, or
+        a sweep is due after a claim that came up short."""
         return self._refill_at
 
     def due(self, now: float) -> bool:
-        """A token has dripped in since the last claim: claim again (once; the claim
-        sets the next wake-up, so a time in the past never becomes a busy loop)."""
+        """A token has dripped in (or a sweep is due) since the last claim: claim again
+        (once; the claim sets the next wake-up, so a time in the past never becomes a
+        busy loop)."""
         if self._refill_at is None or now < self._refill_at:
             return False
         self._refill_at = None
@@ -138,7 +140,10 @@ class FlowControl:
             # Lanes with waiting jobs that this app does not throttle (a limit removed,
             # or jobs sent by a newer app): claimed like any other, so none is stranded.
             self._waiting_lanes = set(self.store.waiting_lanes(conn))
-        self._refill_at = None
+        # Came up short between sweeps: look once more at the next one (a claim, one
+        # LANE_SWEEP after the last activity), for jobs that only a sweep finds: in a
+        # lane this app does not throttle, or behind an override whose ring was lost.
+        self._refill_at = None if sweep or len(claimed) >= slots else self._next_sweep
         names = throttled | lanes | self._waiting_lanes
         if not names:
             return claimed

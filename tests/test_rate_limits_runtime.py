@@ -130,3 +130,22 @@ def test_a_database_of_schema_1_gets_the_override_time_column(app):
     con.close()
     app.control.rate_limit(add.name, "7/s")
     assert "7/s" in status_line(app.path, add.name)
+
+
+def test_a_job_in_a_lane_the_worker_does_not_know_runs_without_other_traffic(
+        app, start_worker):
+    import localq
+    # A producer whose code declares a limit the worker's code does not (a deploy in
+    # progress): its jobs go to the task's lane, which the worker finds only on a sweep.
+    newer = localq.Localq(app.path)
+
+    @newer.task(name="sample_tasks.add", rate_limit="5/s")
+    def add(x, y):
+        return x + y
+
+    try:
+        start_worker("-c", "2").ready()
+        results = [add.delay(i, 1) for i in range(3)]
+        assert [r.get(timeout=30) for r in results] == [1, 2, 3]
+    finally:
+        newer.close()
