@@ -8,8 +8,14 @@ Celery's are per worker process.
 Jobs of a task that is rate-limited or capped when it is sent go to their own
 lane (``jobs.lane``); a deep backlog of throttled jobs then costs the claim of
 other tasks nothing. A limit set only at run time (``app.control.rate_limit``)
-on a task that was sent without one is honoured too, by filtering the main
-queue: correct, only slower with a very deep backlog of that task.
+on a task that was sent without one is honoured too: the main claim skips its
+jobs, and they move to the task's lane when the main claim comes up short (or
+on a periodic sweep), to be claimed against the bucket.
+
+No throttled job waits for some other event to be claimed: the supervisor is
+woken when the next token of an emptied bucket is due, and once more at the
+next sweep after a claim that came up short. A run-time override stays in the
+file until reset; ``limits_in_force`` says which limits hold and why (status).
 """
 from __future__ import annotations
 
