@@ -32,6 +32,10 @@ if TYPE_CHECKING:
 
 
 LANE_SWEEP = 3.0    # seconds between moves of runtime-throttled jobs into their lanes
+# How far a bucket's time may lie ahead of a claim's clock before it counts as the clock
+# going back: a claim reads the time, then may wait for the write lock while another
+# worker's claim stores a later one.
+CLOCK_SLACK = 1.0
 
 
 def lane_for(task: Task) -> str | None:
@@ -164,6 +168,9 @@ class FlowControl:
                 stored = buckets.get(name)
                 tokens = rate.capacity if stored is None or not stored[2] else \
                     refill(stored[1], stored[2], now, rate)
+                # The wall clock went back: the bucket would not refill until the clock
+                # caught up with its time; restart that from now, tokens as they are.
+                stepped_back = stored is not None and stored[2] > now + CLOCK_SLACK
                 allowance = min(allowance, math.floor(tokens))
             if name in caps:
                 allowance = min(allowance, caps[name] - running.get(name, 0))
@@ -177,8 +184,8 @@ class FlowControl:
                 claimed += got
             if rate:
                 tokens -= len(got)
-                if got:   # refill() is a function of time: untouched buckets need no write
-                    self.store.save_bucket(conn, name, tokens, now)
+                if got or stepped_back:   # refill() is a function of time: untouched
+                    self.store.save_bucket(conn, name, tokens, now)   # buckets need no write
                 # Jobs may still be waiting, held back by the empty bucket: wake when the
                 # next token drips in. (Held back by the slots or a cap instead, they are
                 # claimed when a job ends, which wakes the supervisor anyway.)

@@ -3,11 +3,15 @@ is visible in ``status`` and can be reset to the declared limit."""
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 import time
 
 from conftest import HERE, ROOT
+
+from localq import Localq
+from localq.flow import limits_in_force
 
 ENV = dict(os.environ, PYTHONPATH=f"{HERE}:{ROOT}")
 SETTLE = 0.5   # let the worker take the new limit in and go idle before any job comes
@@ -112,14 +116,11 @@ def test_status_says_where_each_limit_comes_from(app):
     assert "max_concurrency  1" in line and "declared on the task" in line
     app.conf.task_annotations = {add.name: {"rate_limit": "3/m"}}
     app.control.rate_limit(add.name, None)
-    from localq.flow import limits_in_force
     assert [(r["value"], r["source"]) for r in limits_in_force(app) if r["task"] == add.name] \
         == [("3/m", "task_annotations['sample_tasks.add']")]
 
 
 def test_a_database_of_schema_1_gets_the_override_time_column(app):
-    import sqlite3
-
     from sample_tasks import add
     app.control.rate_limit(add.name, "5/s")
     app.close()
@@ -134,10 +135,9 @@ def test_a_database_of_schema_1_gets_the_override_time_column(app):
 
 def test_a_job_in_a_lane_the_worker_does_not_know_runs_without_other_traffic(
         app, start_worker):
-    import localq
     # A producer whose code declares a limit the worker's code does not (a deploy in
     # progress): its jobs go to the task's lane, which the worker finds only on a sweep.
-    newer = localq.Localq(app.path)
+    newer = Localq(app.path)
 
     @newer.task(name="sample_tasks.add", rate_limit="5/s")
     def add(x, y):
@@ -149,3 +149,19 @@ def test_a_job_in_a_lane_the_worker_does_not_know_runs_without_other_traffic(
         assert [r.get(timeout=30) for r in results] == [1, 2, 3]
     finally:
         newer.close()
+
+
+def test_a_bucket_whose_time_lies_ahead_after_the_clock_went_back_still_refills(app):
+    from sample_tasks import limited  # rate_limit="10/s"
+    out = app.path + ".runs"
+    with app.worker(concurrency=2):
+        assert limited.delay(out, 0).get(timeout=30) == 0
+        # What the bucket holds after the wall clock is set back an hour (no test can
+        # move the clock): empty, updated "in the future".
+        con = sqlite3.connect(app.path, timeout=60)
+        with con:
+            con.execute("UPDATE rate_limits SET tokens = 0, updated = ? WHERE task = ?",
+                        (time.time() + 3600, limited.name))
+        con.close()
+        results = [limited.delay(out, i) for i in range(1, 4)]
+        assert [r.get(timeout=30) for r in results] == [1, 2, 3]
