@@ -55,9 +55,9 @@ def limit_source(task: Task, key: str) -> str:
     for scope in (task.name, "*"):
         if key in (annotations.get(scope) or {}):
             return f"task_annotations[{scope!r}]"
-    if task._declared.get(key) is not None:
+    if task._declared.get(key) is not None:     # the decorator's options, as given
         return "declared on the task"
-    return "task_default_rate_limit"
+    return "task_default_rate_limit"            # caps have no app-wide default
 
 
 def limits_in_force(app: Localq) -> list[dict]:

@@ -70,7 +70,6 @@ def render_status(app: Localq) -> str:
     return "\n".join(lines)
 
 
-
 def render_limits(app: Localq, now: float) -> list[str]:
     """Every rate limit and cap in force and where it comes from (flow.limits_in_force)."""
     from .flow import limits_in_force
