@@ -19,17 +19,22 @@ file until reset; ``limits_in_force`` says which limits hold and why (status).
 """
 from __future__ import annotations
 
+import logging
 import math
 import sqlite3
+import time
 from typing import TYPE_CHECKING, Any
 
 from .limits import Rate, next_token_at, parse_rate, refill
+from .status import age
 from .store import Claimed, Store
 
 if TYPE_CHECKING:
     from .app import Localq
     from .task import Task
 
+
+log = logging.getLogger("localq.worker")
 
 LANE_SWEEP = 3.0    # seconds between moves of runtime-throttled jobs into their lanes
 # How far a bucket's time may lie ahead of a claim's clock before it counts as the clock
@@ -95,6 +100,22 @@ class FlowControl:
         self._has_overrides = False
         self._waiting_lanes: set[str] = set()
         self._declared: tuple[dict[str, Rate], dict[str, int], set[str]] = ({}, {}, set())
+        self._warn_overrides()
+
+    def _warn_overrides(self) -> None:
+        """Say at the worker's start which run-time overrides, kept in the file, win
+        over a rate limit of this app's code: they may be long forgotten."""
+        now = time.time()
+        for row in limits_in_force(self.app):
+            if "replaces" not in row:
+                continue                      # not an override, or not this app's task
+            own = row["replaces"]
+            if (own["value"] if own else None) == row["value"]:
+                continue                      # the same as the code's
+            log.warning("rate limit of %s: %s, set at run time %s ago, in place of %s; "
+                        "reset: python -m localq rate-limit %s none", row["task"],
+                        row["value"] or "no limit", age(now - (row["set"] or now)),
+                        f"{own['value']} ({own['source']})" if own else "no limit", row["task"])
 
     def refresh(self) -> None:
         """A limit changed at run time: look at the overrides at the next claim."""

@@ -165,3 +165,15 @@ def test_a_bucket_whose_time_lies_ahead_after_the_clock_went_back_still_refills(
         con.close()
         results = [limited.delay(out, i) for i in range(1, 4)]
         assert [r.get(timeout=30) for r in results] == [1, 2, 3]
+
+
+def test_a_worker_says_at_start_which_override_beats_the_code(app, start_worker):
+    from sample_tasks import add, limited  # limited: rate_limit="10/s"
+    app.control.rate_limit(limited.name, "100/s")
+    app.control.rate_limit(add.name, "5/s")
+    worker = start_worker("-c", "1").ready()
+    said = [line for line in worker.stderr().splitlines() if "set at run time" in line]
+    assert len(said) == 2, worker.stderr()
+    assert "100/s" in said[1] and "in place of 10/s (declared on the task)" in said[1]
+    assert f"rate-limit {limited.name} none" in said[1]
+    assert "5/s" in said[0] and "in place of no limit" in said[0]
