@@ -36,10 +36,11 @@ class Control:
 
     def rate_limit(self, task_name: str, rate: str | int | float | None) -> None:
         """Set a task's global rate limit at run time (``None`` restores the declared one;
-        ``0`` removes any limit)."""
+        ``0`` removes any limit). It is stored in the file: it holds for every worker, and
+        across restarts, until it is reset with ``None``; ``status`` lists it."""
         parsed = parse_rate(rate, where=f"rate limit for {task_name}")
         text = None if rate is None else (parsed.text if parsed else "0")
-        self.app.store.set_rate_override(task_name, text)
+        self.app.store.set_rate_override(task_name, text, time.time())
         self.app.nudge_workers(b"L")
 
     def purge(self, queues: Iterable[str] | None = None) -> int:

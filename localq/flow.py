@@ -8,16 +8,25 @@ Celery's are per worker process.
 Jobs of a task that is rate-limited or capped when it is sent go to their own
 lane (``jobs.lane``); a deep backlog of throttled jobs then costs the claim of
 other tasks nothing. A limit set only at run time (``app.control.rate_limit``)
-on a task that was sent without one is honoured too, by filtering the main
-queue: correct, only slower with a very deep backlog of that task.
+on a task that was sent without one is honoured too: the main claim skips its
+jobs, and they move to the task's lane when the main claim comes up short (or
+on a periodic sweep), to be claimed against the bucket.
+
+No throttled job waits for some other event to be claimed: the supervisor is
+woken when the next token of an emptied bucket is due, and once more at the
+next sweep after a claim that came up short. A run-time override stays in the
+file until reset; ``limits_in_force`` says which limits hold and why (status).
 """
 from __future__ import annotations
 
+import logging
 import math
 import sqlite3
-from typing import TYPE_CHECKING
+import time
+from typing import TYPE_CHECKING, Any
 
 from .limits import Rate, next_token_at, parse_rate, refill
+from .status import age
 from .store import Claimed, Store
 
 if TYPE_CHECKING:
@@ -25,7 +34,13 @@ if TYPE_CHECKING:
     from .task import Task
 
 
+log = logging.getLogger("localq.worker")
+
 LANE_SWEEP = 3.0    # seconds between moves of runtime-throttled jobs into their lanes
+# How far a bucket's time may lie ahead of a claim's clock before it counts as the clock
+# going back: a claim reads the time, then may wait for the write lock while another
+# worker's claim stores a later one.
+CLOCK_SLACK = 1.0
 
 
 def lane_for(task: Task) -> str | None:
@@ -33,6 +48,46 @@ def lane_for(task: Task) -> str | None:
     if task.option("rate_limit") or task.option("max_concurrency"):
         return task.name
     return None
+
+
+LIMITS = ("rate_limit", "max_concurrency")
+
+
+def limit_source(task: Task, key: str) -> str:
+    """Where a task's effective ``rate_limit`` or ``max_concurrency`` comes from, in the
+    order Task.option() applies them (the last that says something wins)."""
+    annotations = task.app.conf.task_annotations or {}
+    for scope in (task.name, "*"):
+        if key in (annotations.get(scope) or {}):
+            return f"task_annotations[{scope!r}]"
+    if task._declared.get(key) is not None:     # the decorator's options, as given
+        return "declared on the task"
+    return "task_default_rate_limit"            # caps have no app-wide default
+
+
+def limits_in_force(app: Localq) -> list[dict]:
+    """Every rate limit and concurrency cap in force, and where each comes from: the
+    app's tasks (declared, annotations, settings) and the run-time overrides stored in
+    the file (which win over the declared rate limit until reset with ``None``)."""
+    found: dict[tuple[str, str], dict] = {}
+    for name, task in app.tasks.items():
+        for key in LIMITS:
+            value = task.option(key)
+            if key == "rate_limit":
+                rate = parse_rate(value)
+                value = rate.text if rate else None
+            if value:
+                found[(name, key)] = {"task": name, "limit": key, "value": value,
+                                      "source": limit_source(task, key), "set": None}
+    for name, override, when in app.store.rate_overrides():
+        row: dict[str, Any] = {"task": name, "limit": "rate_limit",
+                               "value": None if override == "0" else override,
+                               "source": "run-time override", "set": when}
+        if name in app.tasks:     # what it stands in for: the app's own limit, or none
+            own = found.get((name, "rate_limit"))
+            row["replaces"] = {"value": own["value"], "source": own["source"]} if own else None
+        found[(name, "rate_limit")] = row
+    return [found[k] for k in sorted(found)]
 
 
 class FlowControl:
@@ -45,22 +100,47 @@ class FlowControl:
         self._has_overrides = False
         self._waiting_lanes: set[str] = set()
         self._declared: tuple[dict[str, Rate], dict[str, int], set[str]] = ({}, {}, set())
+        self._warn_overrides()
+
+    def _warn_overrides(self) -> None:
+        """Say at the worker's start which run-time overrides, kept in the file, win
+        over a rate limit of this app's code: they may be long forgotten."""
+        now = time.time()
+        for row in limits_in_force(self.app):
+            if "replaces" not in row:
+                continue                      # not an override, or not this app's task
+            own = row["replaces"]
+            if (own["value"] if own else None) == row["value"]:
+                continue                      # the same as the code's
+            log.warning("rate limit of %s: %s, set at run time %s ago, in place of %s; "
+                        "reset: python -m localq rate-limit %s none", row["task"],
+                        row["value"] or "no limit", age(now - (row["set"] or now)),
+                        f"{own['value']} ({own['source']})" if own else "no limit", row["task"])
 
     def refresh(self) -> None:
         """A limit changed at run time: look at the overrides at the next claim."""
         self._next_sweep = 0.0
 
     def next_refill(self) -> float | None:
-        """Wall-clock time at which a throttled task with waiting jobs gets a token."""
+        """Wall-clock time at which a throttled task with waiting jobs gets a token, or
+        a sweep is due after a claim that came up short."""
         return self._refill_at
 
     def due(self, now: float) -> bool:
-        return self._refill_at is not None and now >= self._refill_at
+        """A token has dripped in (or a sweep is due) since the last claim: claim again
+        (once; the claim sets the next wake-up, so a time in the past never becomes a
+        busy loop)."""
+        if self._refill_at is None or now < self._refill_at:
+            return False
+        self._refill_at = None
+        return True
 
     def claim(self, conn: sqlite3.Connection, owner: int, queues: list[str], slots: int,
               now: float) -> list[Claimed]:
         declared, caps, lanes = self._declared_limits()
-        if now >= self._next_sweep:
+        sweep = now >= self._next_sweep
+        if sweep:
+            self._next_sweep = now + LANE_SWEEP
             self._has_overrides = self.store.has_rate_overrides(conn)
         # With nothing throttled anywhere, a claim is one statement: no bucket to read.
         buckets = self.store.buckets(conn) if declared or self._has_overrides else {}
@@ -71,26 +151,30 @@ class FlowControl:
             if rate:
                 rates[name] = rate
         throttled = set(rates) | set(caps)
-        # A limit set only at run time, on a task sent without one: its waiting jobs
-        # are moved to its lane every few seconds (a scan, but not one per claim), and
-        # the main claim skips any that arrived since.
-        runtime_only = throttled - lanes
-        if now >= self._next_sweep:
-            self._next_sweep = now + LANE_SWEEP
-            for name in runtime_only:
-                self.store.move_to_lane(conn, name)
-            # Lanes with waiting jobs that this app does not throttle (a limit removed,
-            # or jobs sent by a newer app): claimed like any other, so none is stranded.
-            self._waiting_lanes = set(self.store.waiting_lanes(conn))
-        exclude = sorted(runtime_only)
+        # A limit set only at run time, on a task sent without one: producers put its
+        # jobs in the main order, which the main claim skips. They are moved to the
+        # task's lane (and claimed from it against the bucket, below) as soon as the
+        # main claim comes up short, when the only ready rows left in the main order
+        # of these queues are theirs, so the move costs what it moves; and every
+        # LANE_SWEEP while the main order stays busy, so that they are not starved.
+        runtime_only = sorted(throttled - lanes)
         self.store.release_due(conn, now)
         claimed: list[Claimed] = []
         for queue in queues:
             if len(claimed) >= slots:
                 break
             claimed += self.store.claim(conn, owner, queue, slots - len(claimed), now,
-                                        exclude=exclude)
-        self._refill_at = None
+                                        exclude=runtime_only)
+        if runtime_only and (sweep or len(claimed) < slots):
+            self.store.move_to_lane(conn, runtime_only, queues)
+        if sweep:
+            # Lanes with waiting jobs that this app does not throttle (a limit removed,
+            # or jobs sent by a newer app): claimed like any other, so none is stranded.
+            self._waiting_lanes = set(self.store.waiting_lanes(conn))
+        # Came up short between sweeps: look once more at the next one (a claim, one
+        # LANE_SWEEP after the last activity), for jobs that only a sweep finds: in a
+        # lane this app does not throttle, or behind an override whose ring was lost.
+        self._refill_at = None if sweep or len(claimed) >= slots else self._next_sweep
         names = throttled | lanes | self._waiting_lanes
         if not names:
             return claimed
@@ -105,6 +189,9 @@ class FlowControl:
                 stored = buckets.get(name)
                 tokens = rate.capacity if stored is None or not stored[2] else \
                     refill(stored[1], stored[2], now, rate)
+                # The wall clock went back: the bucket would not refill until the clock
+                # caught up with its time; restart that from now, tokens as they are.
+                stepped_back = stored is not None and stored[2] > now + CLOCK_SLACK
                 allowance = min(allowance, math.floor(tokens))
             if name in caps:
                 allowance = min(allowance, caps[name] - running.get(name, 0))
@@ -118,10 +205,12 @@ class FlowControl:
                 claimed += got
             if rate:
                 tokens -= len(got)
-                if got:   # refill() is a function of time: untouched buckets need no write
-                    self.store.save_bucket(conn, name, tokens, now)
-                # Jobs may still be waiting for a token: wake when the next one drips in.
-                if allowance <= 0 or len(got) >= allowance:
+                if got or stepped_back:   # refill() is a function of time: untouched
+                    self.store.save_bucket(conn, name, tokens, now)   # buckets need no write
+                # Jobs may still be waiting, held back by the empty bucket: wake when the
+                # next token drips in. (Held back by the slots or a cap instead, they are
+                # claimed when a job ends, which wakes the supervisor anyway.)
+                if tokens < 1 and len(got) >= allowance:
                     at = next_token_at(tokens, now, rate)
                     self._refill_at = at if self._refill_at is None else min(self._refill_at, at)
         return claimed

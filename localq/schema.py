@@ -14,7 +14,7 @@ import threading
 
 from .exceptions import DatabaseError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 60_000
 # Every delay() commits a table page and an index page to the WAL; at 1 KiB they
 # cost ~4 us less to checksum, copy and write than at SQLite's default 4 KiB:
@@ -90,6 +90,7 @@ CREATE TABLE rate_limits (
     task      TEXT PRIMARY KEY,
     declared  TEXT,
     override  TEXT,
+    override_set REAL,
     tokens    REAL NOT NULL DEFAULT 0,
     updated   REAL NOT NULL DEFAULT 0
 );
@@ -102,7 +103,10 @@ CREATE TABLE maps (
 );
 """
 
-MIGRATIONS: dict[int, str] = {}   # from version N to N+1, when there is one
+# From version N to N+1.
+MIGRATIONS: dict[int, str] = {
+    1: "ALTER TABLE rate_limits ADD COLUMN override_set REAL",   # when an override was set
+}
 
 
 def open_database(path: str, synchronous: str = "NORMAL") -> sqlite3.Connection:

@@ -51,6 +51,7 @@ def render_status(app: Localq) -> str:
         for (queue, task), states in sorted(by_task.items()):
             lines.append(f"{queue[:12]:<12} {task[:36]:<36}"
                          + "".join(f"{states.get(s, 0):>9}" for s in STATES))
+    lines += render_limits(app, now)
     running = store.recent(["STARTED"], 10)
     if running:
         lines.append("")
@@ -67,3 +68,26 @@ def render_status(app: Localq) -> str:
             lines.append(f"  {job['id']}  {job['task']}  {job['exc_type']}  "
                          f"{age(now - (job['done'] or now))} ago")
     return "\n".join(lines)
+
+
+def render_limits(app: Localq, now: float) -> list[str]:
+    """Every rate limit and cap in force and where it comes from (flow.limits_in_force)."""
+    from .flow import limits_in_force
+    limits = limits_in_force(app)
+    if not limits:
+        return []
+    lines = ["", "limits (a run-time override stays in the file until reset: "
+             "python -m localq rate-limit TASK none)"]
+    for row in limits:
+        source = row["source"]
+        if row["set"] is not None:
+            source += f" set {age(now - row['set'])} ago"
+        if "replaces" in row:
+            own = row["replaces"]
+            source += f", in place of {own['value']} ({own['source']})" if own \
+                else ", in place of no limit"
+        lines.append(f"  {row['task']:<36} {row['limit']:<16} {row['value'] or 'no limit':<10} "
+                     f"{source}")
+    if not app.tasks:
+        lines.append("  (limits declared in code are listed with --app module:app)")
+    return lines

@@ -14,11 +14,19 @@ class FlowRecords:
     _read: Callable[[], AbstractContextManager[sqlite3.Connection]]
     transaction: Callable[[], AbstractContextManager[sqlite3.Connection]]
 
-    def set_rate_override(self, task: str, rate: str | None) -> None:
+    def set_rate_override(self, task: str, rate: str | None, now: float) -> None:
+        """Set (``None``: drop) a task's run-time rate limit, and remember when."""
+        when = None if rate is None else now
         with self.transaction() as conn:
-            conn.execute("INSERT INTO rate_limits (task, override) VALUES (?, ?) "
-                         "ON CONFLICT(task) DO UPDATE SET override = excluded.override",
-                         (task, rate))
+            conn.execute("INSERT INTO rate_limits (task, override, override_set) VALUES (?, ?, ?) "
+                         "ON CONFLICT(task) DO UPDATE SET override = excluded.override, "
+                         "override_set = excluded.override_set", (task, rate, when))
+
+    def rate_overrides(self) -> list[tuple[str, str, float | None]]:
+        """(task, override, when it was set) of every run-time rate limit in force."""
+        with self._read() as conn:
+            return conn.execute("SELECT task, override, override_set FROM rate_limits "
+                                "WHERE override IS NOT NULL ORDER BY task").fetchall()
 
     @staticmethod
     def buckets(conn: sqlite3.Connection) -> dict[str, tuple]:
@@ -38,10 +46,14 @@ class FlowRecords:
                      "updated = excluded.updated", (task, tokens, now))
 
     @staticmethod
-    def move_to_lane(conn: sqlite3.Connection, task: str) -> int:
-        """Move a task's waiting jobs out of the main claim order into its own lane."""
+    def move_to_lane(conn: sqlite3.Connection, tasks: Sequence[str],
+                     queues: Sequence[str]) -> int:
+        """Move these tasks' ready jobs in these queues out of the main claim order into
+        their own lanes: a walk of the main order's index (jobs_ready) of the queues."""
         return conn.execute(f"UPDATE jobs SET lane = task WHERE {READY_WHERE} AND lane IS NULL "
-                            "AND task = ?", (task,)).rowcount
+                            f"AND eta = 0 AND queue IN ({','.join('?' * len(queues))}) "
+                            f"AND task IN ({','.join('?' * len(tasks))})",
+                            [*queues, *tasks]).rowcount
 
     @staticmethod
     def waiting_lanes(conn: sqlite3.Connection) -> list[str]:
