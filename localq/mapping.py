@@ -32,7 +32,14 @@ from .ids import new_id, new_seq, new_seqs
 from .progress import Progress
 from .result import AsyncResult, EagerResult, Waiter
 from .rows import FINAL_STATES
-from .serializer import check_serializer, decode_exception, decode_value, encode_call, encode_value
+from .serializer import (
+    check_accepted,
+    check_serializer,
+    decode_exception,
+    decode_value,
+    encode_call,
+    encode_value,
+)
 
 if TYPE_CHECKING:
     from .app import Localq
@@ -97,7 +104,8 @@ def run_map(app: Localq, task: Task, calls: Iterable[tuple], *, progress: bool =
                           f"one (start one with `with app.worker():` or `python -m localq "
                           f"worker`)", RuntimeWarning, stacklevel=3)
         results = _collect(app, group, total, Progress(total) if progress else None,
-                           resumed=resumed, timeout=timeout)
+                           task.accepted_content(result=True), resumed=resumed,
+                           timeout=timeout)
         finished = True
         return results
     finally:
@@ -131,6 +139,12 @@ def check_map_name(name: object) -> str:
 # ------------------------------------------------------------------ sending
 
 def _encode_calls(task: Task, serializer: str, calls: list[tuple]) -> list:
+    for n in sorted({len(c) for c in calls}):   # the signature check, once per length
+        try:
+            task.check_arguments((None,) * n, {})
+        except TypeError as exc:
+            index = next(i for i, c in enumerate(calls) if len(c) == n)
+            raise TypeError(f"item {index} of the map: {exc}") from None
     try:
         return [encode_value(serializer, [list(c), {}]) for c in calls]
     except Exception:
@@ -183,8 +197,8 @@ def _enqueue(app: Localq, task: Task, group: str, serializer: str, payloads: lis
 
 # ------------------------------------------------------------------ collecting
 
-def _collect(app: Localq, group: str, total: int, bar: Progress | None, *, resumed: bool,
-             timeout: float | None) -> list:
+def _collect(app: Localq, group: str, total: int, bar: Progress | None,
+             accept: frozenset[str], *, resumed: bool, timeout: float | None) -> list:
     results: list[Any] = [None] * total
     have = bytearray(total)
     done = failures = 0
@@ -207,12 +221,16 @@ def _collect(app: Localq, group: str, total: int, bar: Progress | None, *, resum
                 if index >= hi:
                     hi = index + 1
                 if state == "SUCCESS":
-                    results[index] = decode_value(result_serializer or serializer, result)
+                    serializer = result_serializer or serializer
+                    check_accepted(serializer, accept, f"the result of item {index} of the "
+                                   f"map", "result_accept_content")
+                    results[index] = decode_value(serializer, result)
                     done += 1
                 else:
                     failures += 1
                     if failure is None or index < failure[0]:
-                        failure = (index, _exception(state, result, exc_type, tb, group, index))
+                        failure = (index, _exception(state, result, exc_type, tb, index,
+                                                     accept))
             while lo < total and have[lo]:
                 lo += 1
             if bar is not None:
@@ -238,13 +256,13 @@ def waiter_timeout(timeout: float | None) -> str:
     return f"{timeout:g}" if timeout is not None else "?"
 
 
-def _exception(state: str, result: Any, exc_type: str | None, tb: str | None, group: str,
-               index: int) -> BaseException:
+def _exception(state: str, result: Any, exc_type: str | None, tb: str | None, index: int,
+               accept: frozenset[str]) -> BaseException:
     if state == "REVOKED":
-        reason = decode_exception(result, exc_type, None) if result else None
+        reason = decode_exception(result, exc_type, None, accept) if result else None
         return TaskRevokedError(f"item {index} of the map was "
                                 f"{reason if reason is not None else 'revoked'}")
-    return decode_exception(result, exc_type, tb)
+    return decode_exception(result, exc_type, tb, accept)
 
 
 def _run_eager(task: Task, calls: list[tuple], progress: bool) -> list:

@@ -7,17 +7,20 @@ runs the function inline, like Celery.
 """
 from __future__ import annotations
 
+import inspect
 import json
+import math
 import os
 import sys
 import threading
 import time
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Callable, NamedTuple
+from numbers import Real
+from typing import TYPE_CHECKING, Any, Callable, Mapping, NamedTuple
 
 from .exceptions import ConfigurationError, MaxRetriesExceededError, Retry
 from .limits import parse_rate
-from .serializer import check_serializer, encode_call
+from .serializer import accepted, check_serializer, encode_call
 
 if TYPE_CHECKING:
     from .app import Localq
@@ -108,6 +111,9 @@ class Task:
         self._send_defaults: SendDefaults | None = None
         self._send_version = -1
         self._requests = _RequestStack()
+        self._arity: tuple[int, int, inspect.Signature] | None | bool = None
+        self._accept: tuple[int, frozenset[str], frozenset[str]] = (-1, frozenset(),
+                                                                     frozenset())
         if "serializer" in self._declared:
             check_serializer(self._declared["serializer"])
         parse_rate(self._declared.get("rate_limit"), where=f"rate_limit of {self.name}")
@@ -127,6 +133,38 @@ class Task:
             self._send_defaults = self.app.send_defaults(self)
             self._send_version = self.app.conf.version
         return self._send_defaults     # type: ignore[return-value]
+
+    def accepted_content(self, result: bool = False) -> frozenset[str]:
+        """The serializers this task's jobs (or, ``result=True``, results) may be decoded
+        with: the app's ``accept_content`` (``result_accept_content``) plus the app's
+        and this task's own declared serializers."""
+        version, jobs, results = self._accept
+        if version != self.app.conf.version:
+            conf = self.app.conf
+            declared = (conf.task_serializer, conf.result_serializer, self.option("serializer"))
+            jobs = accepted(conf.accept_content, *declared)
+            results = accepted(conf.result_accept_content if conf.result_accept_content
+                               is not None else conf.accept_content, *declared)
+            self._accept = (conf.version, jobs, results)
+        return results if result else jobs
+
+    def check_arguments(self, args: tuple | list, kwargs: Mapping) -> None:
+        """Celery's ``typing``: a call that does not fit the function's signature is a
+        TypeError at the call, naming the task, instead of a failure on the worker."""
+        arity = self._arity
+        if arity is None:
+            arity = self._arity = _arity(self)
+        if arity is False:
+            return
+        low, high, signature = arity     # type: ignore[misc]
+        if not kwargs and low <= len(args) <= high:
+            return                       # the common case: ~60 ns, no bind()
+        try:
+            signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"task {self.name!r} called with the wrong arguments: {exc} "
+                            f"(it takes {self.__name__}{signature}). Nothing was stored; "
+                            f"@app.task(typing=False) turns this check off.") from None
 
     def _effective_options(self) -> dict[str, Any]:
         conf = self.app.conf
@@ -178,11 +216,12 @@ class Task:
                     priority: int | None = None, task_id: str | None = None,
                     time_limit: float | None = None, soft_time_limit: float | None = None,
                     serializer: str | None = None, **ignored: Any) -> AsyncResult:
+        args, kwargs = check_call(self.name, args, kwargs)
         if (countdown is None and eta is None and expires is None and queue is None
                 and priority is None and task_id is None and time_limit is None
                 and soft_time_limit is None and serializer is None and not ignored):
-            return self.app.send_plain(self, tuple(args or ()), dict(kwargs or {}))
-        return self.app.send_job(self, tuple(args or ()), dict(kwargs or {}),
+            return self.app.send_plain(self, args, kwargs)
+        return self.app.send_job(self, args, kwargs,
                                  countdown=countdown, eta=eta, expires=expires, queue=queue,
                                  priority=priority, task_id=task_id, time_limit=time_limit,
                                  soft_time_limit=soft_time_limit, serializer=serializer,
@@ -223,12 +262,13 @@ class Task:
             raise MaxRetriesExceededError(
                 f"Can't retry {self.name}[{request.id}] args:{request.args} "
                 f"kwargs:{request.kwargs}: max_retries={limit} reached")
+        now = time.time()
         if eta is not None:
-            when = to_timestamp(eta)
+            when = eta_timestamp(eta, "eta", f"{self.name}.retry()")
         else:
             delay = self.option("default_retry_delay") if countdown is None else countdown
-            when = time.time() + float(delay or 0)
-        retry = Retry(exc=exc, when=when)
+            when = now + seconds(delay or 0, "countdown", f"{self.name}.retry()")
+        retry = Retry(exc=exc, when=max(when, now))     # a past ETA: run again now
         if throw:
             raise retry
         return retry
@@ -251,10 +291,97 @@ def expires_at(expires: float | datetime, now: float) -> float:
     return to_timestamp(expires) if isinstance(expires, datetime) else now + float(expires)
 
 
-def check_priority(priority: Any) -> int:
-    if not isinstance(priority, int) or not 0 <= priority <= 9:
-        raise ConfigurationError(f"priority must be an integer from 0 to 9 (9 runs first), "
-                                 f"not {priority!r}")
+def seconds(value: Any, option: str, where: str, *, positive: bool = False) -> float:
+    """A finite number of seconds, or a clear error naming the option and the value."""
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{where}: {option} must be a number of seconds, not "
+                        f"{type(value).__name__} {value!r:.60}")
+    number = float(value)
+    if not math.isfinite(number) or (positive and number <= 0):
+        allowed = "a number of seconds above 0" if positive else "a finite number of seconds"
+        extra = " (None for no limit)" if positive else ""
+        raise ConfigurationError(f"{where}: {option}={value!r} is not allowed: use "
+                                 f"{allowed}{extra}")
+    return number
+
+
+def eta_timestamp(eta: Any, option: str, where: str) -> float:
+    """An ETA (a datetime, or epoch seconds) as epoch seconds, checked."""
+    if isinstance(eta, datetime):
+        return to_timestamp(eta)
+    return seconds(eta, option, where + " (a datetime, or seconds since the epoch)")
+
+
+def check_call(name: str, args: Any, kwargs: Any) -> tuple[tuple, dict]:
+    """apply_async's ``args`` and ``kwargs``: a list or tuple, and a dict with str keys
+    (as Celery asks; JSON would quietly turn a key 1 into "1")."""
+    if args is None:
+        args = ()
+    elif not isinstance(args, (tuple, list)):
+        raise TypeError(f"task {name!r}: args must be a list or tuple, not "
+                        f"{type(args).__name__} {args!r:.60} (one argument: args=(value,))")
+    if kwargs is None:
+        return tuple(args), {}
+    if not isinstance(kwargs, Mapping):
+        raise TypeError(f"task {name!r}: kwargs must be a dict, not "
+                        f"{type(kwargs).__name__} {kwargs!r:.60}")
+    for key in kwargs:
+        if type(key) is not str:
+            raise TypeError(f"task {name!r}: keyword argument names must be strings, not "
+                            f"{type(key).__name__} {key!r:.60}")
+    return tuple(args), dict(kwargs)
+
+
+def check_name(value: Any, option: str, where: str) -> str:
+    """A queue name or task id: a non-empty str that is valid UTF-8."""
+    if not isinstance(value, str):
+        raise TypeError(f"{where}: {option} must be a str, not {type(value).__name__} "
+                        f"{value!r:.60}")
+    if not value or not (value.isascii() or _is_utf8(value)):
+        raise ConfigurationError(f"{where}: {option}={value!r:.60} is not allowed: use a "
+                                 f"non-empty str of valid UTF-8")
+    return value
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode()
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def _arity(task: Task) -> tuple[int, int, inspect.Signature] | bool:
+    """(fewest, most positional arguments, signature) of the task's function, or False
+    when the check is off (typing=False) or the signature cannot be read."""
+    if task.option("typing") is False:
+        return False
+    try:
+        signature = inspect.signature(task.run)
+    except (TypeError, ValueError):
+        return False
+    params = list(signature.parameters.values())
+    if task.option("bind"):
+        params = params[1:]             # self
+        signature = signature.replace(parameters=params)
+    kinds = inspect.Parameter
+    positional = [p for p in params if p.kind in (kinds.POSITIONAL_ONLY,
+                                                  kinds.POSITIONAL_OR_KEYWORD)]
+    low = sum(p.default is kinds.empty for p in positional)
+    high = sys.maxsize if any(p.kind is kinds.VAR_POSITIONAL for p in params) \
+        else len(positional)
+    if any(p.kind is kinds.KEYWORD_ONLY and p.default is kinds.empty for p in params):
+        low, high = 1, 0                # a required keyword: always bind()
+    return low, high, signature
+
+
+def check_priority(priority: Any, where: str) -> int:
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise TypeError(f"{where}: priority must be an integer from 0 to 9 (9 runs first), "
+                        f"not {type(priority).__name__} {priority!r:.60}")
+    if not 0 <= priority <= 9:
+        raise ConfigurationError(f"{where}: priority must be an integer from 0 to 9 (9 runs "
+                                 f"first), not {priority!r}")
     return priority
 
 
