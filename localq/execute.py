@@ -56,13 +56,15 @@ def execute(app: Localq, seq: int, job_id: str, task_name: str, serializer: str,
             f"task {task_name!r} is not registered in the worker's app {app.main_name!r}: "
             f"import the module that defines it in the app (imports=[...]) or check the name")
         return _failure(seq, "json", exc, None, started, pid)
-    try:
+    accept = task.accepted_content()
+    if serializer not in accept:
         # Only what the app opted in to: a row saying "pickle" must not run code in a
         # worker whose app accepts JSON alone.
-        check_accepted(serializer, task.accepted_content(),
-                       f"the arguments of job {job_id} ({task_name})", "accept_content")
-    except Exception as exc:
-        return _failure(seq, "json", exc, None, started, pid)
+        try:
+            check_accepted(serializer, accept, f"the arguments of job {job_id} ({task_name})",
+                           "accept_content")
+        except Exception as exc:
+            return _failure(seq, "json", exc, None, started, pid)
     try:
         args, kwargs = decode_call(serializer, payload)
     except Exception as exc:

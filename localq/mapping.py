@@ -222,8 +222,9 @@ def _collect(app: Localq, group: str, total: int, bar: Progress | None,
                     hi = index + 1
                 if state == "SUCCESS":
                     serializer = result_serializer or serializer
-                    check_accepted(serializer, accept, f"the result of item {index} of the "
-                                   f"map", "result_accept_content")
+                    if serializer not in accept:
+                        check_accepted(serializer, accept, f"the result of item {index} of "
+                                       f"the map", "result_accept_content")
                     results[index] = decode_value(serializer, result)
                     done += 1
                 else:

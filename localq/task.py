@@ -111,7 +111,7 @@ class Task:
         self._send_defaults: SendDefaults | None = None
         self._send_version = -1
         self._requests = _RequestStack()
-        self._arity: tuple[int, int, inspect.Signature] | None | bool = None
+        self._arity: _Arity | None | bool = None
         self._accept: tuple[int, frozenset[str], frozenset[str]] = (-1, frozenset(),
                                                                      frozenset())
         if "serializer" in self._declared:
@@ -156,9 +156,19 @@ class Task:
             arity = self._arity = _arity(self)
         if arity is False:
             return
-        low, high, signature = arity     # type: ignore[misc]
-        if not kwargs and low <= len(args) <= high:
-            return                       # the common case: ~60 ns, no bind()
+        low, high, names, by_keyword, signature = arity     # type: ignore[misc]
+        n = len(args)
+        if n <= high:
+            # What bind() would accept, decided in ~0.1-0.3 us instead of ~2 us: the
+            # named arguments exist, none repeats a positional one, none required is
+            # missing. Anything else goes to bind() for its exact message.
+            if not kwargs:
+                if n >= low:
+                    return
+            elif ((by_keyword is None or kwargs.keys() <= by_keyword)
+                  and kwargs.keys().isdisjoint(names[:n])
+                  and all(map(kwargs.__contains__, names[n:low]))):
+                return
         try:
             signature.bind(*args, **kwargs)
         except TypeError as exc:
@@ -351,9 +361,17 @@ def _is_utf8(text: str) -> bool:
         return False
 
 
-def _arity(task: Task) -> tuple[int, int, inspect.Signature] | bool:
-    """(fewest, most positional arguments, signature) of the task's function, or False
-    when the check is off (typing=False) or the signature cannot be read."""
+class _Arity(NamedTuple):
+    low: int                        # positional arguments required
+    high: int                       # positional arguments allowed
+    names: tuple[str, ...]          # the positional parameters' names, in order
+    by_keyword: frozenset[str] | None   # names accepted by keyword; None: any (**kwargs)
+    signature: inspect.Signature
+
+
+def _arity(task: Task) -> _Arity | bool:
+    """What check_arguments needs of the task's function, or False when the check is
+    off (typing=False) or the signature cannot be read."""
     if task.option("typing") is False:
         return False
     try:
@@ -370,9 +388,12 @@ def _arity(task: Task) -> tuple[int, int, inspect.Signature] | bool:
     low = sum(p.default is kinds.empty for p in positional)
     high = sys.maxsize if any(p.kind is kinds.VAR_POSITIONAL for p in params) \
         else len(positional)
-    if any(p.kind is kinds.KEYWORD_ONLY and p.default is kinds.empty for p in params):
-        low, high = 1, 0                # a required keyword: always bind()
-    return low, high, signature
+    if any(p.kind is kinds.KEYWORD_ONLY and p.default is kinds.empty for p in params) or \
+            any(p.kind is kinds.POSITIONAL_ONLY for p in params):
+        low, high = 1, -1               # rare shapes: always bind()
+    by_keyword = None if any(p.kind is kinds.VAR_KEYWORD for p in params) else frozenset(
+        p.name for p in params if p.kind in (kinds.POSITIONAL_OR_KEYWORD, kinds.KEYWORD_ONLY))
+    return _Arity(low, high, tuple(p.name for p in positional), by_keyword, signature)
 
 
 def check_priority(priority: Any, where: str) -> int:

@@ -349,3 +349,32 @@ def test_a_success_after_retries_carries_no_error(qapp):
     last = failed.attempts[-1]
     assert last["outcome"] == "FAILURE" and last["exc_type"] == "ValueError"
     assert last["exc_message"] == "it broke"
+
+
+def test_the_quick_signature_check_agrees_with_bind(qapp):
+    import inspect
+    import itertools
+
+    def f1(a, b=1): ...
+    def f2(a, *args, c=2, **kw): ...
+    def f3(a, /, b, *, c): ...
+    def f4(*args): ...
+    def f5(a, b, c=3, *, d=4): ...
+    calls = [((), {}), ((1,), {}), ((1, 2), {}), ((1, 2, 3), {}), ((1, 2, 3, 4, 5), {}),
+             ((), {"a": 1}), ((), {"a": 1, "b": 2}), ((1,), {"a": 1}), ((1,), {"b": 2}),
+             ((1,), {"c": 3}), ((1,), {"z": 0}), ((1, 2), {"c": 3, "d": 4}),
+             ((), {"b": 2}), ((1,), {"b": 2, "c": 3}), ((), {"args": 1})]
+    for number, (fn, (args, kwargs)) in enumerate(itertools.product(
+            [f1, f2, f3, f4, f5], calls)):
+        task = qapp.task(name=f"shape{number}")(fn)
+        try:
+            inspect.signature(fn).bind(*args, **kwargs)
+            fits = True
+        except TypeError:
+            fits = False
+        try:
+            task.check_arguments(args, kwargs)
+            passed = True
+        except TypeError:
+            passed = False
+        assert passed == fits, (fn.__name__, args, kwargs)
