@@ -3,6 +3,12 @@
 Used by the child processes and by eager mode, so that both go through the
 same serializer, the same retry rules and the same errors: an eager test
 cannot pass where a real worker would fail.
+
+Whatever a job brings or leaves becomes an outcome the supervisor can store: a
+payload in a serializer the app does not accept is refused undecoded
+(ContentDisallowed), a result that does not encode (a set in JSON, a lone
+surrogate) fails the job with EncodeError, an invalid retry request (an ETA of
+NaN) fails it too, and exception text is made valid UTF-8.
 """
 from __future__ import annotations
 

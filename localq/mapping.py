@@ -43,6 +43,7 @@ from .serializer import (
 
 if TYPE_CHECKING:
     from .app import Localq
+    from .store import NewJob
     from .task import Task
 
 CHUNK = 2_000       # jobs per enqueue transaction: long enough to be cheap, short
@@ -80,6 +81,7 @@ def run_map(app: Localq, task: Task, calls: Iterable[tuple], *, progress: bool =
         check_map_name(resume)
     serializer = check_serializer(task.option("serializer"))
     payloads = _encode_calls(task, serializer, calls)   # a bad item fails before any runs
+    template = app.new_job(task, (), {}, queue=queue, priority=priority)  # checks them too
     if app.conf.task_always_eager:
         return _run_eager(task, calls, progress)
     total = len(calls)
@@ -97,8 +99,7 @@ def run_map(app: Localq, task: Task, calls: Iterable[tuple], *, progress: bool =
         return []
     finished = False
     try:
-        _enqueue(app, task, group, serializer, payloads, queue, priority,
-                 resumable=resume is not None)
+        _enqueue(app, template, group, serializer, payloads, resumable=resume is not None)
         if not app.store.workers():
             warnings.warn(f"no localq worker is running on {app.path}: the map waits for "
                           f"one (start one with `with app.worker():` or `python -m localq "
@@ -167,12 +168,11 @@ def _digest(task_name: str, serializer: str, payloads: list) -> str:
     return h.hexdigest()
 
 
-def _enqueue(app: Localq, task: Task, group: str, serializer: str, payloads: list,
-             queue: str | None, priority: int | None, resumable: bool) -> None:
+def _enqueue(app: Localq, t: NewJob, group: str, serializer: str, payloads: list,
+             resumable: bool) -> None:
     # A resumable map's items have fixed ids, so a rerun finds them; a one-off map's
-    # items get generated ids, which cost no index write.
-    now = time.time()
-    t = app.new_job(task, (), {}, queue=queue, priority=priority, now=now)
+    # items get generated ids, which cost no index write. ``t``: the fixed part of a row.
+    now = t.created
     total = len(payloads)
     for start in range(0, total, CHUNK):
         end = min(start + CHUNK, total)

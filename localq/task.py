@@ -99,7 +99,8 @@ class Task:
                                      f"for {fun.__qualname__}")
         self.app = app
         self.run = fun
-        self.name: str = options.get("name") or task_name_for(fun)
+        self.name: str = check_name(options.get("name") or task_name_for(fun), "name",
+                                    f"@app.task for {fun.__qualname__}")
         self.__name__ = fun.__name__
         self.__qualname__ = fun.__qualname__
         self.__doc__ = fun.__doc__

@@ -378,3 +378,14 @@ def test_the_quick_signature_check_agrees_with_bind(qapp):
         except TypeError:
             passed = False
         assert passed == fits, (fn.__name__, args, kwargs)
+
+
+def test_a_bad_map_option_stores_nothing(qapp):
+    with pytest.raises(TypeError, match="priority must be an integer"):
+        qapp.map(echo, [1, 2], priority=True, resume="nightly")
+    with pytest.raises(ValueError, match="queue=''"):
+        qapp.map(echo, [1, 2], queue="", resume="nightly")
+    assert stored_rows(qapp) == 0
+    if os.path.exists(qapp.path):
+        with sqlite3.connect(qapp.path) as conn:
+            assert conn.execute("SELECT count(*) FROM maps").fetchone()[0] == 0
