@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING, Any
 from .exceptions import TaskRevokedError, TimeoutError
 from .rows import FINAL_STATES
 from .serializer import (
-    accepted,
     check_accepted,
     decode_exception,
     decode_value,
     safe_text,
     stored_exception_info,
 )
+from .task import content_accepted
 from .wakeup import Doorbell, waiter_name, wake_folder
 
 if TYPE_CHECKING:
@@ -253,9 +253,7 @@ def result_content(app: Localq, task_name: str | None) -> frozenset[str]:
     task = app.tasks.get(task_name or "")
     if task is not None:
         return task.accepted_content(result=True)
-    conf = app.conf
-    return accepted(conf.result_accept_content if conf.result_accept_content is not None
-                    else conf.accept_content, conf.task_serializer, conf.result_serializer)
+    return content_accepted(app.conf)[1]
 
 
 class EagerResult(AsyncResult):

@@ -7,7 +7,6 @@ runs the function inline, like Celery.
 """
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import os
@@ -15,7 +14,6 @@ import sys
 import threading
 import time
 from datetime import datetime, timezone
-from numbers import Real
 from typing import TYPE_CHECKING, Any, Callable, Mapping, NamedTuple
 
 from .exceptions import ConfigurationError, MaxRetriesExceededError, Retry
@@ -23,6 +21,8 @@ from .limits import parse_rate
 from .serializer import accepted, check_serializer, encode_call
 
 if TYPE_CHECKING:
+    import inspect
+
     from .app import Localq
     from .result import AsyncResult
 
@@ -141,12 +141,8 @@ class Task:
         and this task's own declared serializers."""
         version, jobs, results = self._accept
         if version != self.app.conf.version:
-            conf = self.app.conf
-            declared = (conf.task_serializer, conf.result_serializer, self.option("serializer"))
-            jobs = accepted(conf.accept_content, *declared)
-            results = accepted(conf.result_accept_content if conf.result_accept_content
-                               is not None else conf.accept_content, *declared)
-            self._accept = (conf.version, jobs, results)
+            jobs, results = content_accepted(self.app.conf, self.option("serializer"))
+            self._accept = (self.app.conf.version, jobs, results)
         return results if result else jobs
 
     def check_arguments(self, args: tuple | list, kwargs: Mapping) -> None:
@@ -302,9 +298,19 @@ def expires_at(expires: float | datetime, now: float) -> float:
     return to_timestamp(expires) if isinstance(expires, datetime) else now + float(expires)
 
 
+def content_accepted(conf: Any, serializer: str | None = None
+                     ) -> tuple[frozenset[str], frozenset[str]]:
+    """The serializers jobs and results of a task declaring ``serializer`` (None: a task
+    this app does not define) may be decoded with, under the settings ``conf``."""
+    declared = (conf.task_serializer, conf.result_serializer, serializer)
+    results = conf.result_accept_content
+    return (accepted(conf.accept_content, *declared),
+            accepted(conf.accept_content if results is None else results, *declared))
+
+
 def seconds(value: Any, option: str, where: str, *, positive: bool = False) -> float:
     """A finite number of seconds, or a clear error naming the option and the value."""
-    if isinstance(value, bool) or not isinstance(value, Real):
+    if isinstance(value, bool) or not hasattr(type(value), "__float__"):
         raise TypeError(f"{where}: {option} must be a number of seconds, not "
                         f"{type(value).__name__} {value!r:.60}")
     number = float(value)
@@ -375,6 +381,7 @@ def _arity(task: Task) -> _Arity | bool:
     off (typing=False) or the signature cannot be read."""
     if task.option("typing") is False:
         return False
+    import inspect  # here: it costs `import localq` several ms, and is needed once
     try:
         signature = inspect.signature(task.run)
     except (TypeError, ValueError):
