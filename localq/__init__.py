@@ -5,6 +5,7 @@ The public names, nothing else.
 from .app import Localq
 from .exceptions import (
                          ConfigurationError,
+                         ContentDisallowed,
                          DatabaseError,
                          EncodeError,
                          LocalqError,
@@ -24,7 +25,8 @@ from .task import Task
 
 __version__ = "0.1.0"
 __all__ = [
-    "AsyncResult", "ConfigurationError", "DatabaseError", "EagerResult", "EncodeError",
+    "AsyncResult", "ConfigurationError", "ContentDisallowed", "DatabaseError", "EagerResult",
+    "EncodeError",
     "Localq", "LocalqError", "MaxRetriesExceededError", "NotRegistered", "Retry",
     "SoftTimeLimitExceeded", "Task", "TaskError", "TaskRevokedError", "TimeLimitExceeded",
     "TimeoutError", "WorkerLostError", "as_completed",

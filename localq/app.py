@@ -23,7 +23,16 @@ from .ids import format_id, new_id, new_seq
 from .result import AsyncResult as Result  # the method AsyncResult shadows the class
 from .serializer import check_serializer, encode_call
 from .store import NewJob, Store
-from .task import SendDefaults, Task, check_priority, expires_at, job_options, to_timestamp
+from .task import (
+    SendDefaults,
+    Task,
+    check_name,
+    check_priority,
+    eta_timestamp,
+    expires_at,
+    job_options,
+    seconds,
+)
 from .wakeup import Ringer, wake_folder
 
 
@@ -108,13 +117,13 @@ class Localq:
             raise TypeError("use @app.task or @app.task(option=value, ...)")
         return register
 
-    def send_task(self, name: str, args: Iterable | None = None, kwargs: dict | None = None,
+    def send_task(self, name: str, args: tuple | list | None = None, kwargs: dict | None = None,
                   **options: Any) -> Result:
         """Send a job by task name (the task need not be defined in this process)."""
         task = self.tasks.get(name)
         if task is None:
-            task = Task(self, _unknown_task, {"name": name})
-        return task.apply_async(tuple(args or ()), kwargs, **options)
+            task = Task(self, _unknown_task, {"name": name, "typing": False})
+        return task.apply_async(args, kwargs, **options)
 
     def AsyncResult(self, task_id: str) -> Result:  # noqa: N802 - Celery's name
         return Result(task_id, self)
@@ -126,6 +135,7 @@ class Localq:
             return self.send_job(task, args, kwargs, countdown=None, eta=None, expires=None,
                                  queue=None, priority=None, task_id=None, time_limit=None,
                                  soft_time_limit=None, serializer=None, ignored={})
+        task.check_arguments(args, kwargs)
         d = task.send_defaults()
         payload = encode_call(d.serializer, task.name, args, kwargs)
         now = time.time()
@@ -146,13 +156,14 @@ class Localq:
                  serializer: str | None, ignored: dict) -> Result:
         if ignored:
             _warn_ignored(ignored)
-        if self.conf.task_always_eager:
-            from .execute import run_eager
-            return run_eager(task, args, kwargs, {"task_id": task_id, "serializer": serializer})
+        task.check_arguments(args, kwargs)
         job = self.new_job(task, args, kwargs, countdown=countdown, eta=eta, expires=expires,
                            queue=queue, priority=priority, task_id=task_id,
                            time_limit=time_limit, soft_time_limit=soft_time_limit,
-                           serializer=serializer)
+                           serializer=serializer)      # every check, even in eager mode
+        if self.conf.task_always_eager:
+            from .execute import run_eager
+            return run_eager(task, args, kwargs, {"task_id": task_id, "serializer": serializer})
         while not self.store.enqueue(job) and task_id is None:
             job = job._replace(id=new_id())   # two producers drew the same row number
         self.nudge_workers()
@@ -165,21 +176,44 @@ class Localq:
                 soft_time_limit: float | None = None, serializer: str | None = None,
                 group_id: str | None = None, group_index: int | None = None,
                 now: float | None = None) -> NewJob:
-        """Encode a call into a row, checking everything before anything is stored."""
+        """Encode a call into a row, checking everything before anything is stored.
+
+        A past ``eta`` or a negative ``countdown`` means "run now", as in Celery; a
+        number that is not finite, or not a number, is an error naming the option."""
+        where = f"apply_async of {task.name!r}"
         d = task.send_defaults()
-        serializer = check_serializer(serializer) if serializer else d.serializer
+        if serializer is None:
+            serializer = d.serializer
+        else:
+            check_serializer(serializer)
+            if serializer not in task.accepted_content():
+                raise ConfigurationError(
+                    f"{where}: serializer={serializer!r} is not accepted by this app, so no "
+                    f"worker of it would run the job: add it to accept_content, or declare "
+                    f"serializer={serializer!r} on the task")
         payload = encode_call(serializer, task.name, args, kwargs)
         now = time.time() if now is None else now
         when = 0.0
         if countdown is not None:
-            when = now + float(countdown)
+            when = now + seconds(countdown, "countdown", where)
         elif eta is not None:
-            when = to_timestamp(eta)
+            when = eta_timestamp(eta, "eta", where)
+        if when <= now:
+            when = 0.0
+        if expires is not None and not isinstance(expires, datetime):
+            seconds(expires, "expires", where)
         expires = expires if expires is not None else d.expires
+        for option, limit in (("time_limit", time_limit), ("soft_time_limit", soft_time_limit)):
+            if limit is not None:
+                seconds(limit, option, where, positive=True)
         options = d.options if time_limit is None and soft_time_limit is None \
             else job_options(task, time_limit, soft_time_limit)
+        if task_id is not None:
+            check_name(task_id, "task_id", where)
+        if queue is not None:
+            check_name(queue, "queue", where)
         return NewJob(task_id or new_id(), task.name, queue or d.queue, d.lane,
-                      d.priority if priority is None else check_priority(priority),
+                      d.priority if priority is None else check_priority(priority, where),
                       serializer, payload, options, when,
                       None if expires is None else expires_at(expires, now), now,
                       group_id, group_index)
@@ -188,9 +222,12 @@ class Localq:
         """What every job of ``task`` gets unless the call says otherwise (cached by the
         task until the settings change)."""
         prio = task.option("priority")
+        if task.option("expires") is not None and not isinstance(task.option("expires"),
+                                                                  datetime):
+            seconds(task.option("expires"), "expires", f"task {task.name!r}")
         return SendDefaults(task.option("queue") or self._route(task.name)
                             or self.conf.task_default_queue, lane_for(task),
-                            0 if prio is None else check_priority(prio),
+                            0 if prio is None else check_priority(prio, f"task {task.name!r}"),
                             check_serializer(task.option("serializer")),
                             job_options(task, None, None), task.option("expires"))
 

@@ -20,6 +20,8 @@ DEFAULTS: dict[str, Any] = {
     "task_default_priority": 0,
     "task_serializer": "json",
     "result_serializer": None,          # None: the task's serializer
+    "accept_content": ("json",),        # decoded by workers; declared serializers add to it
+    "result_accept_content": None,      # None: accept_content
     "task_acks_late": True,
     "task_reject_on_worker_lost": False,
     "task_ignore_result": False,
@@ -50,8 +52,8 @@ IGNORED = {
     "broker_connection_retry_on_startup", "broker_connection_max_retries", "broker_pool_limit",
     "broker_heartbeat", "broker_use_ssl", "broker_login_method", "broker_read_url",
     "broker_write_url", "result_backend", "result_backend_transport_options",
-    "result_accept_content", "result_extended", "result_persistent", "result_compression",
-    "result_cache_max", "accept_content", "task_compression", "task_track_started",
+    "result_extended", "result_persistent", "result_compression",
+    "result_cache_max", "task_compression", "task_track_started",
     "task_send_sent_event", "task_create_missing_queues", "task_queues", "task_default_exchange",
     "task_default_exchange_type", "task_default_routing_key", "task_default_delivery_mode",
     "worker_prefetch_multiplier", "worker_send_task_events", "worker_pool",
@@ -139,9 +141,12 @@ def _check(name: str, value: Any) -> Any:
         if isinstance(value, str):
             return (value,)
         return tuple(value or ())
-    if name == "task_serializer":
+    if name in ("task_serializer", "result_serializer") and value is not None:
         from .serializer import check_serializer
         return check_serializer(value)
+    if name == "accept_content" or (name == "result_accept_content" and value is not None):
+        from .serializer import check_content_names
+        return check_content_names(value, name)
     if name == "task_default_rate_limit":
         from .limits import parse_rate
         parse_rate(value, where=name)

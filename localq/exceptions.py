@@ -55,6 +55,14 @@ class EncodeError(LocalqError, TypeError):
     """A value could not be encoded by the task's serializer."""
 
 
+class ContentDisallowed(LocalqError):
+    """A payload's serializer is not one the app accepts (Celery's ``accept_content``).
+
+    Kombu's ``kombu.exceptions.ContentDisallowed``: a worker refuses to decode a
+    job, and ``get()`` a result, written with a serializer the app did not opt in to.
+    """
+
+
 class Retry(LocalqError):
     """Raised by ``self.retry()``: tells the worker to run the job again later.
 

@@ -3,19 +3,34 @@
 Used by the child processes and by eager mode, so that both go through the
 same serializer, the same retry rules and the same errors: an eager test
 cannot pass where a real worker would fail.
+
+Whatever a job brings or leaves becomes an outcome the supervisor can store: a
+payload in a serializer the app does not accept is refused undecoded
+(ContentDisallowed), a result that does not encode (a set in JSON, a lone
+surrogate) fails the job with EncodeError, an invalid retry request (an ETA of
+NaN) fails it too, and exception text is made valid UTF-8.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import time
 import traceback as tb_module
 from typing import TYPE_CHECKING, Any
 
-from .exceptions import NotRegistered, Retry, SoftTimeLimitExceeded
+from .exceptions import ConfigurationError, EncodeError, NotRegistered, Retry, SoftTimeLimitExceeded
 from .limits import backoff_countdown
-from .serializer import decode_call, encode_exception, encode_value, exception_type_name
+from .serializer import (
+    check_accepted,
+    decode_call,
+    encode_exception,
+    encode_value,
+    exception_type_name,
+    safe_text,
+    why,
+)
 from .task import Request
 
 if TYPE_CHECKING:
@@ -46,7 +61,16 @@ def execute(app: Localq, seq: int, job_id: str, task_name: str, serializer: str,
         exc: BaseException = NotRegistered(
             f"task {task_name!r} is not registered in the worker's app {app.main_name!r}: "
             f"import the module that defines it in the app (imports=[...]) or check the name")
-        return _failure(seq, serializer, exc, None, started, pid)
+        return _failure(seq, "json", exc, None, started, pid)
+    accept = task.accepted_content()
+    if serializer not in accept:
+        # Only what the app opted in to: a row saying "pickle" must not run code in a
+        # worker whose app accepts JSON alone.
+        try:
+            check_accepted(serializer, accept, f"the arguments of job {job_id} ({task_name})",
+                           "accept_content")
+        except Exception as exc:
+            return _failure(seq, "json", exc, None, started, pid)
     try:
         args, kwargs = decode_call(serializer, payload)
     except Exception as exc:
@@ -75,11 +99,14 @@ def execute(app: Localq, seq: int, job_id: str, task_name: str, serializer: str,
         task.pop_request()
     if task.option("ignore_result"):
         return (seq, "SUCCESS", None, None, None, started, time.time(), pid, 0.0, None)
+    result_serializer = app.conf.result_serializer or serializer
     try:
-        result = encode_value(app.conf.result_serializer or serializer, value)
+        result = encode_value(result_serializer, value)
     except Exception as exc:
-        err = TypeError(f"the result of task {task_name!r} cannot be encoded with the "
-                        f"{serializer} serializer: {exc} (value: {value!r:.80})")
+        err = EncodeError(f"the result of task {task_name!r} cannot be encoded with the "
+                          f"{result_serializer} serializer: {why(exc)} (value: "
+                          f"{value!r:.80}). Return plain data, or opt in to "
+                          f"serializer='pickle'.")
         return _failure(seq, serializer, err, None, started, pid)
     return (seq, "SUCCESS", result, None, None, started, time.time(), pid, 0.0, None)
 
@@ -109,16 +136,22 @@ def _autoretry(task: Task, exc: Exception) -> BaseException | None:
 
 def _retry(seq: int, serializer: str, retry: Retry, started: float, pid: int) -> OutcomeTuple:
     exc = retry.exc
+    now = time.time()
+    when = retry.when or now
+    if not isinstance(when, (int, float)) or not math.isfinite(when):
+        # Retry(when=nan) raised by hand: the request is invalid, and ends the job
+        return _failure(seq, serializer, ConfigurationError(
+            f"retry requested with an ETA of {when!r}: not a finite time"), None, started, pid)
     exc_type = exception_type_name(exc) if exc is not None else "localq.exceptions.Retry"
     tb = "".join(tb_module.format_exception(exc)) if exc is not None else None
-    return (seq, "RETRY", None, exc_type, tb, started, time.time(), pid,
-            retry.when or time.time(), str(exc) if exc is not None else "retry requested")
+    return (seq, "RETRY", None, exc_type, safe_text(tb), started, now, pid, max(when, now),
+            safe_text(str(exc)) if exc is not None else "retry requested")
 
 
 def _failure(seq: int, serializer: str, exc: BaseException, tb: str | None, started: float,
              pid: int) -> OutcomeTuple:
-    return (seq, "FAILURE", encode_exception(serializer, exc), exception_type_name(exc), tb,
-            started, time.time(), pid, 0.0, str(exc))
+    return (seq, "FAILURE", encode_exception(serializer, exc), exception_type_name(exc),
+            safe_text(tb), started, time.time(), pid, 0.0, safe_text(str(exc)))
 
 
 class LimitCache:
@@ -175,7 +208,8 @@ def run_eager(task: Task, args: tuple, kwargs: dict, options: dict) -> Any:
             break
         retries += 1
     state, result, exc_type, tb = outcome[1], outcome[2], outcome[3], outcome[4]
-    eager = EagerResult(job_id, task.app, state, serializer, result, exc_type, tb, retries)
+    eager = EagerResult(job_id, task.app, state, serializer, result, exc_type, tb, retries,
+                        task.name)
     if state == "FAILURE" and task.app.conf.task_eager_propagates:
         raise eager.result      # Celery's task_eager_propagates: raise at the call
     return eager

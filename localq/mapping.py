@@ -32,10 +32,18 @@ from .ids import new_id, new_seq, new_seqs
 from .progress import Progress
 from .result import AsyncResult, EagerResult, Waiter
 from .rows import FINAL_STATES
-from .serializer import check_serializer, decode_exception, decode_value, encode_call, encode_value
+from .serializer import (
+    check_accepted,
+    check_serializer,
+    decode_exception,
+    decode_value,
+    encode_call,
+    encode_value,
+)
 
 if TYPE_CHECKING:
     from .app import Localq
+    from .store import NewJob
     from .task import Task
 
 CHUNK = 2_000       # jobs per enqueue transaction: long enough to be cheap, short
@@ -73,6 +81,7 @@ def run_map(app: Localq, task: Task, calls: Iterable[tuple], *, progress: bool =
         check_map_name(resume)
     serializer = check_serializer(task.option("serializer"))
     payloads = _encode_calls(task, serializer, calls)   # a bad item fails before any runs
+    template = app.new_job(task, (), {}, queue=queue, priority=priority)  # checks them too
     if app.conf.task_always_eager:
         return _run_eager(task, calls, progress)
     total = len(calls)
@@ -90,14 +99,14 @@ def run_map(app: Localq, task: Task, calls: Iterable[tuple], *, progress: bool =
         return []
     finished = False
     try:
-        _enqueue(app, task, group, serializer, payloads, queue, priority,
-                 resumable=resume is not None)
+        _enqueue(app, template, group, serializer, payloads, resumable=resume is not None)
         if not app.store.workers():
             warnings.warn(f"no localq worker is running on {app.path}: the map waits for "
                           f"one (start one with `with app.worker():` or `python -m localq "
                           f"worker`)", RuntimeWarning, stacklevel=3)
         results = _collect(app, group, total, Progress(total) if progress else None,
-                           resumed=resumed, timeout=timeout)
+                           task.accepted_content(result=True), resumed=resumed,
+                           timeout=timeout)
         finished = True
         return results
     finally:
@@ -131,6 +140,12 @@ def check_map_name(name: object) -> str:
 # ------------------------------------------------------------------ sending
 
 def _encode_calls(task: Task, serializer: str, calls: list[tuple]) -> list:
+    for n in sorted({len(c) for c in calls}):   # the signature check, once per length
+        try:
+            task.check_arguments((None,) * n, {})
+        except TypeError as exc:
+            index = next(i for i, c in enumerate(calls) if len(c) == n)
+            raise TypeError(f"item {index} of the map: {exc}") from None
     try:
         return [encode_value(serializer, [list(c), {}]) for c in calls]
     except Exception:
@@ -153,12 +168,11 @@ def _digest(task_name: str, serializer: str, payloads: list) -> str:
     return h.hexdigest()
 
 
-def _enqueue(app: Localq, task: Task, group: str, serializer: str, payloads: list,
-             queue: str | None, priority: int | None, resumable: bool) -> None:
+def _enqueue(app: Localq, t: NewJob, group: str, serializer: str, payloads: list,
+             resumable: bool) -> None:
     # A resumable map's items have fixed ids, so a rerun finds them; a one-off map's
-    # items get generated ids, which cost no index write.
-    now = time.time()
-    t = app.new_job(task, (), {}, queue=queue, priority=priority, now=now)
+    # items get generated ids, which cost no index write. ``t``: the fixed part of a row.
+    now = t.created
     total = len(payloads)
     for start in range(0, total, CHUNK):
         end = min(start + CHUNK, total)
@@ -183,8 +197,8 @@ def _enqueue(app: Localq, task: Task, group: str, serializer: str, payloads: lis
 
 # ------------------------------------------------------------------ collecting
 
-def _collect(app: Localq, group: str, total: int, bar: Progress | None, *, resumed: bool,
-             timeout: float | None) -> list:
+def _collect(app: Localq, group: str, total: int, bar: Progress | None,
+             accept: frozenset[str], *, resumed: bool, timeout: float | None) -> list:
     results: list[Any] = [None] * total
     have = bytearray(total)
     done = failures = 0
@@ -207,12 +221,17 @@ def _collect(app: Localq, group: str, total: int, bar: Progress | None, *, resum
                 if index >= hi:
                     hi = index + 1
                 if state == "SUCCESS":
-                    results[index] = decode_value(result_serializer or serializer, result)
+                    serializer = result_serializer or serializer
+                    if serializer not in accept:
+                        check_accepted(serializer, accept, f"the result of item {index} of "
+                                       f"the map", "result_accept_content")
+                    results[index] = decode_value(serializer, result)
                     done += 1
                 else:
                     failures += 1
                     if failure is None or index < failure[0]:
-                        failure = (index, _exception(state, result, exc_type, tb, group, index))
+                        failure = (index, _exception(state, result, exc_type, tb, index,
+                                                     accept))
             while lo < total and have[lo]:
                 lo += 1
             if bar is not None:
@@ -239,13 +258,13 @@ def waiter_timeout(timeout: float | None) -> str:
     return f"{timeout:g}" if timeout is not None else "?"
 
 
-def _exception(state: str, result: Any, exc_type: str | None, tb: str | None, group: str,
-               index: int) -> BaseException:
+def _exception(state: str, result: Any, exc_type: str | None, tb: str | None, index: int,
+               accept: frozenset[str]) -> BaseException:
     if state == "REVOKED":
-        reason = decode_exception(result, exc_type, None) if result else None
+        reason = decode_exception(result, exc_type, None, accept) if result else None
         return TaskRevokedError(f"item {index} of the map was "
                                 f"{reason if reason is not None else 'revoked'}")
-    return decode_exception(result, exc_type, tb)
+    return decode_exception(result, exc_type, tb, accept)
 
 
 def _run_eager(task: Task, calls: list[tuple], progress: bool) -> list:

@@ -19,7 +19,14 @@ from typing import TYPE_CHECKING, Any
 
 from .exceptions import TaskRevokedError, TimeoutError
 from .rows import FINAL_STATES
-from .serializer import decode_exception, decode_value
+from .serializer import (
+    check_accepted,
+    decode_exception,
+    decode_value,
+    safe_text,
+    stored_exception_info,
+)
+from .task import content_accepted
 from .wakeup import Doorbell, waiter_name, wake_folder
 
 if TYPE_CHECKING:
@@ -181,8 +188,10 @@ class AsyncResult:
         if row is None or row["state"] not in FINAL_STATES:
             return None
         if row["state"] == "SUCCESS":
-            return decode_value(self.app.conf.result_serializer or row["serializer"],
-                                row["result"])
+            serializer = self.app.conf.result_serializer or row["serializer"]
+            check_accepted(serializer, result_content(self.app, row["task"]),
+                           f"the result of job {self.id}", "result_accept_content")
+            return decode_value(serializer, row["result"])
         return self._exception(row)
 
     info = result
@@ -217,18 +226,27 @@ class AsyncResult:
             return []
         attempts = self.app.store.attempts(row["seq"])
         if row["state"] in FINAL_STATES or row["state"] == "STARTED":
+            message = None
+            if row["state"] in ("FAILURE", "REVOKED"):
+                message = stored_exception_info(row["result"]).get("exc_message")
+                if message is None and row["result"] is not None:
+                    message = str(self._exception(row))      # pickled, when accepted
             attempts.append({"attempt": len(attempts), "started": row["started"],
                              "ended": row["done"], "pid": row["pid"], "outcome": row["state"],
-                             "exc_type": row["exc_type"], "exc_message": None})
+                             "exc_type": row["exc_type"],
+                             "exc_message": safe_text(message) if message is not None
+                             else None})
         return attempts
 
     def _exception(self, row: dict) -> BaseException:
+        accept = result_content(self.app, row["task"])
         if row["state"] == "REVOKED":
-            exc = decode_exception(row["result"], row["exc_type"], None) if row["result"] else None
+            exc = decode_exception(row["result"], row["exc_type"], None, accept) \
+                if row["result"] else None
             message = str(exc) if exc is not None else "revoked"
             return TaskRevokedError(f"task {self.id} was {message}" if message in
                                     ("revoked", "expired", "terminated") else message)
-        return decode_exception(row["result"], row["exc_type"], row["traceback"])
+        return decode_exception(row["result"], row["exc_type"], row["traceback"], accept)
 
     # -------------------------------------------------------------- waiting
 
@@ -271,15 +289,26 @@ class AsyncResult:
         self._row = None
 
 
+def result_content(app: Localq, task_name: str | None) -> frozenset[str]:
+    """The serializers results of ``task_name`` may be decoded with in ``app``: its
+    ``result_accept_content`` plus what it declares (a task it does not define
+    declares nothing)."""
+    task = app.tasks.get(task_name or "")
+    if task is not None:
+        return task.accepted_content(result=True)
+    return content_accepted(app.conf)[1]
+
+
 class EagerResult(AsyncResult):
     """The result of a job run eagerly: held in memory, never stored."""
 
     def __init__(self, id: str, app: Localq, state: str, serializer: str, result: Any,
-                 exc_type: str | None, traceback: str | None, retries: int) -> None:
+                 exc_type: str | None, traceback: str | None, retries: int,
+                 task: str | None = None) -> None:
         super().__init__(id, app)
         self._row = {"seq": 0, "id": id, "state": state, "serializer": serializer,
                      "result": result, "exc_type": exc_type, "traceback": traceback,
-                     "done": time.time(), "retries": retries, "task": None, "started": None,
+                     "done": time.time(), "retries": retries, "task": task, "started": None,
                      "pid": os.getpid()}
 
     def _load(self) -> dict | None:

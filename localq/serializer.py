@@ -3,18 +3,30 @@
 JSON is the default: readable in the database and safe to load. Pickle is an
 explicit opt-in (``serializer="pickle"``). JSON payloads are stored as TEXT,
 pickle payloads as BLOB. Nothing here touches the database.
+
+What is read back is decoded only with a serializer the app accepts (Celery's
+``accept_content``, see :func:`accepted`); anything else is
+:class:`ContentDisallowed`. An exception is rebuilt only from a class already
+imported in this process: nothing named in the file is ever imported.
+
+Every TEXT this module produces is valid UTF-8 (SQLite refuses anything else):
+a str holding a lone surrogate (a non-UTF-8 file name read by ``os.listdir``)
+is an :class:`EncodeError` in a value, and is escaped (``\\udce9``) in an
+exception's message and traceback, which must always be storable.
 """
 from __future__ import annotations
 
 import builtins
-import importlib
 import json
 import pickle
-from typing import Any
+import sys
+from typing import Any, Iterable
 
-from .exceptions import ConfigurationError, EncodeError, TaskError
+from .exceptions import ConfigurationError, ContentDisallowed, EncodeError, TaskError
 
 SERIALIZERS = ("json", "pickle")
+# Celery's content types name the same serializers.
+CONTENT_TYPES = {"application/json": "json", "application/x-python-serialize": "pickle"}
 
 
 def _not_json(value: Any) -> Any:
@@ -67,9 +79,45 @@ def check_serializer(name: str) -> str:
     return name
 
 
+def accepted(accept: Iterable[str], *declared: str | None) -> frozenset[str]:
+    """The serializers an app decodes: its ``accept_content`` (or
+    ``result_accept_content``) plus those it declares itself (``task_serializer``,
+    ``result_serializer``, a task's ``serializer``): declaring pickle opts in to it."""
+    return frozenset(accept).union(d for d in declared if d)
+
+
+def check_accepted(serializer: str, accept: frozenset[str], what: str, setting: str) -> None:
+    """Raise :class:`ContentDisallowed` unless ``serializer`` is in ``accept``."""
+    if serializer not in accept:
+        raise ContentDisallowed(
+            f"{what} is encoded with {serializer!r}, which this app does not accept "
+            f"({setting}={sorted(accept)}): refused without decoding it. If the database "
+            f"file is trusted, add {serializer!r} to {setting} (or declare "
+            f"serializer={serializer!r} on the task).")
+
+
+def check_content_names(value: Any, setting: str) -> tuple[str, ...]:
+    """``accept_content``: serializer names or Celery's content types; others (yaml,
+    msgpack: localq has no such codec) are an error, as an unknown serializer is."""
+    names = [value] if isinstance(value, str) else value
+    try:
+        out = tuple(CONTENT_TYPES.get(n, n) for n in names)
+    except TypeError:
+        out = ("?",)
+    bad = [n for n in out if n not in SERIALIZERS]
+    if bad:
+        raise ConfigurationError(
+            f"{setting} must list serializers from {', '.join(SERIALIZERS)} (or Celery's "
+            f"{', '.join(CONTENT_TYPES)}), not {value!r}")
+    return out
+
+
 def encode_value(serializer: str, value: Any) -> str | bytes:
     if serializer == "json":
-        return _dumps(value)
+        text = _dumps(value)
+        if not text.isascii():      # ~20 ns for the usual ASCII text
+            text.encode()           # UnicodeEncodeError on a lone surrogate
+        return text
     return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
 
 
@@ -78,7 +126,21 @@ def decode_value(serializer: str, payload: str | bytes | None) -> Any:
         return None
     if serializer == "json":
         return _loads(payload)
-    return pickle.loads(payload if isinstance(payload, bytes) else payload.encode())
+    if serializer == "pickle":
+        return pickle.loads(payload if isinstance(payload, bytes) else payload.encode())
+    raise ContentDisallowed(f"unknown serializer {serializer!r}: refused without decoding")
+
+
+def safe_text(text: str | None) -> str | None:
+    """Text that SQLite can store: lone surrogates escaped as ``\\udce9``, else unchanged
+    (in JSON text the escape decodes back to the same character)."""
+    if text is None or text.isascii():
+        return text
+    try:
+        text.encode()
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def encode_call(serializer: str, task_name: str, args: tuple | list, kwargs: dict) -> str | bytes:
@@ -101,9 +163,19 @@ def encode_call(serializer: str, task_name: str, args: tuple | list, kwargs: dic
                     break
         raise EncodeError(
             f"cannot send task {task_name!r}: {culprit} cannot be encoded with the "
-            f"{serializer} serializer ({exc}). Pass plain data (str, int, float, bool, "
+            f"{serializer} serializer ({why(exc)}). Pass plain data (str, int, float, bool, "
             f"None, list, dict), or opt in to serializer='pickle'. Nothing was stored."
         ) from None
+
+
+def why(exc: BaseException) -> str:
+    """Why a value did not encode, in words (a lone surrogate needs explaining)."""
+    if isinstance(exc, UnicodeEncodeError):
+        bad = exc.object[exc.start:exc.end]
+        return (f"it holds {bad!r}, a lone surrogate, which is not valid UTF-8: os.listdir "
+                f"gives one for a file name that is not UTF-8, and "
+                f"os.fsencode(name).decode('utf-8', 'replace') makes it valid")
+    return str(exc)
 
 
 def decode_call(serializer: str, payload: str | bytes) -> tuple[list, dict]:
@@ -146,14 +218,24 @@ def encode_exception(serializer: str, exc: BaseException) -> str | bytes:
         _dumps(args)
     except Exception:
         args = [str(exc)]
-    return _dumps({"exc_type": exception_type_name(exc), "exc_message": str(exc),
+    text = _dumps({"exc_type": exception_type_name(exc), "exc_message": str(exc),
                    "exc_args": args})
+    return safe_text(text)       # type: ignore[return-value]
 
 
 def decode_exception(payload: str | bytes | None, exc_type: str | None,
-                     traceback: str | None) -> BaseException:
-    """Rebuild the stored exception, or a :class:`TaskError` naming its type."""
+                     traceback: str | None, accept: frozenset[str] = frozenset(("json",)),
+                     setting: str = "result_accept_content") -> BaseException:
+    """Rebuild the stored exception, or a :class:`TaskError` naming its type.
+
+    A pickled one (BLOB) is unpickled only when ``accept`` holds pickle; the class
+    of a JSON one is looked up among the modules already imported, never imported.
+    """
     if isinstance(payload, bytes):
+        if "pickle" not in accept:
+            return TaskError(exc_type or "Exception", _last_line_message(traceback) or
+                             f"(stored pickled; not unpickled: pickle is not in {setting})",
+                             traceback)
         try:
             exc = pickle.loads(payload)
             if isinstance(exc, BaseException):
@@ -162,43 +244,59 @@ def decode_exception(payload: str | bytes | None, exc_type: str | None,
             pass
         return TaskError(exc_type or "Exception", "(stored exception could not be loaded)",
                          traceback)
-    try:
-        info = _loads(payload) if payload else {}
-    except ValueError:
-        info = {}
+    info = stored_exception_info(payload)
     name = info.get("exc_type") or exc_type or "Exception"
     message = info.get("exc_message", "")
-    cls = _find_exception_class(name)
+    cls = find_exception_class(str(name))
     if cls is not None:
         try:
             return cls(*info.get("exc_args", [message]))
         except Exception:
             pass
-    return TaskError(name, message, traceback)
+    return TaskError(str(name), str(message), traceback)
 
 
-def _find_exception_class(name: str) -> type[BaseException] | None:
-    module_name, _, attr = name.rpartition(".")
+def stored_exception_info(payload: str | bytes | None) -> dict:
+    """The JSON form's fields (exc_type, exc_message, exc_args); {} for anything else."""
+    if not payload or isinstance(payload, bytes):
+        return {}
     try:
-        if not module_name:
-            obj: Any = getattr(builtins, attr)
-        else:
-            obj = importlib.import_module(module_name)
-            for part in attr.split("."):
-                obj = getattr(obj, part)
-    except Exception:
-        # A qualname with dots inside a module: try shorter module paths.
-        parts = name.split(".")
+        info = _loads(payload)
+    except ValueError:
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+def _last_line_message(traceback: str | None) -> str | None:
+    """"message" from a traceback's last line "pkg.Type: message"."""
+    lines = (traceback or "").rstrip().splitlines()
+    if not lines:
+        return None
+    return lines[-1].partition(": ")[2] or None
+
+
+def find_exception_class(name: str) -> type[BaseException] | None:
+    """The exception class with this dotted name among the modules already imported.
+
+    A name read from the database file is never imported (``this.Zen`` would run
+    code); the lookup reads module and class dicts only, so no module ``__getattr__``
+    runs either. ``pkg.mod.Outer.Inner``: the longest imported module prefix wins.
+    """
+    parts = name.split(".")
+    if len(parts) == 1:
+        obj: Any = vars(builtins).get(name)
+    else:
         obj = None
         for cut in range(len(parts) - 1, 0, -1):
-            try:
-                mod: Any = importlib.import_module(".".join(parts[:cut]))
-                for part in parts[cut:]:
-                    mod = getattr(mod, part)
-                obj = mod
-                break
-            except Exception:
+            module = sys.modules.get(".".join(parts[:cut]))
+            if module is None:
                 continue
+            obj = module
+            for part in parts[cut:]:
+                obj = vars(obj).get(part) if hasattr(obj, "__dict__") else None
+                if obj is None:
+                    break
+            break
     if isinstance(obj, type) and issubclass(obj, BaseException):
         return obj
     return None

@@ -323,7 +323,8 @@ class Store(WorkerRecords, MapRecords, FlowRecords):
         if success:    # the common case, with fewer columns to bind (~20% faster)
             conn.executemany(
                 "UPDATE jobs SET state = 'SUCCESS', result = ?, done = ?, pid = ?, started = ?, "
-                "owner = NULL WHERE seq = ? AND state = 'STARTED' AND owner = ?", success)
+                "owner = NULL, exc_type = NULL, traceback = NULL "    # an earlier retry's
+                "WHERE seq = ? AND state = 'STARTED' AND owner = ?", success)
         if done:
             conn.executemany(
                 "UPDATE jobs SET state = ?, result = ?, exc_type = ?, traceback = ?, done = ?, "

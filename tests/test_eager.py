@@ -60,6 +60,16 @@ def quiet(x):
 
 
 @app.task
+def returns_a_lone_surrogate():
+    return "caf\udce9.txt"          # os.listdir's name for b"caf\xe9.txt"
+
+
+@app.task(bind=True, max_retries=3)
+def retry_at_nan(self):
+    raise self.retry(countdown=float("nan"))
+
+
+@app.task
 def record(path, value):
     with open(path, "a") as f:
         f.write(f"{value}\n")
@@ -149,3 +159,27 @@ def test_eager_propagates_raises_at_the_call(tmp_path):
     assert eager.map(eager.task(name="double")(lambda x: 2 * x), [1, 2], progress=True,
                      resume="ignored in eager mode") == [2, 4]
     assert not (tmp_path / "never.db").exists()
+
+
+def test_the_wrong_arguments_fail_at_the_call(mode, tmp_path):
+    out = tmp_path / "ran"
+    with pytest.raises(TypeError, match="'test_eager.record' called with the wrong arguments"):
+        record.delay(str(out))
+    with pytest.raises(TypeError, match="item 0 of the map"):
+        app.starmap(ident, [(1, 2)])
+    assert not out.exists()
+
+
+def test_a_result_that_is_not_valid_utf8_fails_the_job(mode):
+    result = returns_a_lone_surrogate.delay()
+    with pytest.raises(EncodeError, match="lone surrogate"):
+        result.get(timeout=10)
+    assert result.state == "FAILURE"
+    assert ident.delay("after").get(timeout=10) == "after"
+
+
+def test_a_retry_at_nan_fails_the_job(mode):
+    result = retry_at_nan.delay()
+    with pytest.raises(ValueError, match="countdown=nan"):
+        result.get(timeout=10)
+    assert result.state == "FAILURE" and result.retries == 0
