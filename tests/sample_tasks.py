@@ -73,6 +73,13 @@ def flaky(self, fails, path=None):
     return self.request.retries
 
 
+@app.task(bind=True, max_retries=1)
+def retry_once_after(self, countdown):
+    if self.request.retries == 0:
+        raise self.retry(countdown=countdown)
+    return self.request.retries
+
+
 @app.task(bind=True, max_retries=2, default_retry_delay=0.01)
 def retry_no_exc(self):
     raise self.retry()

@@ -47,10 +47,10 @@ def test_autoretry_for_with_backoff(app):
 
 
 def test_a_waiting_retry_survives_a_worker_restart(app):
-    from sample_tasks import flaky
-    out = app.path + ".runs"
+    from sample_tasks import retry_once_after
     with app.worker(concurrency=1):
-        r = flaky.apply_async((1, out))
+        # A retry a second away: long enough for the poll below to see it waiting.
+        r = retry_once_after.delay(1.0)
         wait_for(lambda: r.state == "RETRY", what="the first attempt to ask for a retry")
     # the worker is gone; the retry waits in the database
     assert r.state == "RETRY"
