@@ -4,7 +4,9 @@ A child never opens the database; it only talks to its supervisor over its
 own channel. It sends outcomes in batches while jobs are fast (so that short
 tasks cost one message per batch, not one per job), and flushes before any
 job that is slow, unknown, or time-limited, so that the supervisor always
-knows which job is running: the first one it has no outcome for.
+knows which job is running: the first one it has no outcome for. It also
+writes the seq of the job it is running into a slot of memory shared with the
+supervisor (0 between jobs), so that a crash is blamed on the right job.
 
 Messages to the supervisor: ``("o", [outcome, ...])``, and before it exits on
 its own (recycling) ``("x", reason, [seq of jobs it did not start], [outcome, ...])``.
@@ -12,6 +14,7 @@ its own (recycling) ``("x", reason, [seq of jobs it did not start], [outcome, ..
 from __future__ import annotations
 
 import ctypes
+import mmap
 import os
 import signal
 import sys
@@ -52,7 +55,7 @@ def resident_kib() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
-def child_main(app: Localq, conn: Connection, max_tasks: int | None,
+def child_main(app: Localq, conn: Connection, slot: mmap.mmap, max_tasks: int | None,
                max_memory_kib: int | None) -> None:
     """Run jobs until told to stop or recycled. Called in a fresh fork; never returns."""
     code = 0
@@ -62,7 +65,8 @@ def child_main(app: Localq, conn: Connection, max_tasks: int | None,
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         install_soft_limit_handler()
-        run_profiled("child", _loop, app, conn, max_tasks, max_memory_kib)
+        run_profiled("child", _loop, app, conn, memoryview(slot).cast("q"), max_tasks,
+                     max_memory_kib)
     except BaseException:    # noqa: BLE001 - a child must never unwind into the caller
         code = 1
         try:
@@ -79,7 +83,7 @@ def child_main(app: Localq, conn: Connection, max_tasks: int | None,
         os._exit(code)   # never run the parent's atexit handlers or finalizers
 
 
-def _loop(app: Localq, conn: Connection, max_tasks: int | None,
+def _loop(app: Localq, conn: Connection, running: memoryview, max_tasks: int | None,
           max_memory_kib: int | None) -> None:
     pid = os.getpid()
     speed: dict[str, float] = {}     # task name -> moving average of its duration
@@ -101,8 +105,10 @@ def _loop(app: Localq, conn: Connection, max_tasks: int | None,
                 conn.send(("o", buffered))
                 buffered = []
             t0 = time.perf_counter()
+            running[0] = seq
             outcome = execute(app, seq, job_id or format_id(seq), task_name, serializer,
                               payload, opts, retries, pid, soft)
+            running[0] = 0
             elapsed = time.perf_counter() - t0
             speed[task_name] = 0.7 * speed.get(task_name, elapsed) + 0.3 * elapsed
             if not buffered:

@@ -7,17 +7,28 @@ DESIGN.md first proposed, is what lets tasks defined in a script's
 ``__main__`` (with no ``if __name__ == "__main__"`` guard) run in an embedded
 worker, and it starts a child in about a millisecond instead of ~40 ms.
 
-Each child has its own duplex channel; the supervisor learns of a child's
-death at once from EOF on that channel, because no other process holds the
-child's end (the supervisor closes its copy, and every child closes the
-supervisor-side ends it inherited).
+Each child has its own duplex channel, and a pidfd (its process sentinel)
+that becomes readable when it dies: the supervisor learns of a child's death
+from that even when a grandchild the task forked still holds the channel open
+(EOF on the channel comes too, when no other process holds the child's end).
+
+Each child also has a shared-memory slot, mapped before the fork, in which it
+writes the seq of the job it is starting and 0 when that job ends: when a
+child dies, the supervisor reads there which job was running, and only that
+job is blamed (WorkerLostError) or run again (``reject_on_worker_lost``).
+Children send outcomes in batches, so the jobs before it on the child's list
+may have finished without their outcomes reaching the supervisor: those run
+again, as do the jobs after it, which never started. Two plain stores per job
+into a page of shared memory cost far less than a message per job would.
 """
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 import select
 import signal
+import struct
 import time
 from collections import deque
 from multiprocessing import Pipe
@@ -42,6 +53,7 @@ KILL_GRACE = 0.1      # seconds between SIGTERM and SIGKILL for a child we stop
 # quarter of a drain, waiting for outcomes), few enough that a job stuck
 # behind a slow one is not a crowd.
 PREFETCH_MAX = 512
+DIED = "died"         # the selector's tag of a child's sentinel: (DIED, child)
 
 
 class Inflight:
@@ -57,9 +69,14 @@ class Inflight:
 class Child:
     """One child process as the supervisor sees it."""
 
-    def __init__(self, pid: int, conn: Connection) -> None:
+    def __init__(self, pid: int, conn: Connection, slot: mmap.mmap) -> None:
         self.pid = pid
         self.conn = conn
+        self.slot = slot              # the seq of the job it is running, 0 between jobs
+        try:                          # readable when the process has exited
+            self.sentinel: int | None = os.pidfd_open(pid)
+        except (AttributeError, OSError):     # Linux before 5.3: the channel's EOF only
+            self.sentinel = None
         self.inflight: deque[Inflight] = deque()   # change it through hand/pop/keep_only
         self.queued_bytes = 0         # the arguments' size of what is in flight
         self.last_report = time.monotonic()
@@ -104,6 +121,18 @@ class Child:
 
     def running(self) -> Inflight | None:
         return self.inflight[0] if self.inflight else None
+
+    def running_seq(self) -> int:
+        """The seq of the job the child is running (0: none), as the child wrote it."""
+        return int(struct.unpack_from("q", self.slot)[0])
+
+    def close(self) -> None:
+        """Release the channel, the sentinel and the slot of a child that has exited."""
+        self.conn.close()
+        if self.sentinel is not None:
+            os.close(self.sentinel)
+            self.sentinel = None
+        self.slot.close()
 
     def running_since(self) -> float:
         """When the job now running started, as near as the supervisor can tell:
@@ -161,6 +190,7 @@ def fork_child(app: Localq, siblings: list[Connection], close_fds: list[int],
                max_tasks: int | None, max_memory_kib: int | None,
                before_run: Callable[[], None] | None = None) -> Child:
     ours, theirs = Pipe(duplex=True)
+    slot = mmap.mmap(-1, mmap.PAGESIZE)      # anonymous and shared with the child
     pid = os.fork()
     if pid == 0:    # the child: drop everything that belongs to the supervisor
         try:
@@ -177,10 +207,10 @@ def fork_child(app: Localq, siblings: list[Connection], close_fds: list[int],
                 before_run()
         except BaseException:
             os._exit(70)
-        child_main(app, theirs, max_tasks, max_memory_kib)   # never returns
+        child_main(app, theirs, slot, max_tasks, max_memory_kib)   # never returns
         os._exit(70)
     theirs.close()
-    return Child(pid, ours)
+    return Child(pid, ours, slot)
 
 
 def death_outcome(child: Child, head: Inflight, task: Task | None, how: str,

@@ -97,6 +97,10 @@ _PRIORITY, _SEQ = itemgetter(0), itemgetter(1)
 
 
 class Store(WorkerRecords, MapRecords, FlowRecords):
+    # Seconds a write waits for the write lock before DatabaseError: a supervisor
+    # waits less and tries again later, so that its loop goes on meanwhile.
+    patience = BUSY_TIMEOUT_MS / 1000
+
     def __init__(self, path: str, synchronous: str = "NORMAL") -> None:
         self.path = path
         self.synchronous = synchronous
@@ -136,7 +140,7 @@ class Store(WorkerRecords, MapRecords, FlowRecords):
         """One write transaction (BEGIN IMMEDIATE: take the write lock up front)."""
         with self._lock, _errors(self.path):
             conn = self._wconn or self._writer()
-            _retry_busy(conn.execute, "BEGIN IMMEDIATE")
+            _retry_busy(conn.execute, "BEGIN IMMEDIATE", (), self.patience)
             try:
                 yield conn
             except BaseException:
@@ -149,7 +153,7 @@ class Store(WorkerRecords, MapRecords, FlowRecords):
         """One statement in its own transaction, on the writing connection."""
         with self._lock, _errors(self.path):
             conn = self._wconn or self._writer()
-            return _retry_busy(conn.execute, sql, params)
+            return _retry_busy(conn.execute, sql, params, self.patience)
 
     def checkpoint(self) -> None:
         """Copy committed pages from the WAL into the database file (PASSIVE: it never
@@ -364,12 +368,13 @@ def _where_id(job_id: str) -> tuple[str, Any]:
 _SQLITE_BUSY = 5
 
 
-def _retry_busy(execute: Any, sql: str, params: Any = ()) -> sqlite3.Cursor:
+def _retry_busy(execute: Any, sql: str, params: Any = (),
+                patience: float = BUSY_TIMEOUT_MS / 1000) -> sqlite3.Cursor:
     """Run one statement that takes the write lock, retrying while another process holds
     it. A statement that found the lock taken changed nothing, so running it again is
     safe. The first retries come within tens of microseconds (a write holds the lock
-    for ~30 us to a few ms); the pause doubles up to 1 ms, and after a minute the
-    error goes up."""
+    for ~30 us to a few ms); the pause doubles up to 1 ms, and after ``patience``
+    seconds (a minute) the error goes up."""
     pause, give_up = 20e-6, None
     while True:
         try:
@@ -378,7 +383,7 @@ def _retry_busy(execute: Any, sql: str, params: Any = ()) -> sqlite3.Cursor:
             if exc.sqlite_errorcode & 0xFF != _SQLITE_BUSY:
                 raise
             now = time.monotonic()
-            give_up = give_up or now + BUSY_TIMEOUT_MS / 1000
+            give_up = give_up or now + patience
             if now > give_up:
                 raise
         time.sleep(pause)

@@ -18,12 +18,29 @@ class WorkerRecords:
 
     def register_worker(self, pid: int, pid_start: str | None, hostname: str,
                         queues: Sequence[str], concurrency: int, now: float) -> int:
+        """Add a worker under an id never used before in this file (kept in localq_meta):
+        a job left STARTED under a vanished worker's id must never seem to be a new
+        worker's, or no one would ever recover it."""
         with self.transaction() as conn:
-            cur = conn.execute("INSERT INTO workers (pid, pid_start, hostname, started, "
-                               "heartbeat, queues, concurrency) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                               (pid, pid_start, hostname, now, now, ",".join(queues),
-                                concurrency))
-            return int(cur.lastrowid or 0)
+            last = conn.execute("SELECT value FROM localq_meta WHERE key = "
+                                "'last_worker_id'").fetchone()
+            used = conn.execute("SELECT max(coalesce((SELECT max(id) FROM workers), 0), "
+                                "coalesce((SELECT max(owner) FROM jobs WHERE state = "
+                                "'STARTED'), 0))").fetchone()[0]
+            worker_id = max(int(last[0]) if last else 0, used) + 1
+            conn.execute("INSERT INTO workers (id, pid, pid_start, hostname, started, "
+                         "heartbeat, queues, concurrency) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                         (worker_id, pid, pid_start, hostname, now, now, ",".join(queues),
+                          concurrency))
+            conn.execute("INSERT INTO localq_meta (key, value) VALUES ('last_worker_id', ?) "
+                         "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                         (str(worker_id),))
+            return worker_id
+
+    def is_registered(self, conn: sqlite3.Connection, worker_id: int) -> bool:
+        """Inside a transaction: is this worker still registered (not presumed dead)?"""
+        return conn.execute("SELECT 1 FROM workers WHERE id = ?",
+                            (worker_id,)).fetchone() is not None
 
     def heartbeat(self, worker_id: int, now: float) -> bool:
         """False when this worker's row is gone (another presumed it dead)."""

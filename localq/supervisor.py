@@ -21,16 +21,18 @@ import logging
 import os
 import selectors
 import signal
+import sqlite3
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from .exceptions import TaskRevokedError
+from .exceptions import DatabaseError, TaskRevokedError
 from .execute import LimitCache
 from .flow import FlowControl
-from .pool import Child, Inflight, death_outcome, fork_child
+from .pool import DIED, Child, Inflight, death_outcome, fork_child
 from .profiling import run_profiled
-from .serializer import encode_exception
+from .schema import BUSY_TIMEOUT_MS
+from .serializer import encode_exception, exception_type_name
 from .store import Claimed, Outcome, Store
 from .upkeep import RECOVERY_EVERY, Checkpointer, Upkeep
 from .wakeup import Doorbell, Ringer, supervisor_name, wake_folder
@@ -44,6 +46,37 @@ FALLBACK_CHECK = 0.5     # seconds between data_version checks when idle
 MAX_QUEUED_BYTES = 64 * 1024   # arguments queued in a busy child's channel, at most
 CLAIM_MAX = 256         # jobs claimed in one transaction, at most: holds the write lock ~2 ms
 COALESCE = 0.001         # seconds: while jobs stream in, one write per this, at most
+# A write that finds the lock held this long gives up, and the loop goes on (children
+# report, time limits are enforced) until it tries again, at most WRITE_BACKOFF_MAX later.
+WRITE_PATIENCE = 0.5
+WRITE_BACKOFF_MAX = 2.0
+# SQLite's primary result codes of a passing fault: busy, locked, out of memory,
+# read-only, I/O error, disk full, cannot open, locking protocol.
+TRANSIENT_CODES = frozenset((5, 6, 7, 8, 10, 13, 14, 15))
+
+
+class _PresumedDead(Exception):
+    """Another worker found this one silent for too long and took its jobs back."""
+
+
+def _transient(exc: BaseException) -> bool:
+    """Is this failed write worth trying again as it is?"""
+    cause = exc.__context__ if isinstance(exc, DatabaseError) else exc
+    if isinstance(cause, sqlite3.Error):
+        code = getattr(cause, "sqlite_errorcode", None)
+        if code is not None:
+            return code & 0xFF in TRANSIENT_CODES
+        return isinstance(cause, sqlite3.OperationalError)
+    return isinstance(exc, (DatabaseError, OSError))
+
+
+def _unstorable(outcome: Outcome, exc: BaseException) -> Outcome:
+    """A FAILURE that stands for an outcome SQLite refused, saying why."""
+    error = DatabaseError(f"this job ended {outcome.state}, but its outcome could not be "
+                          f"stored ({exc}); check what the task returns or passes to retry()")
+    return Outcome(outcome.seq, "FAILURE", encode_exception("json", error),
+                   exception_type_name(error), None, outcome.started,
+                   outcome.ended or time.time(), outcome.pid, 0.0, str(error))
 
 
 class Supervisor(Upkeep):
@@ -74,6 +107,9 @@ class Supervisor(Upkeep):
         self.expiry_cursor = 0
         self.limits = LimitCache(app)
         self.next_expiry = 0.0
+        self.write_failures = 0                   # failed writes in a row
+        self.stranded = 0                         # jobs whose outcome could not be stored
+        self.write_again_at = 0.0                 # monotonic time of the next attempt
 
     # -------------------------------------------------------------- lifecycle
 
@@ -84,6 +120,7 @@ class Supervisor(Upkeep):
         now = time.time()
         self._register(now)
         self._recover(now)
+        self.store.patience = WRITE_PATIENCE
         self.bell = Doorbell(wake_folder(app.path), supervisor_name())
         self.waiters = Ringer(wake_folder(app.path), "g")
         self._sig_r, self._sig_w = os.pipe()
@@ -122,6 +159,7 @@ class Supervisor(Upkeep):
 
     def _start_child(self) -> Child:
         close = [self.bell.fileno(), self._sig_r, self._sig_w, self.selector.fileno()]
+        close.extend(c.sentinel for c in self.children.values() if c.sentinel is not None)
         if self.parent_fd is not None:
             close.append(self.parent_fd)
         if self.checkpointer is not None:
@@ -134,6 +172,8 @@ class Supervisor(Upkeep):
                 self.checkpointer.resume()
         self.children[child.pid] = child
         self.selector.register(child.conn, selectors.EVENT_READ, child)
+        if child.sentinel is not None:
+            self.selector.register(child.sentinel, selectors.EVENT_READ, (DIED, child))
         return child
 
     def _active_children(self) -> int:
@@ -174,17 +214,17 @@ class Supervisor(Upkeep):
                 self.want_work = True
             if mono - last_check >= FALLBACK_CHECK:
                 last_check = mono
-                new_version = self.store.data_version()
-                if new_version != version:
+                new_version = self._safely(self.store.data_version)
+                if new_version is not None and new_version != version:
                     version = new_version
                     self.want_work = True
                     self._check_revokes()
             if mono - last_heartbeat >= self.app.conf.worker_heartbeat_interval:
                 last_heartbeat = mono
-                self._heartbeat()
+                self._safely(self._heartbeat)
             if mono - last_recovery >= RECOVERY_EVERY:
                 last_recovery = mono
-                self._recover(time.time())
+                self._safely(self._recover, time.time())
             if mono >= self.next_expiry:
                 self._expiry_step(mono)
 
@@ -209,12 +249,15 @@ class Supervisor(Upkeep):
         """How long to wait for events, and whether that is a coalescing window (to be
         slept through deaf) rather than an ordinary wait that any event ends."""
         mono = time.monotonic()
-        if self.outcomes or self._should_claim(self._free_slots()):
-            if self._streaming(mono):
-                return max(0.0, self.last_write + COALESCE - mono), True
-            return 0.0, False
         deadline = min(last_check + FALLBACK_CHECK, self.next_expiry,
                        last_heartbeat + self.app.conf.worker_heartbeat_interval)
+        if self.outcomes or self._should_claim(self._free_slots()):
+            if mono < self.write_again_at:       # a failed write: wait for its next try
+                deadline = min(deadline, self.write_again_at)
+            elif self._streaming(mono):
+                return max(0.0, self.last_write + COALESCE - mono), True
+            else:
+                return 0.0, False
         for child in self.children.values():
             if child.sigkill_at is not None:
                 deadline = min(deadline, child.sigkill_at)
@@ -250,7 +293,10 @@ class Supervisor(Upkeep):
                 os.close(self.parent_fd)
                 self.parent_fd = None
             self._shutdown(cold=True)
-        elif what.pid in self.children:
+        elif type(what) is tuple:                  # (DIED, child): its process has exited
+            if self._current(what[1]):
+                self._child_died(what[1])
+        elif self._current(what):
             self._read_child(what)
 
     def _handle_signals(self) -> None:
@@ -288,19 +334,42 @@ class Supervisor(Upkeep):
         except (EOFError, OSError):
             self._child_exited(child)
 
+    def _current(self, child: Child) -> bool:
+        """Is this child still one of ours (not already cleaned up)?"""
+        return self.children.get(child.pid) is child
+
+    def _child_died(self, child: Child) -> None:
+        """Its process exited: read what it sent before dying, without waiting for an EOF
+        that a grandchild holding the channel open would withhold, then clean up."""
+        try:
+            os.set_blocking(child.conn.fileno(), False)
+            if child.has_more():
+                self._read_child(child)    # a message cut short raises: it is dropped
+        except OSError:
+            pass
+        if self._current(child):
+            self._child_exited(child)
+
     def _take_outcomes(self, child: Child, outcomes: list[tuple]) -> None:
         """Outcome tuples from a child: (seq, state, result, exc_type, traceback,
         started, ended, pid, eta, exc_message), as Outcome's fields."""
         child.last_report = time.monotonic()
         busy = 0.0
         pop = child.pop
+        stale = None
         for t in outcomes:
             job = pop(t[0])
+            if job is None:            # no longer this worker's (see _rejoin): dropped
+                stale = stale or set()
+                stale.add(t[0])
+                continue
             busy += t[6] - (t[5] or t[6])
             if t[1] == "FAILURE":
                 log.error("Task %s[%s] raised: %s\n%s", job.task if job else "?",
                           job.id if job else "?", t[9], (t[4] or "").rstrip())
         make = tuple.__new__
+        if stale:
+            outcomes = [t for t in outcomes if t[0] not in stale]
         self.outcomes.extend([make(Outcome, t) for t in outcomes])
         if outcomes:
             child.note_duration(max(0.0, busy / len(outcomes)))
@@ -308,19 +377,25 @@ class Supervisor(Upkeep):
 
     def _child_exited(self, child: Child) -> None:
         how = child.reap()
+        running = child.running_seq()
         del self.children[child.pid]
         self.selector.unregister(child.conn)
-        child.conn.close()
+        if child.sentinel is not None:
+            self.selector.unregister(child.sentinel)
+        child.close()
         now = time.time()
-        # A child that announced its exit ran none of the jobs still on its list (they
-        # were handed over after it decided to leave): they all go to another child.
-        head = child.inflight.popleft() if child.inflight and child.leaving is None else None
-        if head is not None:
-            self.outcomes.append(death_outcome(child, head, self.app.tasks.get(head.job.task),
-                                               how, now))
-            self.final_outcomes = True
-        # Jobs it had been handed but never started go to another child.
-        self.ready.extendleft(reversed([i.job for i in child.inflight]))
+        # Only the job it was running when it died is blamed (or run again). The others
+        # on its list go to another child: those after it never started; those before
+        # it finished, but their outcomes died with the child, so they run again.
+        again = []
+        for item in child.inflight:
+            if item.job.seq == running:
+                self.outcomes.append(death_outcome(child, item, self.app.tasks.get(item.job.task),
+                                                   how, now))
+                self.final_outcomes = True
+            else:
+                again.append(item.job)
+        self.ready.extendleft(reversed(again))
         if self.stopping and self.cold:
             self.outcomes.extend(Outcome(j.seq, "PENDING") for j in self.ready)
             self.ready.clear()
@@ -341,7 +416,7 @@ class Supervisor(Upkeep):
     def _check_revokes(self) -> None:
         if not any(c.inflight for c in self.children.values()):
             return
-        requests = dict(self.store.revoke_requests(self.worker_id))
+        requests = dict(self._safely(self.store.revoke_requests, self.worker_id) or ())
         if not requests:
             return
         for child in list(self.children.values()):
@@ -360,26 +435,27 @@ class Supervisor(Upkeep):
         """Write outcomes and claim work in one transaction, then hand work out."""
         slots = 0 if self.stopping else min(self._free_slots(), CLAIM_MAX)
         claim = self._should_claim(slots)
-        if (self.outcomes or claim) and not self._streaming(time.monotonic()):
-            outcomes, self.outcomes = self.outcomes, []
+        mono = time.monotonic()
+        if (self.outcomes or claim) and not self._streaming(mono) and mono >= self.write_again_at:
+            # The outcomes stay in self.outcomes until the transaction that writes them
+            # commits: a write that fails loses nothing and is tried again.
+            outcomes = self.outcomes
+            try:
+                claimed, revoked, drained, due = self._write(outcomes, claim, slots)
+            except _PresumedDead:
+                self._rejoin()
+                return
+            except Exception as exc:  # noqa: BLE001 - the worker outlives any failed write
+                self._write_failed(exc)
+                self._dispatch()
+                return
+            if self.write_failures:
+                log.warning("writing to the database works again after %d failed attempt(s)",
+                            self.write_failures)
+                self.write_failures = 0
             if not self.want_work and any(o.state in ("RETRY", "PENDING") for o in outcomes):
                 self.want_work = True     # a job to run again: its ETA sets the next wake
-            now = time.time()
-            with self.store.transaction() as conn:
-                self.store.finish_in(conn, self.worker_id, outcomes)
-                claimed = self.flow.claim(conn, self.worker_id, self.queues, slots, now) \
-                    if claim else []
-                revoked = [c for c in claimed if c.revoke or (c.expires and c.expires < now)]
-                if revoked:
-                    self.store.finish_in(conn, self.worker_id, [
-                        Outcome(c.seq, "REVOKED", encode_exception(
-                            c.serializer, TaskRevokedError("expired" if not c.revoke
-                                                           else "revoked")),
-                            "localq.exceptions.TaskRevokedError", None, None, now)
-                        for c in revoked])
-                    claimed = [c for c in claimed if c not in revoked]
-                drained = claim and len(claimed) + len(revoked) < slots
-                due = self.store.next_due(conn, self.queues) if drained else None
+            self.outcomes = []
             if self.final_outcomes or revoked:   # first: someone may be waiting on these
                 self.final_outcomes = False
                 self.waiters.ring()
@@ -394,6 +470,69 @@ class Supervisor(Upkeep):
                 self.next_due = due
         self._dispatch()
 
+    def _write(self, outcomes: list[Outcome], claim: bool,
+               slots: int) -> tuple[list[Claimed], list[Claimed], bool, float | None]:
+        """One transaction: the outcomes, then the claim. Raises _PresumedDead, without
+        writing anything, when another worker has taken this one's jobs back."""
+        now = time.time()
+        with self.store.transaction() as conn:
+            if not self.store.is_registered(conn, self.worker_id):
+                raise _PresumedDead
+            self.store.finish_in(conn, self.worker_id, outcomes)
+            claimed = self.flow.claim(conn, self.worker_id, self.queues, slots, now) \
+                if claim else []
+            revoked = [c for c in claimed if c.revoke or (c.expires and c.expires < now)]
+            if revoked:
+                self.store.finish_in(conn, self.worker_id, [
+                    Outcome(c.seq, "REVOKED", encode_exception(
+                        c.serializer, TaskRevokedError("expired" if not c.revoke
+                                                       else "revoked")),
+                        "localq.exceptions.TaskRevokedError", None, None, now)
+                    for c in revoked])
+                claimed = [c for c in claimed if c not in revoked]
+            drained = claim and len(claimed) + len(revoked) < slots
+            due = self.store.next_due(conn, self.queues) if drained else None
+        return claimed, revoked, drained, due
+
+    def _write_failed(self, exc: Exception) -> None:
+        """A transaction of outcomes (and claims) failed and was rolled back. A passing
+        fault (the write lock held elsewhere, a full disk, an I/O error) is tried again
+        after a growing pause. Otherwise one outcome is likely at fault (a value SQLite
+        refuses): the outcomes are written one at a time, and one that still fails is
+        written as a FAILURE that says why."""
+        if _transient(exc):
+            self.write_failures += 1
+            pause = min(WRITE_BACKOFF_MAX, 0.05 * 2 ** min(self.write_failures, 10))
+            self.write_again_at = time.monotonic() + pause
+            (log.warning if self.write_failures == 1 else log.debug)(
+                "cannot write to the database (%s); %d outcome(s) kept, trying again every "
+                "%.0f ms at most; nothing is lost", exc, len(self.outcomes), pause * 1000)
+            return
+        self._write_one_by_one()
+
+    def _write_one_by_one(self) -> None:
+        while self.outcomes:
+            outcome = self.outcomes[0]
+            try:
+                self.store.finish(self.worker_id, [outcome])
+            except Exception as exc:  # noqa: BLE001
+                if _transient(exc):
+                    self._write_failed(exc)
+                    return
+                log.error("the outcome of job %d cannot be stored (%s): it is recorded as "
+                          "a failure instead", outcome.seq, exc)
+                try:
+                    self.store.finish(self.worker_id, [_unstorable(outcome, exc)])
+                except Exception as again:  # noqa: BLE001
+                    if _transient(again):
+                        self._write_failed(again)
+                        return
+                    log.error("job %d: even its failure cannot be stored (%s); it stays "
+                              "STARTED until this worker is gone", outcome.seq, again)
+                    self.stranded += 1
+            self.outcomes.pop(0)
+            self.final_outcomes = True
+
     def _room(self, child: Child) -> int:
         """How many more jobs this child should be handed now."""
         if child.leaving is not None or child.kill_reason is not None or child.replaced:
@@ -404,8 +543,15 @@ class Supervisor(Upkeep):
         return max(0, room)
 
     def _dispatch(self) -> None:
-        if not self.ready:
-            return
+        # A child found dead while handing out work gives its jobs back at once, and
+        # its successor (started meanwhile) is handed them in the next pass.
+        for _ in range(self.concurrency + 1):
+            if not self.ready or not self._dispatch_once():
+                return
+
+    def _dispatch_once(self) -> bool:
+        """Hand ready jobs to children with room; True if a child was found dead."""
+        lost_child = False
         mono = time.monotonic()
         ready = self.ready
         for child in list(self.children.values()):
@@ -430,12 +576,18 @@ class Supervisor(Upkeep):
             if not items:
                 continue
             child.hand(items)
-            # (seq, id, task, serializer, payload, options, retries): the child's tuple
-            child.conn.send([item.job[:7] for item in items])
+            try:
+                # (seq, id, task, serializer, payload, options, retries): the child's tuple
+                child.conn.send([item.job[:7] for item in items])
+            except OSError:          # it died: what it was handed goes to the others
+                self._child_exited(child)
+                lost_child = True
+                continue
             child.handed += len(items)
             if self.max_tasks and child.handed >= self.max_tasks and not child.replaced:
                 child.replaced = True      # it leaves after these: start its successor now
                 self._keep_pool_whole()
+        return lost_child
 
     # -------------------------------------------------------------- stopping
 
@@ -466,9 +618,21 @@ class Supervisor(Upkeep):
             self.outcomes.extend(Outcome(i.job.seq, "PENDING") for i in child.inflight)
         self.children.clear()
         self.outcomes.extend(Outcome(j.seq, "PENDING") for j in self.ready)
+        self.store.patience = BUSY_TIMEOUT_MS / 1000
         try:
-            self.store.finish(self.worker_id, self.outcomes)
-            self.store.unregister_worker(self.worker_id)
+            try:
+                self.store.finish(self.worker_id, self.outcomes)
+                self.outcomes = []
+            except Exception:  # noqa: BLE001 - a bad outcome must not strand the others
+                self._write_one_by_one()
+            if self.outcomes or self.stranded:
+                # Its row stays: the jobs it still owns are recovered by the next worker
+                # that finds this process gone.
+                log.error("%d job(s) could not be written back; they stay STARTED under "
+                          "worker %d until another worker recovers them",
+                          len(self.outcomes) + self.stranded, self.worker_id)
+            else:
+                self.store.unregister_worker(self.worker_id)
         finally:
             self.waiters.ring()
             if self.checkpointer is not None:

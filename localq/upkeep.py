@@ -13,9 +13,9 @@ import os
 import socket
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
-from .exceptions import WorkerLostError
+from .exceptions import DatabaseError, WorkerLostError
 from .serializer import encode_exception
 
 if TYPE_CHECKING:
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from .store import Store
 
 log = logging.getLogger("localq.worker")
+T = TypeVar("T")
 
 RECOVERY_EVERY = 5.0     # seconds between looks for dead workers
 CHECKPOINT_EVERY = 0.05  # seconds between WAL checkpoints, at most, while jobs flow
@@ -128,6 +129,7 @@ class Upkeep:
     stopping: bool
     expiry_cursor: int
     next_expiry: float
+    _keep_pool_whole: Callable[[], None]
 
     def _register(self, now: float) -> None:
         pid = os.getpid()
@@ -135,15 +137,38 @@ class Upkeep:
             pid, process_start_time(pid), socket.gethostname(), self.queues, self.concurrency,
             now)
 
+    def _safely(self, step: Callable[..., T], *args: Any) -> T | None:
+        """Run one upkeep step; a database fault is logged and the loop goes on."""
+        try:
+            return step(*args)
+        except DatabaseError as exc:
+            log.warning("%s: %s; the worker goes on and tries again later",
+                        step.__name__.strip("_").replace("_", " "), exc)
+            return None
+
     def _heartbeat(self) -> None:
-        now = time.time()
-        if not self.store.heartbeat(self.worker_id, now):
-            log.warning("this worker was presumed dead by another (stalled for over %ss); "
-                        "registering again", self.app.conf.worker_lost_after)
-            self._register(now)
-            for child in self.children.values():
+        if not self.store.heartbeat(self.worker_id, time.time()):
+            self._rejoin()
+
+    def _rejoin(self) -> None:
+        """This worker was presumed dead (its row is gone) and its jobs were put back
+        for others, who may be running them already: it drops every job it held, kills
+        the children running them (their outcomes would be dropped anyway: every write
+        is guarded by owner), and registers again under a new id."""
+        log.warning("this worker was presumed dead by another (silent for over %ss), which "
+                    "put its jobs back: dropping them and registering again",
+                    self.app.conf.worker_lost_after)
+        for child in self.children.values():
+            if child.inflight:
                 child.keep_only(())
-            self.ready.clear()
+                child.kill_reason = child.kill_reason or "presumed dead"
+                child.kill_job = None
+                child.escalate()
+        self.ready.clear()
+        self.outcomes = []
+        self.want_work = True
+        self._register(time.time())
+        self._keep_pool_whole()
 
     def _recover(self, now: float) -> None:
         lost_after = self.app.conf.worker_lost_after
@@ -176,7 +201,7 @@ class Upkeep:
         busy = bool(self.outcomes or self.ready or self.want_work or
                     any(c.inflight for c in self.children.values()))
         t0 = time.monotonic()
-        more = self._expire_results(1000 if busy else 5000)
+        more = bool(self._safely(self._expire_results, 1000 if busy else 5000))
         took = time.monotonic() - t0
         self.next_expiry = mono + (RECOVERY_EVERY if not more else
                                    max(0.02, 19 * took) if busy else 0)

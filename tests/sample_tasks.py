@@ -163,3 +163,30 @@ def capped(path, i, seconds):
 @app.task(serializer="pickle")
 def pickled(value):
     return value
+
+
+@app.task
+def crash_every(path, i, every):
+    """Log this run, then kill the child on every ``every``-th job."""
+    with open(path, "a") as f:
+        f.write(f"{i}\n")
+    if i % every == 0:
+        os._exit(1)
+    return i
+
+
+@app.task
+def orphan_grandchild_then_die(pidfile):
+    """Fork a grandchild that outlives the child (holding its channel open), then die."""
+    pid = os.fork()
+    if pid == 0:
+        time.sleep(30)
+        os._exit(0)
+    with open(pidfile, "w") as f:
+        f.write(str(pid))
+    os._exit(1)
+
+
+@app.task(bind=True)
+def retry_nan(self):
+    raise self.retry(countdown=float("nan"))
