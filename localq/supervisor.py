@@ -59,6 +59,14 @@ class _PresumedDead(Exception):
     """Another worker found this one silent for too long and took its jobs back."""
 
 
+class _Passing(Exception):
+    """A write failed for a passing reason: try again later."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 def _transient(exc: BaseException) -> bool:
     """Is this failed write worth trying again as it is?"""
     cause = exc.__context__ if isinstance(exc, DatabaseError) else exc
@@ -443,7 +451,7 @@ class Supervisor(Upkeep):
             try:
                 claimed, revoked, drained, due = self._write(outcomes, claim, slots)
             except _PresumedDead:
-                self._rejoin()
+                self._safely(self._rejoin)
                 return
             except Exception as exc:  # noqa: BLE001 - the worker outlives any failed write
                 self._write_failed(exc)
@@ -511,27 +519,33 @@ class Supervisor(Upkeep):
         self._write_one_by_one()
 
     def _write_one_by_one(self) -> None:
-        while self.outcomes:
-            outcome = self.outcomes[0]
-            try:
-                self.store.finish(self.worker_id, [outcome])
-            except Exception as exc:  # noqa: BLE001
-                if _transient(exc):
-                    self._write_failed(exc)
-                    return
-                log.error("the outcome of job %d cannot be stored (%s): it is recorded as "
-                          "a failure instead", outcome.seq, exc)
-                try:
-                    self.store.finish(self.worker_id, [_unstorable(outcome, exc)])
-                except Exception as again:  # noqa: BLE001
-                    if _transient(again):
-                        self._write_failed(again)
-                        return
-                    log.error("job %d: even its failure cannot be stored (%s); it stays "
-                              "STARTED until this worker is gone", outcome.seq, again)
-                    self.stranded += 1
-            self.outcomes.pop(0)
-            self.final_outcomes = True
+        try:
+            while self.outcomes:
+                outcome = self.outcomes[0]
+                error = self._refused(outcome)
+                if error is not None:
+                    log.error("the outcome of job %d cannot be stored (%s): it is recorded "
+                              "as a failure instead", outcome.seq, error)
+                    again = self._refused(_unstorable(outcome, error))
+                    if again is not None:
+                        log.error("job %d: even its failure cannot be stored (%s); it stays "
+                                  "STARTED until this worker is gone", outcome.seq, again)
+                        self.stranded += 1
+                self.outcomes.pop(0)
+                self.final_outcomes = True
+        except _Passing as fault:
+            self._write_failed(fault.error)
+
+    def _refused(self, outcome: Outcome) -> Exception | None:
+        """Write one outcome alone: None once written, the error if SQLite refuses it.
+        Raises _Passing on a passing fault (the outcome is kept)."""
+        try:
+            self.store.finish(self.worker_id, [outcome])
+        except Exception as exc:  # noqa: BLE001 - any value SQLite cannot take
+            if _transient(exc):
+                raise _Passing(exc) from exc
+            return exc
+        return None
 
     def _room(self, child: Child) -> int:
         """How many more jobs this child should be handed now."""
