@@ -503,20 +503,19 @@ class Supervisor(Upkeep):
         return claimed, revoked, drained, due
 
     def _write_failed(self, exc: Exception) -> None:
-        """A transaction of outcomes (and claims) failed and was rolled back. A passing
-        fault (the write lock held elsewhere, a full disk, an I/O error) is tried again
-        after a growing pause. Otherwise one outcome is likely at fault (a value SQLite
-        refuses): the outcomes are written one at a time, and one that still fails is
-        written as a FAILURE that says why."""
-        if _transient(exc):
-            self.write_failures += 1
-            pause = min(WRITE_BACKOFF_MAX, 0.05 * 2 ** min(self.write_failures, 10))
-            self.write_again_at = time.monotonic() + pause
-            (log.warning if self.write_failures == 1 else log.debug)(
-                "cannot write to the database (%s); %d outcome(s) kept, trying again every "
-                "%.0f ms at most; nothing is lost", exc, len(self.outcomes), pause * 1000)
-            return
-        self._write_one_by_one()
+        """A transaction of outcomes (and claims) failed and was rolled back: the next
+        comes after a growing pause. A passing fault (the write lock held elsewhere, a
+        full disk, an I/O error) just waits for it. Otherwise one outcome is likely at
+        fault (a value SQLite refuses): the outcomes are written one at a time now, and
+        one that still fails is written as a FAILURE that says why."""
+        self.write_failures += 1
+        pause = min(WRITE_BACKOFF_MAX, 0.05 * 2 ** min(self.write_failures, 10))
+        self.write_again_at = time.monotonic() + pause
+        (log.warning if self.write_failures == 1 else log.debug)(
+            "cannot write to the database (%s); %d outcome(s) kept, trying again in %.0f ms",
+            exc, len(self.outcomes), pause * 1000)
+        if not _transient(exc):
+            self._write_one_by_one()
 
     def _write_one_by_one(self) -> None:
         try:

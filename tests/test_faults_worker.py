@@ -135,7 +135,7 @@ def test_a_worker_presumed_dead_never_runs_jobs_without_an_owner(app, tmp_path):
     registered worker, so that when A dies for good its jobs are recovered."""
     from sample_tasks import sleep_then
     store = Store(app.path)
-    results = [sleep_then.delay(0.2, i) for i in range(40)]
+    results = [sleep_then.delay(0.2, i) for i in range(60)]
     app.conf.worker_heartbeat_interval = 60      # A: silent once registered
     a = app.worker(concurrency=1).start()
     a_pid = a.pid
@@ -150,8 +150,8 @@ def test_a_worker_presumed_dead_never_runs_jobs_without_an_owner(app, tmp_path):
         b = app.worker(concurrency=1).start()
         wait_for(lambda: a_id not in [w["id"] for w in store.workers()], timeout=30,
                  what="B to presume A dead")
-        os.kill(a_pid, signal.SIGCONT)
         b_ids = {w["id"] for w in store.workers()}
+        os.kill(a_pid, signal.SIGCONT)
 
         def a_claimed():
             with store._read() as conn:
