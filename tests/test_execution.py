@@ -126,10 +126,12 @@ def test_reject_on_worker_lost_runs_the_job_again(app, tmp_path):
 
 
 def test_a_child_killed_by_hand(app):
-    from sample_tasks import add, sleep_then
+    from sample_tasks import add, slow_record
+    out = app.path + ".runs"
     with app.worker(concurrency=2) as worker:
-        r = sleep_then.delay(30)
-        wait_for(lambda: r.state == "STARTED", what="the job to start")
+        r = slow_record.delay(out, 1, 30)
+        # Running in its child, not only claimed: a job that never started is not blamed.
+        wait_for(lambda: os.path.exists(out), what="the job to start")
         running = app.store.job(r.id)
         victims = _children(worker.pid)
         for pid in victims:
