@@ -12,6 +12,7 @@ import pytest
 from conftest import pid_alive, wait_for
 
 import localq.store
+import localq.supervisor
 from localq.exceptions import WorkerLostError
 from localq.store import Store
 
@@ -177,3 +178,27 @@ def test_a_worker_presumed_dead_never_runs_jobs_without_an_owner(app, tmp_path):
             b.stop(timeout=10)
         store.close()
     assert not pid_alive(a_pid)
+
+
+def test_a_worker_that_cannot_write_back_at_exit_stays_registered(app, monkeypatch):
+    """Item 2: a worker stopping while the write lock is held elsewhere cannot write its
+    last outcome; it keeps its row, so the next worker finds its job and runs it."""
+    from sample_tasks import sleep_then
+    monkeypatch.setattr(localq.supervisor, "BUSY_TIMEOUT_MS", 1000)   # its last wait
+    store = Store(app.path)
+    worker = app.worker(concurrency=1).start()
+    r = sleep_then.delay(0.3, "done")
+    wait_for(lambda: r.state == "STARTED", what="the job to be claimed")
+    (wid,) = [w["id"] for w in store.workers()]
+    blocker = sqlite3.connect(app.path, isolation_level=None)
+    try:
+        blocker.execute("BEGIN IMMEDIATE")
+        worker.stop(timeout=30)                 # it finishes the job, then exits
+        blocker.execute("COMMIT")
+    finally:
+        blocker.close()
+    assert r.state == "STARTED"
+    assert wid in [w["id"] for w in store.workers()]
+    with app.worker(concurrency=1):
+        assert r.get(timeout=30) == "done"
+    store.close()
