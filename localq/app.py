@@ -37,11 +37,29 @@ from .wakeup import Ringer, wake_folder
 
 
 class Localq:
+    """The app: ``Localq("jobs.db")``, or as Celery's ``Celery("proj", ...)``.
+
+    The first argument is the database file, except that a bare name (``"proj"``:
+    a Python identifier, with no file of that name in the current folder) is Celery's
+    ``main``, and the database is then ``$LOCALQ_DB`` or ``localq.db``.
+    ``broker=``/``backend=`` are accepted with the warning that ``broker_url`` and
+    ``result_backend`` get; ``include=`` is the ``include`` setting.
+    """
+
     def __init__(self, path: str | os.PathLike | None = None, *, main: str | None = None,
+                 broker: str | None = None, backend: str | None = None,
+                 include: Iterable[str] | None = None, namespace: str | None = None,
                  **settings: Any) -> None:
+        if main is None and isinstance(path, str) and path.isidentifier() \
+                and not os.path.isfile(path):
+            main, path = path, None
         self.main_name = main or "localq"
+        self.namespace = namespace
         self.conf = Settings()
-        self.conf.update(settings)
+        celery_style = {"broker_url": broker, "result_backend": backend, "include": include}
+        self.conf.apply({**{k: v for k, v in celery_style.items() if v is not None},
+                         **settings},
+                        {"broker_url": "broker", "result_backend": "backend"})
         self.tasks: dict[str, Task] = {}
         self.control = Control(self)
         self._store: Store | None = None
@@ -89,8 +107,26 @@ class Localq:
 
     # -------------------------------------------------------------- configuration
 
-    def config_from_object(self, obj: Any, namespace: str | None = None) -> None:
-        self.conf.from_object(obj, namespace=namespace)
+    def config_from_object(self, obj: Any, silent: bool = False, force: bool = False,
+                           namespace: str | None = None) -> bool:
+        """Celery's: settings from an object, a module, or a module's name
+        (``"proj.celeryconfig"``, ``"proj.settings:CeleryConfig"``). ``silent``: a name
+        that cannot be imported is not an error (returns False). ``force`` is accepted
+        and changes nothing: settings are read at once here, never lazily."""
+        return self.conf.from_object(obj, namespace=namespace or self.namespace,
+                                     silent=silent)
+
+    def config_from_envvar(self, variable_name: str, silent: bool = False,
+                           force: bool = False) -> bool:
+        """Celery's: settings from the module named by an environment variable."""
+        module_name = os.environ.get(variable_name)
+        if not module_name:
+            if silent:
+                return False
+            raise ConfigurationError(
+                f"the environment variable {variable_name} is not set: set it to the "
+                f"configuration module to load, e.g. {variable_name}=proj.celeryconfig")
+        return self.config_from_object(module_name, silent=silent)
 
     def import_task_modules(self) -> None:
         """Import the modules named in ``imports`` and ``include`` (done by workers)."""
@@ -206,6 +242,11 @@ class Localq:
         for option, limit in (("time_limit", time_limit), ("soft_time_limit", soft_time_limit)):
             if limit is not None:
                 seconds(limit, option, where, positive=True)
+        if time_limit is not None or soft_time_limit is not None:
+            self.conf.check_limits(
+                task.name, task.option("time_limit") if time_limit is None else time_limit,
+                task.option("soft_time_limit") if soft_time_limit is None else soft_time_limit,
+                where)
         options = d.options if time_limit is None and soft_time_limit is None \
             else job_options(task, time_limit, soft_time_limit)
         if task_id is not None:
@@ -222,6 +263,8 @@ class Localq:
         """What every job of ``task`` gets unless the call says otherwise (cached by the
         task until the settings change)."""
         prio = task.option("priority")
+        self.conf.check_limits(task.name, task.option("time_limit"),
+                               task.option("soft_time_limit"), f"task {task.name!r}")
         if task.option("expires") is not None and not isinstance(task.option("expires"),
                                                                   datetime):
             seconds(task.option("expires"), "expires", f"task {task.name!r}")
@@ -251,6 +294,7 @@ class Localq:
         block finishes the running jobs and stops every process it started.
         """
         from .embedded import EmbeddedWorker
+        self.import_task_modules()     # as `python -m localq worker` does; the fork inherits
         return EmbeddedWorker(self, concurrency=concurrency, queues=queues, **options)
 
     # -------------------------------------------------------------- scripts

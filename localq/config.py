@@ -1,10 +1,18 @@
-"""Settings: Celery's lowercase names where they mean something on one host.
+"""Settings: Celery's names, where they mean something on one host.
 
 ``app.conf`` reads and writes like Celery's (``app.conf.task_default_queue``,
 ``app.conf.update(...)``, ``app.config_from_object(...)``). An unknown name is
 an error that names it; a Celery setting that means nothing here (a broker
 URL, a prefetch multiplier) is accepted with one warning, so an existing
 Celery configuration module loads unchanged.
+
+``config_from_object`` also reads Celery's pre-4.0 uppercase names
+(``CELERY_ANNOTATIONS``, ``BROKER_URL``, ...: the table is in ``celery_names``)
+and Django's namespaced ones (``namespace="CELERY"``: ``CELERY_TASK_...``).
+As in Celery, one object may not mix old and new names. Other uppercase
+names in a configuration object are reported in one warning rather than an
+error: a config module holds constants of its own, and the warning is what
+catches a misspelt or retired setting name.
 """
 from __future__ import annotations
 
@@ -13,6 +21,7 @@ import importlib
 import warnings
 from typing import Any, Iterator, Mapping
 
+from .celery_names import CELERY_SETTINGS, OLD_NAMES, REMOVED
 from .exceptions import ConfigurationError
 
 DEFAULTS: dict[str, Any] = {
@@ -40,6 +49,9 @@ DEFAULTS: dict[str, Any] = {
     "worker_hijack_root_logger": True,
     "imports": (),
     "include": (),
+    "beat_schedule": {},                # stored; nothing runs it yet (see _check)
+    "timezone": None,
+    "enable_utc": True,
     # localq's own
     "database_synchronous": "NORMAL",   # FULL: survive power loss, ~10x slower enqueue
     "worker_heartbeat_interval": 2.0,
@@ -47,32 +59,16 @@ DEFAULTS: dict[str, Any] = {
 }
 
 # Celery settings that have no meaning on one host with one SQLite file.
-IGNORED = {
-    "broker_url", "broker_transport", "broker_transport_options", "broker_connection_retry",
-    "broker_connection_retry_on_startup", "broker_connection_max_retries", "broker_pool_limit",
-    "broker_heartbeat", "broker_use_ssl", "broker_login_method", "broker_read_url",
-    "broker_write_url", "result_backend", "result_backend_transport_options",
-    "result_extended", "result_persistent", "result_compression",
-    "result_cache_max", "task_compression", "task_track_started",
-    "task_send_sent_event", "task_create_missing_queues", "task_queues", "task_default_exchange",
-    "task_default_exchange_type", "task_default_routing_key", "task_default_delivery_mode",
-    "worker_prefetch_multiplier", "worker_send_task_events", "worker_pool",
-    "worker_pool_restarts", "worker_disable_rate_limits", "worker_enable_remote_control",
-    "worker_cancel_long_running_tasks_on_connection_loss", "worker_redirect_stdouts",
-    "worker_redirect_stdouts_level", "worker_direct", "worker_timer_precision",
-    "worker_state_db", "worker_log_format", "worker_task_log_format", "timezone", "enable_utc",
-    "event_queue_expires", "event_queue_ttl", "event_serializer", "security_key",
-    "security_certificate", "security_cert_store", "control_queue_ttl", "beat_schedule",
-    "beat_scheduler", "beat_max_loop_interval", "redis_max_connections", "redis_socket_timeout",
-}
-
+IGNORED = CELERY_SETTINGS - DEFAULTS.keys()
 
 class Settings(Mapping[str, Any]):
     """``app.conf``: attribute or item access, checked names."""
 
     def __init__(self) -> None:
-        object.__setattr__(self, "_values", dict(DEFAULTS))
+        object.__setattr__(self, "_values", {k: dict(v) if isinstance(v, dict) else v
+                                             for k, v in DEFAULTS.items()})
         object.__setattr__(self, "_warned", set())
+        object.__setattr__(self, "_limit_pairs", set())  # (hard, soft) already warned of
         object.__setattr__(self, "version", 0)   # bumped on every change: caches key on it
 
     def __getattr__(self, name: str) -> Any:
@@ -99,41 +95,104 @@ class Settings(Mapping[str, Any]):
         return len(self._values)
 
     def update(self, other: Mapping[str, Any] | None = None, **kwargs: Any) -> None:  # type: ignore[override]
+        """Set settings by their names (a pre-4.0 name is read as its new name)."""
         items = dict(other or {}, **kwargs)
+        self.apply({OLD_NAMES.get(k, k): v for k, v in items.items()},
+                   {OLD_NAMES.get(k, k): k for k in items})
+
+    def apply(self, items: Mapping[str, Any], spelled: Mapping[str, str]) -> None:
+        """Set ``items`` (new names), warning by the name as the user wrote it."""
         for name in items:   # check all before changing any
             if name not in DEFAULTS and name not in IGNORED:
-                raise ConfigurationError(_unknown_message(name))
-        for name, value in items.items():
+                raise ConfigurationError(_unknown_message(spelled.get(name, name)))
+        checked = {name: _check(name, value) for name, value in items.items()
+                   if name not in IGNORED}
+        for name in items:
             if name in IGNORED:
-                if name not in self._warned:
-                    self._warned.add(name)
-                    warnings.warn(f"localq ignores the Celery setting {name!r}: it has no "
-                                  f"meaning with one SQLite file on one host", stacklevel=3)
-                continue
-            self._values[name] = _check(name, value)
+                label = spelled.get(name, name)
+                self.warn_once(name, f"localq ignores the Celery setting {label!r}"
+                               + (f" ({name})" if label != name else "")
+                               + ": it has no meaning with one SQLite file on one host")
+        self._values.update(checked)
+        if checked.get("beat_schedule"):
+            self.warn_once("beat_schedule", "localq stores beat_schedule, but it does not "
+                           "run periodic tasks yet: nothing will send these jobs")
+        if checked.keys() & {"task_time_limit", "task_soft_time_limit", "task_annotations"}:
+            self._check_configured_limits()
         object.__setattr__(self, "version", self.version + 1)
 
-    def from_object(self, obj: Any, namespace: str | None = None) -> None:
+    def warn_once(self, key: Any, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(message, stacklevel=_caller_level())
+
+    def check_limits(self, task_name: str, hard: Any, soft: Any, where: str) -> None:
+        """Warn once per task when its soft time limit cannot fire (at or past the hard
+        one, the job is killed first), unless the settings already said so."""
+        if _soft_after_hard(hard, soft) and (hard, soft) not in self._limit_pairs:
+            self.warn_once(("limits", task_name), _limits_message(hard, soft, where))
+
+    def _check_configured_limits(self) -> None:
+        hard, soft = self._values["task_time_limit"], self._values["task_soft_time_limit"]
+        scopes: list[tuple[str, Any, Any]] = [("settings", hard, soft)]
+        annotations = self._values["task_annotations"] or {}
+        star = annotations.get("*") or {}
+        for scope, options in annotations.items():
+            merged = {"time_limit": hard, "soft_time_limit": soft, **star, **options}
+            scopes.append((f"task_annotations[{scope!r}]", merged["time_limit"],
+                           merged["soft_time_limit"]))
+        for where, hard, soft in scopes:
+            if _soft_after_hard(hard, soft):
+                self._limit_pairs.add((hard, soft))
+                self.warn_once(("limits", where), _limits_message(hard, soft, where))
+
+    def from_object(self, obj: Any, namespace: str | None = None,
+                    silent: bool = False) -> bool:
+        """Celery's ``config_from_object``: an object, a module, or its name
+        (``"pkg.celeryconfig"``, ``"pkg.settings:CeleryConfig"``)."""
         if isinstance(obj, str):
-            obj = _import_object(obj)
-        prefix = f"{namespace}_" if namespace else ""
-        items: dict[str, Any] = {}
-        names = obj.keys() if isinstance(obj, Mapping) else dir(obj)
-        for key in names:
-            if key.startswith("_") or (prefix and not key.startswith(prefix)):
-                continue
-            name = key[len(prefix):]
-            if namespace:
-                name = name.lower()
-            elif not name.islower():
-                continue     # like Celery: only lowercase names are settings
-            value = obj[key] if isinstance(obj, Mapping) else getattr(obj, key)
-            if callable(value) and not isinstance(value, type) and name not in DEFAULTS:
-                continue     # helper functions in a config module
-            if type(value).__name__ == "module":
-                continue
-            items[name] = value
-        self.update(items)
+            obj = _import_object(obj, silent)
+            if obj is None:
+                return False
+        found = _public_names(obj)
+        if namespace:
+            items, spelled = _namespaced(found, namespace)
+        else:
+            items, spelled = self._plain(found)
+        self.apply(items, spelled)
+        return True
+
+    def _plain(self, found: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+        """Lowercase names as they are, pre-4.0 names translated; never both kinds."""
+        new = {k: v for k, v in found.items() if k.islower()}
+        old = {k: v for k, v in found.items() if k in OLD_NAMES}
+        celery_new = new.keys() & CELERY_SETTINGS      # localq's own names have no old form
+        if old and celery_new:
+            _refuse_mixing(old, new, celery_new)
+        retired = sorted(k for k in found if k in REMOVED)
+        for key in retired:
+            self.warn_once(key, f"localq ignores {key}: Celery stopped reading it in 4.0 and "
+                           f"it sets nothing here either: use {REMOVED[key]} instead")
+        unknown = sorted(k for k in found if k.isupper() and k not in OLD_NAMES
+                         and k not in REMOVED and k not in self._warned)
+        if unknown:
+            self._warned.update(unknown)
+            hints = [f"{k} (did you mean {OLD_NAMES[close[0]]!r}?)"
+                     if (close := difflib.get_close_matches(k, list(OLD_NAMES), n=1)) else k
+                     for k in unknown]
+            what = "not a Celery setting name" if len(unknown) == 1 \
+                else "not Celery setting names"
+            warnings.warn(f"localq ignores {', '.join(hints)}: {what}, old or new (a Django "
+                          f"settings module is read with namespace='CELERY')",
+                          stacklevel=_caller_level())
+        items = dict(new)
+        spelled = {k: k for k in new}
+        for key, value in old.items():
+            name = OLD_NAMES[key]
+            if name not in items:
+                items[name] = value
+                spelled[name] = key
+        return items, spelled
 
 
 def _check(name: str, value: Any) -> Any:
@@ -165,6 +224,20 @@ def _check(name: str, value: Any) -> Any:
                               f"{', '.join(ANNOTATABLE)})", stacklevel=4)
             if "rate_limit" in options:
                 parse_rate(options["rate_limit"], where=f"task_annotations[{scope!r}] rate_limit")
+    if name == "beat_schedule":
+        if not isinstance(value, Mapping) or not all(
+                isinstance(entry, Mapping) and "task" in entry and "schedule" in entry
+                for entry in value.values()):
+            raise ConfigurationError("beat_schedule must be a dict such as {'hourly report': "
+                                     "{'task': 'reports.build', 'schedule': 3600}}")
+        return dict(value)
+    if name == "timezone" and value is not None:
+        import zoneinfo
+        try:
+            zoneinfo.ZoneInfo(str(value))
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ConfigurationError(f"timezone {value!r} is not a time zone name such as "
+                                     f"'Europe/Paris' or 'UTC'") from None
     if name == "database_synchronous" and str(value).upper() not in ("NORMAL", "FULL"):
         raise ConfigurationError("database_synchronous must be 'NORMAL' or 'FULL'")
     return value
@@ -176,10 +249,105 @@ def _unknown_message(name: str) -> str:
     return f"unknown setting {name!r}{hint}"
 
 
-def _import_object(path: str) -> Any:
-    module_name, _, attr = path.partition(":")
+def _public_names(obj: Any) -> dict[str, Any]:
+    """The names a configuration object defines, without private names, imported
+    modules and helper functions."""
+    found = {}
+    for key in (obj.keys() if isinstance(obj, Mapping) else dir(obj)):
+        if not isinstance(key, str) or key.startswith("_"):
+            continue
+        value = obj[key] if isinstance(obj, Mapping) else getattr(obj, key)
+        if type(value).__name__ == "module":
+            continue
+        if callable(value) and not isinstance(value, type) and key not in DEFAULTS:
+            continue
+        found[key] = value
+    return found
+
+
+def _namespaced(found: dict[str, Any], namespace: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """Celery's ``namespace``: ``CELERY_TASK_ACKS_LATE`` is ``task_acks_late``. The
+    prefix takes an underscore, and the rest is the new name in the prefix's case."""
+    prefix = namespace.rstrip("_") + "_"
+    items, spelled = {}, {}
+    for key, value in found.items():
+        if not key.startswith(prefix):
+            continue
+        name = key[len(prefix):].lower()
+        if name not in DEFAULTS and name not in CELERY_SETTINGS:
+            new = OLD_NAMES.get(key)
+            if new is not None:
+                raise ConfigurationError(
+                    f"{key} is Celery's pre-4.0 name for {new}; with namespace={namespace!r} "
+                    f"write {prefix}{new.upper() if prefix.isupper() else new} (the prefix "
+                    f"and the new name), or load the object without a namespace")
+            raise ConfigurationError(f"{_unknown_message(name)}, read from {key} with "
+                                     f"namespace={namespace!r}")
+        items[name] = value
+        spelled[name] = key
+    return items, spelled
+
+
+def _refuse_mixing(old: Mapping[str, Any], new: Mapping[str, Any],
+                   celery_new: set[str]) -> None:
+    """As Celery: one style per object; an old and a new name for the same setting
+    are allowed together when they agree."""
+    twice = {k for k in old if OLD_NAMES[k] in new}
+    for key in sorted(twice):
+        if old[key] != new[OLD_NAMES[key]]:
+            raise ConfigurationError(f"{key} and {OLD_NAMES[key]} are the same setting, "
+                                     f"given two different values: keep one")
+    old_left = sorted(set(old) - twice)
+    new_left = sorted(celery_new - {OLD_NAMES[k] for k in twice})
+    if old_left and new_left:
+        renames = ", ".join(f"{k} -> {OLD_NAMES[k]}" for k in old_left)
+        raise ConfigurationError(
+            f"cannot mix Celery's pre-4.0 setting names ({', '.join(old_left)}) with the new "
+            f"ones ({', '.join(new_left)}) in one configuration: rename the old ones "
+            f"({renames})")
+
+
+def _soft_after_hard(hard: Any, soft: Any) -> bool:
     try:
-        module = importlib.import_module(module_name)
+        return bool(hard) and bool(soft) and float(soft) > float(hard)
+    except (TypeError, ValueError):
+        return False           # not numbers: the option's own check reports it
+
+
+def _limits_message(hard: Any, soft: Any, where: str) -> str:
+    return (f"{where}: soft_time_limit {soft}s is above time_limit {hard}s, so the soft "
+            f"limit can never fire (the job is killed at {hard}s first): make "
+            f"soft_time_limit smaller than time_limit")
+
+
+def _caller_level() -> int:
+    """The stack level of the first frame outside localq, for warnings."""
+    import sys
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_globals.get("__name__", "").startswith("localq."):
+        frame, level = frame.f_back, level + 1   # type: ignore[assignment]
+    return level
+
+
+def _import_object(path: str, silent: bool = False) -> Any:
+    """``"pkg.mod"``, ``"pkg.mod:attr"`` or, as Celery also reads it, ``"pkg.mod.attr"``."""
+    module_name, colon, attr = path.partition(":")
+    try:
+        try:
+            obj = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            parent, _, last = module_name.rpartition(".")
+            if colon or not parent or exc.name != module_name:
+                raise
+            obj, attr = importlib.import_module(parent), last
     except ImportError as exc:
+        if silent:
+            return None
         raise ConfigurationError(f"cannot import configuration {path!r}: {exc}") from None
-    return getattr(module, attr) if attr else module
+    for part in attr.split(".") if attr else ():
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ConfigurationError(f"cannot import configuration {path!r}: "
+                                     f"{obj.__name__!r} has no attribute {part!r}") from None
+    return obj
