@@ -340,6 +340,8 @@ def _import_object(path: str, silent: bool = False) -> Any:
             if colon or not parent or exc.name != module_name:
                 raise
             obj, attr = importlib.import_module(parent), last
+            if not hasattr(obj, last):
+                raise exc from None
     except ImportError as exc:
         if silent:
             return None

@@ -20,6 +20,9 @@ class ConfigurationError(LocalqError, ValueError):
     """A setting, option or argument that localq cannot use."""
 
 
+ImproperlyConfigured = ConfigurationError    # Celery's name (celery.exceptions)
+
+
 class DatabaseError(LocalqError):
     """The database file cannot be used: not a localq file, corrupt, newer, or locked."""
 
