@@ -61,6 +61,7 @@ DEFAULTS: dict[str, Any] = {
 # Celery settings that have no meaning on one host with one SQLite file.
 IGNORED = CELERY_SETTINGS - DEFAULTS.keys()
 
+
 class Settings(Mapping[str, Any]):
     """``app.conf``: attribute or item access, checked names."""
 
@@ -127,8 +128,8 @@ class Settings(Mapping[str, Any]):
             warnings.warn(message, stacklevel=_caller_level())
 
     def check_limits(self, task_name: str, hard: Any, soft: Any, where: str) -> None:
-        """Warn once per task when its soft time limit cannot fire (at or past the hard
-        one, the job is killed first), unless the settings already said so."""
+        """Warn once per task when its soft time limit cannot fire (above the hard one,
+        the job is killed first), unless the settings already said so of this pair."""
         if _soft_after_hard(hard, soft) and (hard, soft) not in self._limit_pairs:
             self.warn_once(("limits", task_name), _limits_message(hard, soft, where))
 
@@ -236,6 +237,8 @@ def _check(name: str, value: Any) -> Any:
         try:
             zoneinfo.ZoneInfo(str(value))
         except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            if not zoneinfo.available_timezones():
+                return value       # no time zone database on this host: nothing to check
             raise ConfigurationError(f"timezone {value!r} is not a time zone name such as "
                                      f"'Europe/Paris' or 'UTC'") from None
     if name == "database_synchronous" and str(value).upper() not in ("NORMAL", "FULL"):
