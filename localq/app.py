@@ -39,9 +39,10 @@ from .wakeup import Ringer, wake_folder
 class Localq:
     """The app: ``Localq("jobs.db")``, or as Celery's ``Celery("proj", ...)``.
 
-    The first argument is the database file, except that a bare name (``"proj"``:
-    a Python identifier, with no file of that name in the current folder) is Celery's
-    ``main``, and the database is then ``$LOCALQ_DB`` or ``localq.db``.
+    The first argument is the database file, except in a Celery-style call (one that
+    also passes ``broker=``, ``backend=`` or ``include=``), where a bare name
+    (``"proj"``, a Python identifier) is Celery's ``main`` and the database is then
+    ``$LOCALQ_DB`` or ``localq.db``. The rule reads only the call, never the folder.
     ``broker=``/``backend=`` are accepted with the warning that ``broker_url`` and
     ``result_backend`` get; ``include=`` is the ``include`` setting.
     """
@@ -50,8 +51,8 @@ class Localq:
                  broker: str | None = None, backend: str | None = None,
                  include: Iterable[str] | None = None, namespace: str | None = None,
                  **settings: Any) -> None:
-        if main is None and isinstance(path, str) and path.isidentifier() \
-                and not os.path.isfile(path):
+        celery_call = broker is not None or backend is not None or include is not None
+        if main is None and celery_call and isinstance(path, str) and path.isidentifier():
             main, path = path, None
         self.main_name = main or "localq"
         self.namespace = namespace

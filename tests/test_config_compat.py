@@ -360,7 +360,6 @@ def test_celery_style_constructor(tmp_path, monkeypatch):
 
     assert Localq("jobs.db").path == str(tmp_path / "jobs.db")
     assert Localq("sub/jobs").path == str(tmp_path / "sub" / "jobs")
-    (tmp_path / "jobs").write_bytes(b"")          # an existing file keeps meaning the file
-    assert Localq("jobs").path == str(tmp_path / "jobs")
+    assert Localq("jobs").path == str(tmp_path / "jobs")    # no Celery argument: a file
     app = Localq(main="proj", path="other.db")
     assert (app.main_name, app.path) == ("proj", str(tmp_path / "other.db"))
