@@ -21,6 +21,7 @@ from .exceptions import (
 )
 from .mapping import as_completed
 from .result import AsyncResult, EagerResult
+from .schedules import crontab, schedule
 from .task import Task
 
 __version__ = "0.1.0"
@@ -29,5 +30,5 @@ __all__ = [
     "EncodeError",
     "Localq", "LocalqError", "MaxRetriesExceededError", "NotRegistered", "Retry",
     "SoftTimeLimitExceeded", "Task", "TaskError", "TaskRevokedError", "TimeLimitExceeded",
-    "TimeoutError", "WorkerLostError", "as_completed",
+    "TimeoutError", "WorkerLostError", "as_completed", "crontab", "schedule",
 ]
