@@ -366,7 +366,8 @@ class crontab(BaseSchedule):
     """A cron-like schedule with Celery's fields, syntax and rules (see the module docstring).
 
     The expanded fields are frozensets under Celery's names: ``minute``, ``hour``,
-    ``day_of_week`` (0 = Sunday), ``day_of_month``, ``month_of_year``.
+    ``day_of_week`` (0 = Sunday), ``day_of_month``, ``month_of_year``. Two crontabs are equal
+    when these are (however they were written; ``nowfun`` is not compared).
     """
 
     def __init__(self, minute: Any = "*", hour: Any = "*", day_of_week: Any = "*",
@@ -408,16 +409,20 @@ class crontab(BaseSchedule):
         zone: tzinfo = _require_aware(after, "after").tzinfo  # type: ignore[assignment]
         after_utc = after.astimezone(timezone.utc)
         local = after_utc.astimezone(zone)      # a real wall time even if `after` was not
-        wall = local.replace(tzinfo=None, second=0, microsecond=0) + timedelta(minutes=1)
-        while True:
-            candidate = self._next_wall_time(wall)
-            at = candidate.replace(tzinfo=zone, fold=0).astimezone(timezone.utc)
-            exists = at.astimezone(zone).replace(tzinfo=None) == candidate
-            # Wall times in the repeated hour come after `after` on the wall but may be
-            # before it in fact (when `after` is the second occurrence): compare in UTC.
-            if exists and at > after_utc:
-                return at.astimezone(zone)
-            wall = candidate + timedelta(minutes=1)
+        try:
+            wall = local.replace(tzinfo=None, second=0, microsecond=0) + timedelta(minutes=1)
+            while True:
+                candidate = self._next_wall_time(wall)
+                at = candidate.replace(tzinfo=zone, fold=0).astimezone(timezone.utc)
+                exists = at.astimezone(zone).replace(tzinfo=None) == candidate
+                # Wall times in the repeated hour come after `after` on the wall but may be
+                # before it in fact (when `after` is the second occurrence): compare in UTC.
+                if exists and at > after_utc:
+                    return at.astimezone(zone)
+                wall = candidate + timedelta(minutes=1)
+        except OverflowError:
+            pass
+        raise ConfigurationError(f"{self} has no due time after {after} before the year 10000")
 
     def _next_wall_time(self, start: datetime) -> datetime:
         """The first naive wall-clock minute at or after ``start`` that every field matches,
@@ -448,7 +453,7 @@ class crontab(BaseSchedule):
                 hour, minute = hour + 1, 0
                 continue
             return datetime(year, month, day, hour, found)
-        raise ConfigurationError(f"{self} has no due time after {start} before the year 10000")
+        raise OverflowError("past the year 9999")
 
     def _first_day(self, year: int, month: int, day: int) -> int | None:
         """The first day >= ``day`` of the month matching day_of_month and day_of_week."""

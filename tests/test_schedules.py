@@ -293,6 +293,10 @@ def test_rare_but_possible_dates_are_found():
     # Across 2100, which is not a leap year.
     assert leap_day.next_run(datetime(2096, 3, 1, tzinfo=UTC)) == \
         datetime(2104, 2, 29, tzinfo=UTC)
+    with pytest.raises(ConfigurationError, match="no due time .* before the year 10000"):
+        leap_day.next_run(datetime(9996, 3, 1, tzinfo=UTC))
+    with pytest.raises(ConfigurationError, match="no due time .* before the year 10000"):
+        crontab().next_run(datetime(9999, 12, 31, 23, 59, tzinfo=UTC))
 
 
 def test_repr_str_equality_and_hash():
