@@ -19,6 +19,7 @@ from .exceptions import (
                          TimeoutError,
                          WorkerLostError,
 )
+from .log import get_task_logger
 from .mapping import as_completed
 from .result import AsyncResult, EagerResult
 from .task import Task
@@ -29,5 +30,5 @@ __all__ = [
     "EncodeError",
     "Localq", "LocalqError", "MaxRetriesExceededError", "NotRegistered", "Retry",
     "SoftTimeLimitExceeded", "Task", "TaskError", "TaskRevokedError", "TimeLimitExceeded",
-    "TimeoutError", "WorkerLostError", "as_completed",
+    "TimeoutError", "WorkerLostError", "as_completed", "get_task_logger",
 ]

@@ -9,7 +9,6 @@ from __future__ import annotations
 import fnmatch
 import importlib
 import os
-import sys
 import time
 import warnings
 from datetime import datetime
@@ -65,6 +64,7 @@ class Localq:
         self.control = Control(self)
         self._store: Store | None = None
         self._ringer: Ringer | None = None
+        self._waiters_ringer: Ringer | None = None
         self._path = os.path.abspath(os.fspath(path or os.environ.get("LOCALQ_DB")
                                                or "localq.db"))
 
@@ -93,9 +93,10 @@ class Localq:
         if self._store is not None:
             self._store.close()
             self._store = None
-        if self._ringer is not None:
-            self._ringer.close()
-            self._ringer = None
+        for ringer in (self._ringer, self._waiters_ringer):
+            if ringer is not None:
+                ringer.close()
+        self._ringer = self._waiters_ringer = None
 
     def nudge_workers(self, message: bytes = b"!") -> None:
         """Wake sleeping supervisors on this database (best effort)."""
@@ -104,7 +105,10 @@ class Localq:
         self._ringer.ring(message)
 
     def nudge_waiters(self) -> None:
-        Ringer(wake_folder(self._path), "g").ring()
+        """Wake processes waiting in ``get()`` on this database (best effort)."""
+        if self._waiters_ringer is None:
+            self._waiters_ringer = Ringer(wake_folder(self._path), "g")
+        self._waiters_ringer.ring()
 
     # -------------------------------------------------------------- configuration
 
@@ -349,27 +353,3 @@ def _warn_ignored(options: dict) -> None:
             _warned.add(key)
             warnings.warn(f"localq ignores the apply_async option {key!r}", stacklevel=4)
 
-
-def load_app(spec: str) -> Localq:
-    """``module:attr`` (or ``module``, finding the one Localq in it) -> the app."""
-    module_name, _, attr = spec.partition(":")
-    if os.getcwd() not in sys.path and "" not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    module = importlib.import_module(module_name)
-    if attr:
-        obj: Any = module
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-        if callable(obj) and not isinstance(obj, Localq):
-            obj = obj()
-    else:
-        apps = [v for v in vars(module).values() if isinstance(v, Localq)]
-        if len(apps) != 1:
-            raise AttributeError(f"module {module_name!r} has {len(apps)} Localq apps: "
-                                 f"name one as {module_name}:NAME")
-        obj = apps[0]
-    if not isinstance(obj, Localq):
-        raise AttributeError(f"{spec} is a {type(obj).__name__}, not a Localq app")
-    if obj.main_name == "localq":
-        obj.main_name = spec if attr else f"{module_name}:app"
-    return obj
