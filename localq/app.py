@@ -11,6 +11,7 @@ import importlib
 import os
 import time
 import warnings
+import weakref
 from datetime import datetime
 from typing import Any, Callable, Iterable, Iterator
 
@@ -46,6 +47,10 @@ class Localq:
     ``result_backend`` get; ``include=`` is the ``include`` setting.
     """
 
+    # Every app made in this process, for the pytest plugin: it points them all at
+    # temporary databases while tests run, so that the path in the code is never opened.
+    _instances: weakref.WeakSet[Localq] = weakref.WeakSet()
+
     def __init__(self, path: str | os.PathLike | None = None, *, main: str | None = None,
                  broker: str | None = None, backend: str | None = None,
                  include: Iterable[str] | None = None, namespace: str | None = None,
@@ -67,6 +72,7 @@ class Localq:
         self._waiters_ringer: Ringer | None = None
         self._path = os.path.abspath(os.fspath(path or os.environ.get("LOCALQ_DB")
                                                or "localq.db"))
+        Localq._instances.add(self)
 
     def __repr__(self) -> str:
         return f"<Localq {self.main_name} at {self._path}>"

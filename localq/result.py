@@ -255,7 +255,7 @@ class AsyncResult:
         """Wait for the job to finish; return its value or raise its exception."""
         if not isinstance(self, EagerResult):
             from .status import warn_if_no_worker
-            warn_if_no_worker(self, self.app, "get()")
+            warn_if_no_worker(self, self.app, "get()", stacklevel=2)
         row = self.wait_for_final(timeout)
         if row["state"] == "SUCCESS":
             return self.result

@@ -154,7 +154,7 @@ _seen_worker: dict[str, float] = {}
 
 
 def warn_if_no_worker(result: AsyncResult | None, app: Localq, waiter: str,
-                      stacklevel: int = 3) -> None:
+                      stacklevel: int = 2) -> None:
     """Warn once per database file when a caller is about to wait (for ``result``, or
     for jobs just sent when None) and no worker is registered on the file."""
     path = app.path
