@@ -77,12 +77,14 @@ def _localq_temporary_databases() -> Iterator[None]:
 def localq_app() -> Localq:
     """The app under test: the one your code made at import, else a fresh one; override
     this fixture in your conftest.py to return yours."""
-    apps = sorted(_code_apps, key=repr)
+    apps = list(_code_apps)
     if len(apps) > 1:
-        pytest.fail(f"{len(apps)} Localq apps exist ({', '.join(_where(a) for a in apps)}): "
-                    f"say which one localq_worker serves, in conftest.py:\n\n"
+        names = sorted(_where(a) for a in apps)
+        pytest.fail(f"{len(apps)} Localq apps exist ({', '.join(names)}): say which one "
+                    f"the tests use, in conftest.py:\n\n"
+                    f"    import {names[0].split(':')[0]}\n\n"
                     f"    @pytest.fixture\n    def localq_app():\n"
-                    f"        return {_where(apps[0]).replace(':', '.')}\n", pytrace=False)
+                    f"        return {names[0].replace(':', '.')}\n", pytrace=False)
     return apps[0] if apps else Localq(main="localq-tests")
 
 
