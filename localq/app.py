@@ -6,6 +6,7 @@ app can be defined at import time anywhere. With no path it uses
 """
 from __future__ import annotations
 
+import atexit
 import fnmatch
 import importlib
 import os
@@ -99,6 +100,9 @@ class Localq:
         if self._store is not None:
             self._store.close()
             self._store = None
+        self._close_ringers()
+
+    def _close_ringers(self) -> None:
         for ringer in (self._ringer, self._waiters_ringer):
             if ringer is not None:
                 ringer.close()
@@ -344,6 +348,13 @@ class Localq:
 
     def __iter__(self) -> Iterator[Task]:
         return iter(self.tasks.values())
+
+
+@atexit.register
+def _close_all_ringers() -> None:
+    """Close the apps' ringing sockets at exit, rather than leave them to the collector."""
+    for app in list(Localq._instances):
+        app._close_ringers()
 
 
 def _unknown_task(*args: Any, **kwargs: Any) -> Any:
