@@ -171,9 +171,11 @@ def load_app(spec: str) -> Localq:
         if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
             _fail(f"no module named {module_name!r} (from --app {spec}): run from the folder "
                   f"that holds {module_name.split('.')[0]}.py, or add that folder to PYTHONPATH")
-        _fail(f"importing {module_name!r} failed: {type(exc).__name__}: {exc}")
+        _fail(f"importing {module_name!r} failed: {type(exc).__name__}: {exc} (python -c "
+              f"'import {module_name}' shows where)")
     except Exception as exc:  # one line, no traceback: it is the user's module
-        _fail(f"importing {module_name!r} failed: {type(exc).__name__}: {exc}")
+        _fail(f"importing {module_name!r} failed: {type(exc).__name__}: {exc} (python -c "
+              f"'import {module_name}' shows where)")
     apps = sorted(k for k, v in vars(module).items() if isinstance(v, Localq))
     hint = f" (its Localq apps: {', '.join(apps)})" if apps else ""
     if not attr:
@@ -303,7 +305,8 @@ def cmd_show(args: argparse.Namespace) -> int:
         print(json.dumps(job, indent=2, default=repr))   # a result JSON cannot hold: repr
         return 0
     now = time.time()
-    print(f"id:       {job['id']}\ntask:     {job['task']}\nstate:    {job['state']}\n"
+    task = job["task"] or "- (an unknown id, recorded as revoked: a job sent with it never runs)"
+    print(f"id:       {job['id']}\ntask:     {task}\nstate:    {job['state']}\n"
           f"queue:    {job['queue']} (priority {job['priority']})\n"
           f"created:  {stamp(job['created'])} ({_ago(job['created'], now)})\n"
           f"retries:  {job['retries']}")
