@@ -37,7 +37,7 @@ def age(seconds: float) -> str:
 
 def collect(app: Localq) -> dict[str, Any]:
     """Everything ``status`` shows, as JSON-ready data (times are Unix timestamps)."""
-    from .flow import limits_in_force       # flow imports this module
+    from .flow import limits_in_force  # flow imports this module
     store = app.store
     now = time.time()
     workers = store.workers()
