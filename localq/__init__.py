@@ -19,6 +19,7 @@ from .exceptions import (
                          TimeoutError,
                          WorkerLostError,
 )
+from .log import get_task_logger
 from .mapping import as_completed
 from .result import AsyncResult, EagerResult
 from .schedules import crontab, schedule
@@ -30,5 +31,6 @@ __all__ = [
     "EncodeError",
     "Localq", "LocalqError", "MaxRetriesExceededError", "NotRegistered", "Retry",
     "SoftTimeLimitExceeded", "Task", "TaskError", "TaskRevokedError", "TimeLimitExceeded",
-    "TimeoutError", "WorkerLostError", "as_completed", "crontab", "schedule",
+    "TimeoutError", "WorkerLostError", "as_completed", "crontab", "get_task_logger",
+    "schedule",
 ]

@@ -6,12 +6,13 @@ app can be defined at import time anywhere. With no path it uses
 """
 from __future__ import annotations
 
+import atexit
 import fnmatch
 import importlib
 import os
-import sys
 import time
 import warnings
+import weakref
 from datetime import datetime
 from typing import Any, Callable, Iterable, Iterator
 
@@ -47,6 +48,10 @@ class Localq:
     ``result_backend`` get; ``include=`` is the ``include`` setting.
     """
 
+    # Every app made in this process, for the pytest plugin: it points them all at
+    # temporary databases while tests run, so that the path in the code is never opened.
+    _instances: weakref.WeakSet[Localq] = weakref.WeakSet()
+
     def __init__(self, path: str | os.PathLike | None = None, *, main: str | None = None,
                  broker: str | None = None, backend: str | None = None,
                  include: Iterable[str] | None = None, namespace: str | None = None,
@@ -65,8 +70,10 @@ class Localq:
         self.control = Control(self)
         self._store: Store | None = None
         self._ringer: Ringer | None = None
+        self._waiters_ringer: Ringer | None = None
         self._path = os.path.abspath(os.fspath(path or os.environ.get("LOCALQ_DB")
                                                or "localq.db"))
+        Localq._instances.add(self)
 
     def __repr__(self) -> str:
         return f"<Localq {self.main_name} at {self._path}>"
@@ -93,9 +100,13 @@ class Localq:
         if self._store is not None:
             self._store.close()
             self._store = None
-        if self._ringer is not None:
-            self._ringer.close()
-            self._ringer = None
+        self._close_ringers()
+
+    def _close_ringers(self) -> None:
+        for ringer in (self._ringer, self._waiters_ringer):
+            if ringer is not None:
+                ringer.close()
+        self._ringer = self._waiters_ringer = None
 
     def nudge_workers(self, message: bytes = b"!") -> None:
         """Wake sleeping supervisors on this database (best effort)."""
@@ -104,7 +115,10 @@ class Localq:
         self._ringer.ring(message)
 
     def nudge_waiters(self) -> None:
-        Ringer(wake_folder(self._path), "g").ring()
+        """Wake processes waiting in ``get()`` on this database (best effort)."""
+        if self._waiters_ringer is None:
+            self._waiters_ringer = Ringer(wake_folder(self._path), "g")
+        self._waiters_ringer.ring()
 
     # -------------------------------------------------------------- configuration
 
@@ -336,6 +350,13 @@ class Localq:
         return iter(self.tasks.values())
 
 
+@atexit.register
+def _close_all_ringers() -> None:
+    """Close the apps' ringing sockets at exit, rather than leave them to the collector."""
+    for app in list(Localq._instances):
+        app._close_ringers()
+
+
 def _unknown_task(*args: Any, **kwargs: Any) -> Any:
     raise NotRegistered("this task is not defined in this process; it runs on a worker")
 
@@ -349,27 +370,3 @@ def _warn_ignored(options: dict) -> None:
             _warned.add(key)
             warnings.warn(f"localq ignores the apply_async option {key!r}", stacklevel=4)
 
-
-def load_app(spec: str) -> Localq:
-    """``module:attr`` (or ``module``, finding the one Localq in it) -> the app."""
-    module_name, _, attr = spec.partition(":")
-    if os.getcwd() not in sys.path and "" not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    module = importlib.import_module(module_name)
-    if attr:
-        obj: Any = module
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-        if callable(obj) and not isinstance(obj, Localq):
-            obj = obj()
-    else:
-        apps = [v for v in vars(module).values() if isinstance(v, Localq)]
-        if len(apps) != 1:
-            raise AttributeError(f"module {module_name!r} has {len(apps)} Localq apps: "
-                                 f"name one as {module_name}:NAME")
-        obj = apps[0]
-    if not isinstance(obj, Localq):
-        raise AttributeError(f"{spec} is a {type(obj).__name__}, not a Localq app")
-    if obj.main_name == "localq":
-        obj.main_name = spec if attr else f"{module_name}:app"
-    return obj

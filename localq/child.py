@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from .execute import LimitCache, execute, install_soft_limit_handler
 from .ids import format_id
+from .log import log, log_outcome, now_running, per_job_lines
 from .profiling import run_profiled
 
 if TYPE_CHECKING:
@@ -98,18 +99,27 @@ def _loop(app: Localq, conn: Connection, running: memoryview, max_tasks: int | N
             return                   # warm shutdown: nothing more is coming
         buffered: list[Any] = []
         first_buffered = 0.0
+        info = per_job_lines()           # once per batch: nothing per job when off
         for index, (seq, job_id, task_name, serializer, payload, options, retries) in \
                 enumerate(batch):
             opts, soft, hard = limits.get(task_name, options)
             if buffered and (hard or soft or speed.get(task_name, 1.0) > FAST):
                 conn.send(("o", buffered))
                 buffered = []
+            job_id = job_id or format_id(seq)
+            if info:
+                log.info("Task %s[%s] received", task_name, job_id)
+            now_running(task_name, job_id)
             t0 = time.perf_counter()
             running[0] = seq
-            outcome = execute(app, seq, job_id or format_id(seq), task_name, serializer,
+            outcome = execute(app, seq, job_id, task_name, serializer,
                               payload, opts, retries, pid, soft)
             running[0] = 0
             elapsed = time.perf_counter() - t0
+            now_running(None, None)
+            if info:
+                log_outcome(outcome, task_name, job_id,
+                            app.conf.result_serializer or serializer)
             speed[task_name] = 0.7 * speed.get(task_name, elapsed) + 0.3 * elapsed
             if not buffered:
                 first_buffered = t0 + elapsed

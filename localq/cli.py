@@ -1,22 +1,29 @@
 """``python -m localq``: worker, status, show, purge, rate-limit, revoke.
 
-Nothing imports this module; it imports the app and the supervisor.
+Nothing imports this module; it imports the app and the supervisor. Bad
+input is one line on stderr: a usage error (exit 2) from the argument types
+here, or ``localq: what is wrong, what to do`` (exit 1 or 2) for an app that
+cannot be loaded or a file that is not there.
 """
 from __future__ import annotations
 
 import argparse
-import logging
+import importlib
+import json
 import os
 import sys
 import time
 from datetime import datetime
-from typing import Sequence
+from typing import Any, Callable, NoReturn, Sequence
 
-from .app import Localq, load_app
+from .app import Localq
 from .exceptions import LocalqError
+from .log import check_level, setup_worker_logging
 from .status import age
+from .task import Task
 
 EPILOG = "Docs: README.md. Celery users: the worker flags follow `celery worker`."
+TERMINATE_WAIT = 15.0     # seconds `revoke --terminate` waits for the job's final state
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -26,17 +33,59 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return args.run(args)
+        code = args.run(args)
+        sys.stdout.flush()          # here, where a closed pipe can still be caught
+        return code
     except LocalqError as exc:
         print(f"localq: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`status | head -1`): stop quietly, as Unix tools do.
+        # stdout is pointed at /dev/null so that the flush at exit does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141              # 128 + SIGPIPE, what a tool killed by the signal returns
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        """One line, not argparse's usage block and then the error."""
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _whole(least: int) -> Callable[[str], int]:
+    def whole(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"must be {least} or more, not {value}")
+        return value
+    return whole
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, not {text}")
+    return value
+
+
+def _loglevel(text: str) -> str | int:
+    try:
+        return check_level(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m localq", epilog=EPILOG,
-                                     description="A task queue for one host on one SQLite file.")
+    parser = _Parser(prog="python -m localq", epilog=EPILOG,
+                     description="A task queue for one host on one SQLite file.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def app_args(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -47,25 +96,31 @@ def _parser() -> argparse.ArgumentParser:
 
     w = sub.add_parser("worker", help="run a worker: a supervisor and its child processes")
     app_args(w)
-    w.add_argument("-c", "--concurrency", type=int, default=None,
+    w.add_argument("-c", "--concurrency", type=_whole(1), default=None,
                    help="child processes (default: worker_concurrency, else the CPU count)")
     w.add_argument("-Q", "--queues", default=None, help="comma-separated queues "
                    "(default: task_default_queue, 'default')")
-    w.add_argument("-l", "--loglevel", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
-    w.add_argument("--max-tasks-per-child", type=int, default=None)
-    w.add_argument("--max-memory-per-child", type=int, default=None, metavar="KIB",
+    w.add_argument("-l", "--loglevel", type=_loglevel, default="WARNING",
+                   help="DEBUG, INFO (a line per job received, succeeded, retried), "
+                   "WARNING (the default), ERROR, CRITICAL")
+    w.add_argument("--max-tasks-per-child", type=_whole(1), default=None, metavar="N")
+    w.add_argument("--max-memory-per-child", type=_whole(1), default=None, metavar="KIB",
                    help="recycle a child whose resident memory passes this many KiB")
-    w.add_argument("--time-limit", type=float, default=None, help="hard time limit, seconds")
-    w.add_argument("--soft-time-limit", type=float, default=None, help="soft limit, seconds")
+    w.add_argument("--time-limit", type=_seconds, default=None, metavar="SECONDS",
+                   help="hard time limit")
+    w.add_argument("--soft-time-limit", type=_seconds, default=None, metavar="SECONDS",
+                   help="soft time limit")
     w.set_defaults(run=cmd_worker)
 
     s = sub.add_parser("status", help="what is running, waiting and failing")
     app_args(s, required=False)
+    s.add_argument("--json", action="store_true", help="print it as JSON (keys: README)")
     s.set_defaults(run=cmd_status)
 
     sh = sub.add_parser("show", help="one job: state, result or error, every attempt")
     app_args(sh, required=False)
     sh.add_argument("id")
+    sh.add_argument("--json", action="store_true", help="print it as JSON (keys: README)")
     sh.set_defaults(run=cmd_show)
 
     p = sub.add_parser("purge", help="delete waiting jobs")
@@ -74,60 +129,119 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-f", "--force", action="store_true", help="do not ask")
     p.set_defaults(run=cmd_purge)
 
-    r = sub.add_parser("rate-limit", help="set a task's global rate limit at run time")
+    r = sub.add_parser("rate-limit", help="set a task's global rate limit at run time",
+                       description="Set a task's rate limit for every worker on the file. "
+                       "It is stored in the file: it holds across worker restarts and beats "
+                       "the task's declared rate_limit until set back with 'none'.")
     app_args(r, required=False)
     r.add_argument("task", help="the task's name, e.g. tasks.add")
-    r.add_argument("rate", help="N/s, N/m, N/h, a bare number (per second), or 0 for none")
+    r.add_argument("rate", help="N/s, N/m, N/h or a bare number (per second); 0: no limit "
+                   "at all, even if the task declares one; none: back to the task's declared "
+                   "rate_limit")
     r.set_defaults(run=cmd_rate_limit)
 
     v = sub.add_parser("revoke", help="revoke jobs (a running one with --terminate)")
     app_args(v, required=False)
     v.add_argument("ids", nargs="+")
-    v.add_argument("--terminate", action="store_true")
+    v.add_argument("--terminate", action="store_true",
+                   help=f"kill a running job's child; waits up to {TERMINATE_WAIT:.0f}s for "
+                   f"its final state")
     v.set_defaults(run=cmd_revoke)
     return parser
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    print(f"localq: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def load_app(spec: str) -> Localq:
+    """``module:attr`` (or ``module``, finding the one Localq in it) -> the app; anything
+    else ends the command with one line saying what is wrong and what to do."""
+    module_name, _, attr = spec.partition(":")
+    if module_name.endswith(".py") or os.sep in module_name:
+        dotted = module_name.removesuffix(".py").replace(os.sep, ".").strip(".")
+        _fail(f"--app takes a module name, not a file: --app {dotted}{':' + attr if attr else ''}"
+              f" (run from the folder that holds {module_name.rsplit(os.sep, 1)[-1]})")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
+            _fail(f"no module named {module_name!r} (from --app {spec}): run from the folder "
+                  f"that holds {module_name.split('.')[0]}.py, or add that folder to PYTHONPATH")
+        _fail(f"importing {module_name!r} failed: {type(exc).__name__}: {exc} (python -c "
+              f"'import {module_name}' shows where)")
+    except Exception as exc:  # one line, no traceback: it is the user's module
+        _fail(f"importing {module_name!r} failed: {type(exc).__name__}: {exc} (python -c "
+              f"'import {module_name}' shows where)")
+    apps = sorted(k for k, v in vars(module).items() if isinstance(v, Localq))
+    hint = f" (its Localq apps: {', '.join(apps)})" if apps else ""
+    if not attr:
+        if len(apps) != 1:
+            _fail(f"module {module_name!r} has {len(apps)} Localq apps{hint}: name one as "
+                  f"--app {module_name}:NAME")
+        obj: Any = getattr(module, apps[0])
+    else:
+        obj = module
+        for part in attr.split("."):
+            if not hasattr(obj, part):
+                _fail(f"module {module_name!r} has no attribute {attr!r}{hint}")
+            obj = getattr(obj, part)
+    if isinstance(obj, Task):
+        _fail(f"{spec} is a task ({obj.name}), not a Localq app: pass the app, e.g. "
+              f"--app {module_name}:{apps[0] if apps else 'app'}")
+    if not isinstance(obj, Localq) and callable(obj) and not isinstance(obj, type):
+        obj = obj()               # a factory function: --app tasks:make_app
+    if not isinstance(obj, Localq):
+        _fail(f"{spec} is a {type(obj).__name__}, not a Localq app{hint}")
+    if obj.main_name == "localq":
+        obj.main_name = spec if attr else f"{module_name}:{apps[0]}"
+    return obj
 
 
 def _existing_app(args: argparse.Namespace) -> Localq:
     """The app of a command that only reads or edits jobs: it never creates a database."""
     app = _app(args)
     if not os.path.exists(app.path):
-        print(f"localq: there is no localq database at {app.path}: pass --app module:app or "
-              f"--db PATH (or set $LOCALQ_DB), or run from the folder that holds it",
-              file=sys.stderr)
-        raise SystemExit(1)
+        _fail(f"there is no localq database at {app.path}: pass --app module:app or "
+              f"--db PATH (or set $LOCALQ_DB), or run from the folder that holds it", 1)
     return app
 
 
 def _app(args: argparse.Namespace) -> Localq:
-    if args.app:
-        try:
-            app = load_app(args.app)
-        except Exception as exc:  # one line, no traceback: it is the user's module
-            kind = type(exc).__name__
-            print(f"localq: cannot load the app {args.app!r}: {kind}: {exc}. Run from the "
-                  f"folder that holds the module, or set PYTHONPATH.", file=sys.stderr)
-            raise SystemExit(2) from None
-    else:
-        app = Localq(args.db)
+    app = load_app(args.app) if args.app else Localq(args.db)
     if args.db:
         app.path = args.db
     return app
 
 
+def banner(app: Localq, queues: list[str], concurrency: int) -> str:
+    """What the worker prints as it starts, whatever the log level (Celery's banner)."""
+    tasks = sorted(app.tasks)
+    return "\n".join([
+        f"localq worker (pid {os.getpid()})",
+        f"  app:         {app.main_name}",
+        f"  database:    {app.path}",
+        f"  queues:      {','.join(queues)}",
+        f"  concurrency: {concurrency}",
+        "",
+        "[tasks]",
+        *(f"  . {name}" for name in tasks),
+        *(["  (none: import the modules that define them, imports=[...])"] if not tasks else []),
+        "",
+    ])
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     app = _app(args)
-    from .embedded import _log_to_stderr
     from .supervisor import Supervisor
-    _log_to_stderr(args.loglevel)
-    logging.getLogger("localq").handlers[0].setFormatter(logging.Formatter(
-        "[%(asctime)s: %(levelname)s/%(processName)s %(process)d] %(message)s"))
+    setup_worker_logging(args.loglevel)
     try:
         app.import_task_modules()
     except ImportError as exc:
-        print(f"localq: cannot import a module named in the app's imports/include: {exc}",
-              file=sys.stderr)
-        return 2
+        _fail(f"cannot import a module named in the app's imports/include: {exc}")
     if args.time_limit is not None:
         app.conf.task_time_limit = args.time_limit
     if args.soft_time_limit is not None:
@@ -135,6 +249,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     queues = [q.strip() for q in (args.queues or app.conf.task_default_queue).split(",")
               if q.strip()]
     concurrency = args.concurrency or app.conf.worker_concurrency or os.cpu_count() or 1
+    print(banner(app, queues, concurrency), file=sys.stderr, flush=True)
     return Supervisor(app, concurrency=concurrency, queues=queues,
                       max_tasks_per_child=args.max_tasks_per_child
                       or app.conf.worker_max_tasks_per_child,
@@ -152,36 +267,62 @@ def _ago(ts: float | None, now: float) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from .status import render_status
-    print(render_status(_existing_app(args)))
+    from .status import collect, render_status
+    app = _existing_app(args)
+    data = collect(app)
+    print(json.dumps(data, indent=2) if args.json else render_status(app, data))
     return 0
+
+
+def job_data(app: Localq, job_id: str) -> dict[str, Any] | None:
+    """One job as ``show --json`` prints it (times are Unix timestamps)."""
+    row = app.store.job(job_id)
+    if row is None:
+        return None
+    result = app.AsyncResult(job_id)
+    value = error = None
+    if row["state"] == "SUCCESS":
+        value = result.result
+    elif row["state"] in ("FAILURE", "REVOKED"):
+        error = repr(result.result)
+    return {"id": row["id"], "task": row["task"], "state": row["state"], "queue": row["queue"],
+            "priority": row["priority"], "created": row["created"], "eta": row["eta"] or None,
+            "started": row["started"], "done": row["done"], "retries": row["retries"],
+            "result": value, "error": error, "exc_type": row["exc_type"],
+            "traceback": row["traceback"],
+            "attempts": [{"attempt": a["attempt"], "outcome": a["outcome"],
+                          "started": a["started"], "ended": a["ended"], "pid": a["pid"],
+                          "exc_type": a["exc_type"], "exc_message": a["exc_message"]}
+                         for a in result.attempts]}
 
 
 def cmd_show(args: argparse.Namespace) -> int:
     app = _existing_app(args)
-    row = app.store.job(args.id)
-    if row is None:
-        print(f"localq: no job {args.id} in {app.path}", file=sys.stderr)
-        return 1
+    job = job_data(app, args.id)
+    if job is None:
+        _fail(f"no job {args.id} in {app.path}", 1)
+    if args.json:
+        print(json.dumps(job, indent=2, default=repr))   # a result JSON cannot hold: repr
+        return 0
     now = time.time()
-    print(f"id:       {row['id']}\ntask:     {row['task']}\nstate:    {row['state']}\n"
-          f"queue:    {row['queue']} (priority {row['priority']})\n"
-          f"created:  {stamp(row['created'])} ({_ago(row['created'], now)})\n"
-          f"retries:  {row['retries']}")
-    if row["eta"]:
-        print(f"eta:      {stamp(row['eta'])} ({_ago(row['eta'], now)})")
-    result = app.AsyncResult(args.id)
-    if row["state"] == "SUCCESS":
-        print(f"result:   {result.result!r}")
-    elif row["state"] in ("FAILURE", "REVOKED"):
-        print(f"error:    {result.result!r}")
+    task = job["task"] or "- (an unknown id, recorded as revoked: a job sent with it never runs)"
+    print(f"id:       {job['id']}\ntask:     {task}\nstate:    {job['state']}\n"
+          f"queue:    {job['queue']} (priority {job['priority']})\n"
+          f"created:  {stamp(job['created'])} ({_ago(job['created'], now)})\n"
+          f"retries:  {job['retries']}")
+    if job["eta"]:
+        print(f"eta:      {stamp(job['eta'])} ({_ago(job['eta'], now)})")
+    if job["state"] == "SUCCESS":
+        print(f"result:   {job['result']!r}")
+    elif job["error"] is not None:
+        print(f"error:    {job['error']}")
     print("attempts:")
-    for a in result.attempts:
+    for a in job["attempts"]:
         took = f"{(a['ended'] - a['started']):.3f}s" if a["ended"] and a["started"] else "-"
         print(f"  #{a['attempt']}  {a['outcome']:<8} started {stamp(a['started'])}  took {took}"
               f"  pid {a['pid'] or '-'}  {a['exc_type'] or ''} {a['exc_message'] or ''}".rstrip())
-    if row["traceback"]:
-        print("traceback:\n" + row["traceback"].rstrip())
+    if job["traceback"]:
+        print("traceback:\n" + job["traceback"].rstrip())
     return 0
 
 
@@ -215,7 +356,32 @@ def cmd_rate_limit(args: argparse.Namespace) -> int:
 
 def cmd_revoke(args: argparse.Namespace) -> int:
     app = _existing_app(args)
+    known = {job_id: app.store.state(job_id) is not None for job_id in args.ids}
     app.control.revoke(args.ids, terminate=args.terminate)
     for job_id in args.ids:
-        print(f"{job_id}: {app.AsyncResult(job_id).state}")
+        if not known[job_id]:
+            print(f"{job_id}: unknown id, recorded as revoked (a job sent with it never runs)")
+            continue
+        state = app.store.state(job_id)
+        if state == "STARTED" and args.terminate:
+            state = _final_state(app, job_id, TERMINATE_WAIT) or \
+                f"STARTED (still, after {TERMINATE_WAIT:.0f}s: is its worker running?)"
+        elif state == "STARTED":
+            state = "STARTED (running: it finishes; --terminate kills it)"
+        print(f"{job_id}: {state}")
     return 0
+
+
+def _final_state(app: Localq, job_id: str, timeout: float) -> str | None:
+    """Poll until the job is in a final state; None after ``timeout`` seconds."""
+    from .rows import FINAL_STATES
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while True:
+        state = app.store.state(job_id)
+        if state in FINAL_STATES or state is None:
+            return state
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)

@@ -8,7 +8,6 @@ for a warm shutdown and waits until it and its children are gone.
 """
 from __future__ import annotations
 
-import logging
 import os
 import select
 import signal
@@ -17,7 +16,8 @@ import time
 import traceback
 from typing import TYPE_CHECKING, Any, Iterable
 
-from .exceptions import LocalqError
+from .exceptions import ConfigurationError, LocalqError
+from .log import check_level, setup_worker_logging
 
 if TYPE_CHECKING:
     from .app import Localq
@@ -40,7 +40,10 @@ class EmbeddedWorker:
         self.max_memory = max_memory_per_child or app.conf.worker_max_memory_per_child
         self.time_limit = time_limit
         self.soft_time_limit = soft_time_limit
-        self.loglevel = loglevel
+        try:
+            self.loglevel = check_level(loglevel)
+        except ValueError as exc:
+            raise ConfigurationError(str(exc)) from None
         self.pid: int | None = None
         self._parent_w: int | None = None
 
@@ -75,7 +78,7 @@ class EmbeddedWorker:
         code = 70
         try:
             from .supervisor import Supervisor
-            _log_to_stderr(self.loglevel)
+            setup_worker_logging(self.loglevel)
             if self.time_limit is not None:
                 self.app.conf.task_time_limit = self.time_limit
             if self.soft_time_limit is not None:
@@ -162,12 +165,3 @@ class EmbeddedWorker:
             return os.waitpid(self.pid, os.WNOHANG) == (0, 0)
         except ChildProcessError:
             return False
-
-
-def _log_to_stderr(level: str | int) -> None:
-    logger = logging.getLogger("localq")
-    logger.handlers[:] = [logging.StreamHandler(sys.stderr)]
-    logger.handlers[0].setFormatter(logging.Formatter(
-        "[%(asctime)s: %(levelname)s/localq %(process)d] %(message)s"))
-    logger.setLevel(level if isinstance(level, int) else level.upper())
-    logger.propagate = False

@@ -24,7 +24,6 @@ and a worker that died too is recovered by the next one to start.
 from __future__ import annotations
 
 import time
-import warnings
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from .exceptions import ConfigurationError, EncodeError, TaskRevokedError, TimeoutError
@@ -40,6 +39,7 @@ from .serializer import (
     encode_call,
     encode_value,
 )
+from .status import warn_if_no_worker
 
 if TYPE_CHECKING:
     from .app import Localq
@@ -100,10 +100,7 @@ def run_map(app: Localq, task: Task, calls: Iterable[tuple], *, progress: bool =
     finished = False
     try:
         _enqueue(app, template, group, serializer, payloads, resumable=resume is not None)
-        if not app.store.workers():
-            warnings.warn(f"no localq worker is running on {app.path}: the map waits for "
-                          f"one (start one with `with app.worker():` or `python -m localq "
-                          f"worker`)", RuntimeWarning, stacklevel=3)
+        warn_if_no_worker(None, app, "the map", stacklevel=3)
         results = _collect(app, group, total, Progress(total) if progress else None,
                            task.accepted_content(result=True), resumed=resumed,
                            timeout=timeout)

@@ -253,6 +253,9 @@ class AsyncResult:
     def get(self, timeout: float | None = None, propagate: bool = True,
             interval: float | None = None, **ignored: Any) -> Any:
         """Wait for the job to finish; return its value or raise its exception."""
+        if not isinstance(self, EagerResult):
+            from .status import warn_if_no_worker
+            warn_if_no_worker(self, self.app, "get()", stacklevel=2)
         row = self.wait_for_final(timeout)
         if row["state"] == "SUCCESS":
             return self.result

@@ -134,7 +134,7 @@ def test_the_superset_annotation_throttles_email_reports_on_a_real_worker(projec
     with open(log_path, "w") as log:    # as Superset starts it: --app=...celery_app:app
         proc = subprocess.Popen(
             [sys.executable, "-m", "localq", "worker", "--app=cfg_rate.celery_app:app",
-             "--db", db_path, "-c", "2"],
+             "--db", db_path, "-c", "2", "-l", "info"],
             env=env, stderr=log, stdout=subprocess.DEVNULL, start_new_session=True)
     try:
         wait_for(lambda: "localq worker ready" in Path(log_path).read_text(),

@@ -186,12 +186,46 @@ def test_a_project_that_overrides_localq_app_in_its_conftest(tmp_path, scratch):
     wait_until_dead([pid for worker in started for pid in worker])
 
 
-def test_a_project_without_conftest_uses_the_default_app(tmp_path, scratch):
-    project = write(tmp_path / "project", NO_CONFTEST)
+PROD_NO_CONFTEST = {
+    "tasks.py": """
+        from localq import Localq
+
+        app = Localq("prod_jobs.db")       # relative: in the project folder
+
+        @app.task
+        def add(x, y):
+            return x + y
+    """,
+    "test_prod.py": """
+        import os
+
+        from tasks import add, app
+
+
+        def test_a_worker_for_the_codes_app_without_conftest(localq_worker):
+            assert localq_worker.app is app
+            assert add.delay(2, 3).get(timeout=20) == 5
+
+
+        def test_sending_without_any_fixture_stays_off_the_real_file():
+            add.delay(1, 1)
+            assert os.path.basename(app.path) != "prod_jobs.db" or \\
+                os.path.dirname(app.path) != os.getcwd()
+    """,
+}
+
+
+
+@pytest.mark.parametrize("files, real_db", [(NO_CONFTEST, "localq.db"),
+                                            (PROD_NO_CONFTEST, "prod_jobs.db")],
+                         ids=["a-fresh-default-app", "the-app-in-the-code"])
+def test_a_project_without_conftest_never_opens_a_real_database(tmp_path, scratch, files,
+                                                                real_db):
+    project = write(tmp_path / "project", files)
     proc = run_pytest(tmp_path, project, scratch=scratch)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "2 passed" in proc.stdout
-    assert not [n for n in os.listdir(project) if n.startswith("localq.db")]
+    assert not [n for n in os.listdir(project) if n.startswith(real_db)]
     assert os.listdir(scratch) == []
 
 
@@ -234,3 +268,29 @@ def test_the_documented_examples_run(tmp_path):
     proc = run_pytest(tmp_path, project, "test_tasks.py", "test_unit.py")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "4 passed" in proc.stdout
+
+
+TWO_APPS = {
+    "tasks.py": """
+        from localq import Localq
+
+        app = Localq("a.db")
+        other = Localq("b.db")
+    """,
+    "test_two.py": """
+        import tasks
+
+
+        def test_which_app(localq_worker):
+            pass
+    """,
+}
+
+
+def test_with_two_apps_and_no_override_the_test_says_what_to_add(tmp_path, scratch):
+    project = write(tmp_path / "project", TWO_APPS)
+    proc = run_pytest(tmp_path, project, scratch=scratch)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "2 Localq apps exist (tasks:app, tasks:other)" in proc.stdout
+    assert "def localq_app():" in proc.stdout and "return tasks.app" in proc.stdout
+    assert not [n for n in os.listdir(project) if n.endswith(".db")]

@@ -1,0 +1,217 @@
+"""``python -m localq``: bad input, output for people and scripts, revoke, pipes.
+
+Every command runs as a real process on a real database in tmp_path.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+from pathlib import Path
+
+import pytest
+import sample_tasks
+from conftest import HERE, ROOT, wait_for
+
+import localq
+
+
+def cli(*args: str, cwd: Path | str | None = None, **env: str) -> subprocess.CompletedProcess:
+    full = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE), str(ROOT)]), **env)
+    return subprocess.run([sys.executable, "-m", "localq", *args], cwd=cwd, env=full,
+                          capture_output=True, text=True, timeout=120)
+
+
+def one_line_error(proc: subprocess.CompletedProcess, code: int = 2) -> str:
+    assert proc.returncode == code, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    return proc.stderr.strip()
+
+
+# ------------------------------------------------------------------ bad input
+
+@pytest.mark.parametrize("flag, value, says", [
+    ("--time-limit", "-1", "above 0"),
+    ("--soft-time-limit", "0", "above 0"),
+    ("-c", "-2", "1 or more"),
+    ("-c", "0", "1 or more"),
+    ("-c", "two", "not a whole number"),
+    ("--max-tasks-per-child", "0", "1 or more"),
+    ("-l", "bogus", "DEBUG, INFO, WARNING"),
+])
+def test_bad_worker_flags_are_one_line_usage_errors(db_path, flag, value, says):
+    proc = cli("worker", "-A", "sample_tasks:app", flag, value, LOCALQ_DB=db_path)
+    line = one_line_error(proc)
+    assert f"argument {flag}" in line or flag in line.split("argument ")[1], line
+    assert says in line
+    assert not os.path.exists(db_path)          # nothing was started or created
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    (tmp_path / "tasks.py").write_text(textwrap.dedent("""
+        from localq import Localq
+
+        app = Localq("jobs.db")
+
+        @app.task
+        def echo(x):
+            return x
+    """))
+    return tmp_path
+
+
+def test_app_naming_a_task_says_it_is_not_an_app(project):
+    line = one_line_error(cli("worker", "--app", "tasks:echo", cwd=project))
+    assert "tasks:echo is a task (tasks.echo), not a Localq app" in line
+    assert "--app tasks:app" in line
+
+
+def test_app_given_as_a_file_suggests_the_module(project):
+    line = one_line_error(cli("status", "--app", "tasks.py", cwd=project))
+    assert "--app tasks" in line and "not a file" in line
+
+
+def test_app_in_a_missing_module_says_what_to_do(project):
+    line = one_line_error(cli("worker", "--app", "taskz:app", cwd=project))
+    assert "no module named 'taskz'" in line and "PYTHONPATH" in line
+
+
+def test_app_with_a_wrong_attribute_names_the_apps_there(project):
+    line = one_line_error(cli("worker", "--app", "tasks:ap", cwd=project))
+    assert "no attribute 'ap'" in line and "its Localq apps: app" in line
+
+
+def test_rate_limit_help_says_what_0_and_none_mean():
+    out = " ".join(cli("rate-limit", "--help").stdout.split())
+    assert "0: no limit at all" in out
+    assert "none: back to the task's declared rate_limit" in out
+
+
+# ------------------------------------------------------------------ revoke
+
+def test_revoking_an_unknown_id_says_so_and_stays_out_of_status(app, db_path):
+    sample_tasks.add.delay(1, 2)
+    proc = cli("revoke", "--db", db_path, "bogus-id")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == ("bogus-id: unknown id, recorded as revoked "
+                                   "(a job sent with it never runs)")
+    status = json.loads(cli("status", "--db", db_path, "--json").stdout)
+    assert [t["task"] for t in status["tasks"]] == ["sample_tasks.add"]
+    assert status["jobs"]["REVOKED"] == 0 and status["revoked_unknown_ids"] == 1
+    text = cli("status", "--db", db_path).stdout
+    assert "revoked 0" in text
+    assert not [line for line in text.splitlines() if line.startswith("  ") and "   1" in line
+                and "sample_tasks.add" not in line]
+
+
+def test_revoke_terminate_prints_the_final_state(app, db_path, start_worker):
+    worker = start_worker("-c", "1").ready()
+    r = sample_tasks.sleep_then.delay(60)
+    wait_for(lambda: r.state == "STARTED", what="the job to start")
+    proc = cli("revoke", "--db", db_path, "--terminate", r.id)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"{r.id}: REVOKED"
+    assert worker.proc.poll() is None
+
+
+# ------------------------------------------------------------------ status and show
+
+def test_status_prints_full_names_and_json(app, db_path):
+    names = ["tasks.report_for_customer_accounts_quarterly_v1",
+             "tasks.report_for_customer_accounts_quarterly_v2"]
+    for queue in ("priority.high", "priority.higher"):
+        for name in names:
+            app.send_task(name, (), queue=queue)
+    text = cli("status", "--db", db_path).stdout
+    assert f"database {os.path.abspath(db_path)}" in text.splitlines()[0]
+    rows = [line.split()[:2] for line in text.splitlines() if line.startswith("priority.")]
+    assert sorted(rows) == sorted([q, n] for q in ("priority.high", "priority.higher")
+                                  for n in names)
+    data = json.loads(cli("status", "--db", db_path, "--json").stdout)
+    assert set(data) >= {"database", "workers", "jobs", "tasks", "running", "failures"}
+    assert data["database"] == os.path.abspath(db_path)
+    assert data["jobs"]["PENDING"] == 4 and data["workers"] == []
+    assert {(t["queue"], t["task"], t["jobs"]["PENDING"]) for t in data["tasks"]} == {
+        (q, n, 1) for q in ("priority.high", "priority.higher") for n in names}
+
+
+def test_show_json(app, db_path):
+    with app.worker(concurrency=1):
+        ok = sample_tasks.add.delay(2, 3)
+        assert ok.get(timeout=20) == 5
+        bad = sample_tasks.boom.delay("no")
+        with pytest.raises(ValueError):
+            bad.get(timeout=20)
+    job = json.loads(cli("show", "--db", db_path, ok.id, "--json").stdout)
+    assert job["id"] == ok.id and job["state"] == "SUCCESS" and job["result"] == 5
+    assert job["task"] == "sample_tasks.add" and job["error"] is None
+    assert [a["outcome"] for a in job["attempts"]] == ["SUCCESS"]
+    job = json.loads(cli("show", "--db", db_path, bad.id, "--json").stdout)
+    assert job["state"] == "FAILURE" and "no" in job["error"]
+    assert "ValueError" in job["traceback"]
+
+
+def test_status_into_a_closed_pipe_exits_quietly(app, db_path):
+    for i in range(50):
+        app.send_task(f"tasks.t{i}", ())
+    r, w = os.pipe()
+    os.close(r)                         # `| head -1` that has already gone
+    try:
+        proc = subprocess.run([sys.executable, "-m", "localq", "status", "--db", db_path],
+                              stdout=w, stderr=subprocess.PIPE, text=True, timeout=120,
+                              env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    finally:
+        os.close(w)
+    assert proc.stderr == ""
+    assert proc.returncode == 141
+
+
+# ------------------------------------------------------------------ waiting, sockets
+
+def test_get_without_a_worker_warns_once_naming_the_file(app, db_path):
+    r = sample_tasks.add.delay(1, 1)
+    with pytest.warns(RuntimeWarning, match=f"no localq worker is running on {db_path}"):
+        with pytest.raises(localq.TimeoutError):
+            r.get(timeout=0.05)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(localq.TimeoutError):
+            r.get(timeout=0.05)
+    with app.worker(concurrency=1):
+        assert r.get(timeout=20) == 2
+
+
+def test_get_with_a_worker_or_a_final_job_does_not_warn(app):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with app.worker(concurrency=1):
+            r = sample_tasks.add.delay(1, 1)
+            assert r.get(timeout=20) == 2
+        assert r.get(timeout=1) == 2          # finished: nothing to wait for
+
+
+def test_revoke_leaves_no_unclosed_socket(tmp_path):
+    script = textwrap.dedent(f"""
+        import gc
+        import localq
+
+        app = localq.Localq({str(tmp_path / "jobs.db")!r})
+        try:
+            app.AsyncResult("x").get(timeout=0.01)    # a waiter's bell: revoke rings it
+        except localq.TimeoutError:
+            pass
+        for i in range(3):
+            app.control.revoke(f"id-{{i}}")
+            gc.collect()
+        print("done")                                  # and no app.close(): exit closes it
+    """)
+    proc = subprocess.run([sys.executable, "-X", "dev", "-W", "error::ResourceWarning", "-W",
+                           "ignore::RuntimeWarning", "-c", script], capture_output=True,
+                          text=True, timeout=120, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert proc.returncode == 0 and proc.stdout == "done\n", proc.stderr
+    assert "ResourceWarning" not in proc.stderr and "unclosed" not in proc.stderr, proc.stderr
