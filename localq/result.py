@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 # for the length of one wait and gives it back, so a process holds as many as it
 # has threads waiting at once (plus MAX_IDLE), however many threads come and go.
 MAX_IDLE = 4
+NO_WORKER_GRACE = 1.0     # seconds a get() waits before it warns that no worker is running
 _idle: dict[str, list[Doorbell]] = {}       # per wake-up folder
 _live: weakref.WeakSet[Doorbell] = weakref.WeakSet()
 _bells_pid = os.getpid()
@@ -253,9 +254,6 @@ class AsyncResult:
     def get(self, timeout: float | None = None, propagate: bool = True,
             interval: float | None = None, **ignored: Any) -> Any:
         """Wait for the job to finish; return its value or raise its exception."""
-        if not isinstance(self, EagerResult):
-            from .status import warn_if_no_worker
-            warn_if_no_worker(self, self.app, "get()", stacklevel=2)
         row = self.wait_for_final(timeout)
         if row["state"] == "SUCCESS":
             return self.result
@@ -271,12 +269,20 @@ class AsyncResult:
         if row is not None and row["state"] in FINAL_STATES:
             return row
         waiter = Waiter(self.app.path, timeout)
+        # A worker started together with this wait registers within a fraction of a
+        # second: only a wait that outlasts NO_WORKER_GRACE (or times out) looks for one.
+        look_at: float | None = time.monotonic() + NO_WORKER_GRACE
         try:
             while True:
                 state = self.state
                 if state in FINAL_STATES and (row := self._load()) is not None:
                     return row
-                if not waiter.wait():
+                waited = waiter.wait()
+                if look_at is not None and (not waited or time.monotonic() >= look_at):
+                    look_at = None
+                    from .status import warn_if_no_worker
+                    warn_if_no_worker(self, self.app, "get()", stacklevel=3)
+                if not waited:
                     raise TimeoutError(f"the operation timed out: task {self.id} is still "
                                        f"{state} after {timeout}s")
         finally:
