@@ -325,6 +325,19 @@ class Lab:
             if not self.wait_until(lambda: self.registered(proc) or not proc.alive(), 60):
                 raise RuntimeError(f"worker {proc.pid} did not register within 60 s")
 
+    def write_lock_taken(self) -> bool:
+        """Does another connection hold the write lock for a whole second? (A probe:
+        BEGIN IMMEDIATE, then ROLLBACK; it writes nothing.)"""
+        conn = sqlite3.connect(self.db, timeout=1.0, isolation_level=None)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("ROLLBACK")
+            return False
+        except sqlite3.OperationalError:
+            return True
+        finally:
+            conn.close()
+
     def not_final(self) -> int:
         return self.count("state IN ('PENDING', 'RETRY', 'STARTED')")
 
@@ -641,12 +654,14 @@ def sigstop(lab: Lab) -> None:
         lab.faults += 1
         t0 = time.monotonic()
         presumed = lab.wait_until(lambda: not lab.registered(victim),
-                                  lost + RECOVERY_EVERY + 15)
+                                  lost + RECOVERY_EVERY + 5)
         stopped = time.monotonic() - t0
+        why = "" if presumed else (
+            ", never presumed dead" + (" (it held the write lock: nobody could write)"
+                                       if lab.write_lock_taken() else ""))
         lab.wait(lab.rng.uniform(0.0, 0.3))
         victim.signal_group(signal.SIGCONT)
-        lab.notes.append(f"stop {k + 1}: worker {victim.pid} stopped {stopped:.1f} s"
-                         + ("" if presumed else ", never presumed dead"))
+        lab.notes.append(f"stop {k + 1}: worker {victim.pid} stopped {stopped:.1f} s{why}")
         lab.wait(lost)        # it wakes up, finds itself presumed dead, registers again
 
 
@@ -812,9 +827,12 @@ def main() -> int:
     seed = args.seed if args.seed is not None else int(time.time()) % 100000
     names = args.scenario or list(SCENARIOS)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # run the finally blocks
+    root = tempfile.mkdtemp(prefix="chaos-")
+    if len(root) > 40:              # keep <db>.d/ doorbells inside it (sun_path is short)
+        os.rmdir(root)
+        root = tempfile.mkdtemp(prefix="chaos-", dir="/tmp")
     print(f"chaos: {'quick' if args.quick else 'full'} run of {', '.join(names)}; seed {seed}; "
-          f"{c.machine()}; {c.git_commit('commit ')}", flush=True)
-    root = tempfile.mkdtemp(prefix="chaos-", dir="/tmp")   # short: doorbell paths fit
+          f"{c.machine()}; {c.git_commit('commit ')}; in {root}", flush=True)
     rows: list[Row] = []
     t0 = time.monotonic()
     try:

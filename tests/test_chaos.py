@@ -1,0 +1,67 @@
+"""The fault harness in CI: ``python benchmarks/chaos.py --quick`` finds no lost, stuck or
+wrongly blamed job, no worker that died, and an intact database.
+
+It runs the harness as a user would, as a subprocess, on the scenarios that pass
+today. Not yet listed, because issue 11 is still open for them (each fails on
+main today; add it here when its fix lands):
+
+- ``kill-child``: a child killed while work is queued for it can kill the whole
+  worker (BrokenPipeError, item 1), and its death is blamed on a job that had
+  finished, or had not started (item 6);
+- ``child-crash``: the same two, from a task that calls ``os._exit(1)``;
+- ``full-disk``: the worker exits on "database or disk is full" and the outcomes
+  of that write stay STARTED forever (item 2).
+"""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PASSING_ON_MAIN = ["kill-supervisor", "kill-producer", "sigstop", "many-workers", "write-lock"]
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    """Live processes whose command line or environment holds ``text``."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        for name in ("cmdline", "environ"):
+            try:
+                with open(f"/proc/{pid}/{name}", "rb") as f:
+                    if text.encode() in f.read():
+                        found.append(int(pid))
+                        break
+            except OSError:
+                pass
+    return found
+
+
+@pytest.mark.slow
+def test_chaos_quick_finds_no_fault():
+    args = [arg for name in PASSING_ON_MAIN for arg in ("--scenario", name)]
+    proc = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "chaos.py"), "--quick",
+                             *args], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        out, _ = proc.communicate(timeout=600)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGTERM)      # it stops its own processes, then exits
+        out, _ = proc.communicate(timeout=120)
+        pytest.fail(f"chaos.py --quick ran over 600 s:\n{out}")
+    folder = re.search(r"in (/\S+)$", out.splitlines()[0])
+    assert folder, out
+    header = [line for line in out.splitlines() if line.startswith("scenario ")]
+    assert header and "blamed" in header[0] and "integrity" in header[0], out
+    rows = {line.split()[0]: line for line in out.splitlines()
+            if line.split() and line.split()[0] in PASSING_ON_MAIN}
+    assert sorted(rows) == sorted(PASSING_ON_MAIN), out
+    assert proc.returncode == 0, out
+    assert all(line.rstrip().endswith(" OK") for line in rows.values()), out
+    assert not os.path.exists(folder.group(1)), "the harness left its folder behind"
+    assert not _processes_mentioning(folder.group(1)), "the harness left processes behind"
