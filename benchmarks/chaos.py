@@ -14,7 +14,10 @@ injects its fault at random points (``--seed`` makes the points repeatable):
   kill-child       kill -9 of one child of the worker at random points
   kill-producer    kill -9 of a producer mid-send: the jobs it got ids for must exist
   sigstop          SIGSTOP of one of two workers past worker_lost_after (2 s, 3 s full),
-                   until the other has presumed it dead and taken its jobs, then SIGCONT
+                   while they drain a backlog, until the other has presumed it dead and
+                   taken its jobs, then SIGCONT
+  sigstop-in-write the same, landing while the worker holds the write lock (the others
+                   wait for it); SIGCONT after worker_lost_after and one recovery period
   many-workers     three workers on one file, two producers, warm restarts: each job
                    must run exactly once (the only scenario where a second run is wrong)
   child-crash      a task calls os._exit(1) on every N-th job (by its arguments)
@@ -325,10 +328,10 @@ class Lab:
             if not self.wait_until(lambda: self.registered(proc) or not proc.alive(), 60):
                 raise RuntimeError(f"worker {proc.pid} did not register within 60 s")
 
-    def write_lock_taken(self) -> bool:
-        """Does another connection hold the write lock for a whole second? (A probe:
-        BEGIN IMMEDIATE, then ROLLBACK; it writes nothing.)"""
-        conn = sqlite3.connect(self.db, timeout=1.0, isolation_level=None)
+    def write_lock_taken(self, seconds: float = 1.0) -> bool:
+        """Does another connection hold the write lock for that long? (A probe: BEGIN
+        IMMEDIATE, then ROLLBACK; it writes nothing.)"""
+        conn = sqlite3.connect(self.db, timeout=seconds, isolation_level=None)
         try:
             conn.execute("BEGIN IMMEDIATE")
             conn.execute("ROLLBACK")
@@ -433,11 +436,7 @@ def _group_alive(pgid: int) -> bool:
 # ------------------------------------------------------------------ reading the outcome
 
 def read_pairs(path: str) -> list[list[str]]:
-    try:
-        with open(path, errors="replace") as f:
-            return [line.split() for line in f]
-    except FileNotFoundError:
-        return []
+    return [line.split() for line in read_lines(path)]
 
 
 def verify(lab: Lab) -> Row:
@@ -529,6 +528,7 @@ def verify(lab: Lab) -> Row:
     if len(lab.exits) > 5:
         row.notes.append(f"exit: ... and {len(lab.exits) - 5} more")
     row.notes.extend(f"problem: {p}" for p in lab.problems)
+    row.notes.extend(worker_log_summary(lab))
     for kind, texts in examples.items():
         row.notes.extend(f"{kind}: {t}" for t in texts)
     if row.stuck:
@@ -560,6 +560,29 @@ def verify(lab: Lab) -> Row:
         failures.append("ran twice")
     row.verdict = "FAIL: " + ", ".join(failures) if failures else "OK"
     return row
+
+
+def worker_log_summary(lab: Lab) -> list[str]:
+    """The workers' WARNING and ERROR lines, counted by their first words (numbers and
+    ids blanked), so that what the workers saw is in the notes."""
+    kinds: Counter[str] = Counter()
+    for proc in lab.procs:
+        if proc.kind != "worker":
+            continue
+        for line in read_lines(proc.log_path):
+            match = re.match(r"\[[^]]*: (WARNING|ERROR)/[^]]*\] (.*)", line)
+            if match:
+                text = re.sub(r"\d+", "N", re.sub(r"\[[^]]*\]", "[...]", match[2]))
+                kinds[f"{match[1]} {text[:90]}"] += 1
+    return [f"worker log: {n} x {text}" for text, n in kinds.most_common(6)]
+
+
+def read_lines(path: str) -> list[str]:
+    try:
+        with open(path, errors="replace") as f:
+            return f.read().splitlines()
+    except FileNotFoundError:
+        return []
 
 
 def status_totals(db: str) -> dict[str, int]:
@@ -649,7 +672,15 @@ def sigstop(lab: Lab) -> None:
         if len(alive) < 2:
             raise RuntimeError("fewer than two workers alive")
         victim = alive[k % 2]
+        # Stop it while it is busy: pause both workers (for less than worker_lost_after)
+        # so that a backlog builds, and stop the victim while they drain it.
         lab.wait(lab.rng.uniform(0.1, 0.5))
+        for worker in alive:
+            worker.signal_group(signal.SIGSTOP)
+        lab.wait(lost / 4)
+        for worker in alive:
+            worker.signal_group(signal.SIGCONT)
+        lab.wait(lab.rng.uniform(0.0, 0.1))
         victim.signal_group(signal.SIGSTOP)
         lab.faults += 1
         t0 = time.monotonic()
@@ -663,6 +694,41 @@ def sigstop(lab: Lab) -> None:
         victim.signal_group(signal.SIGCONT)
         lab.notes.append(f"stop {k + 1}: worker {victim.pid} stopped {stopped:.1f} s{why}")
         lab.wait(lost)        # it wakes up, finds itself presumed dead, registers again
+
+
+def sigstop_in_write(lab: Lab) -> None:
+    """The same pause, landing while the worker holds the write lock (in a transaction
+    that claims jobs and writes outcomes): everyone else waits for it, so the other
+    worker can presume it dead only once it wakes up. The harness stops it for 0.1 s
+    at a time until a probe finds the lock held through the stop, then keeps it
+    stopped past worker_lost_after and one recovery period."""
+    lost = lab.lost_after = 2.0 if lab.quick else 3.0
+    workers = [lab.start_worker(), lab.start_worker()]
+    lab.wait_registered(*workers)
+    lab.start_producer()
+    lab.notes.append(f"worker_lost_after={lost:.0f} s (heartbeat every {lost / 4:.2f} s)")
+    for k in range(1 if lab.quick else 3):
+        alive = lab.alive()
+        if len(alive) < 2:
+            raise RuntimeError("fewer than two workers alive")
+        victim = alive[k % 2]
+        lab.wait(lab.rng.uniform(0.1, 0.5))
+        for tries in range(1, 301):
+            victim.signal_group(signal.SIGSTOP)
+            if lab.write_lock_taken(0.1):
+                break
+            victim.signal_group(signal.SIGCONT)
+            lab.wait(lab.rng.uniform(0.005, 0.03))
+        else:
+            lab.notes.append(f"stop {k + 1}: never caught worker {victim.pid} in a write "
+                             f"({tries} tries)")
+            continue
+        lab.faults += 1
+        lab.wait(lost + RECOVERY_EVERY + lab.rng.uniform(0.5, 1.5))
+        victim.signal_group(signal.SIGCONT)
+        lab.notes.append(f"stop {k + 1}: worker {victim.pid} stopped holding the write lock "
+                         f"(try {tries})")
+        lab.wait(lost)
 
 
 def many_workers(lab: Lab) -> None:
@@ -771,6 +837,7 @@ SCENARIOS: dict[str, Callable[[Lab], None]] = {
     "kill-child": kill_child,
     "kill-producer": kill_producer,
     "sigstop": sigstop,
+    "sigstop-in-write": sigstop_in_write,
     "many-workers": many_workers,
     "child-crash": child_crash,
     "full-disk": full_disk,

@@ -10,7 +10,13 @@ main today; add it here when its fix lands):
   finished, or had not started (item 6);
 - ``child-crash``: the same two, from a task that calls ``os._exit(1)``;
 - ``full-disk``: the worker exits on "database or disk is full" and the outcomes
-  of that write stay STARTED forever (item 2).
+  of that write stay STARTED forever (item 2);
+- ``sigstop-in-write``: a worker stopped while it holds the write lock, presumed
+  dead once it wakes, claims under its old id and forgets those jobs: STARTED
+  forever (item 5; in about half the runs).
+
+The full run (not --quick) of ``write-lock`` fails on main too (item 2: the lock is
+held past the 60 s retry window); --quick holds it for 3 s.
 """
 from __future__ import annotations
 
