@@ -78,7 +78,7 @@ import time
 import traceback
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 import _common as c  # puts this checkout first on sys.path
 
@@ -661,23 +661,30 @@ def kill_producer(lab: Lab) -> None:
             lab.faults += 1
 
 
-def sigstop(lab: Lab) -> None:
+def _stops(lab: Lab, count: int) -> Iterator[tuple[int, Proc, list[Proc]]]:
+    """Two workers and a producer, with a small worker_lost_after; yields (number, the
+    worker to stop, both workers) for each stop, and lets the victim wake up after."""
     lost = lab.lost_after = 2.0 if lab.quick else 3.0
     workers = [lab.start_worker(), lab.start_worker()]
     lab.wait_registered(*workers)
     lab.start_producer()
     lab.notes.append(f"worker_lost_after={lost:.0f} s (heartbeat every {lost / 4:.2f} s)")
-    for k in range(1 if lab.quick else 4):
+    for k in range(count):
         alive = lab.alive()
         if len(alive) < 2:
             raise RuntimeError("fewer than two workers alive")
-        victim = alive[k % 2]
+        lab.wait(lab.rng.uniform(0.1, 0.5))
+        yield k + 1, alive[k % 2], alive
+        lab.wait(lost)        # it wakes up, finds itself presumed dead, registers again
+
+
+def sigstop(lab: Lab) -> None:
+    for k, victim, alive in _stops(lab, 1 if lab.quick else 4):
         # Stop it while it is busy: pause both workers (for less than worker_lost_after)
         # so that a backlog builds, and stop the victim while they drain it.
-        lab.wait(lab.rng.uniform(0.1, 0.5))
         for worker in alive:
             worker.signal_group(signal.SIGSTOP)
-        lab.wait(lost / 4)
+        lab.wait((lab.lost_after or 0) / 4)
         for worker in alive:
             worker.signal_group(signal.SIGCONT)
         lab.wait(lab.rng.uniform(0.0, 0.1))
@@ -685,15 +692,14 @@ def sigstop(lab: Lab) -> None:
         lab.faults += 1
         t0 = time.monotonic()
         presumed = lab.wait_until(lambda: not lab.registered(victim),
-                                  lost + RECOVERY_EVERY + 5)
+                                  (lab.lost_after or 0) + RECOVERY_EVERY + 5)
         stopped = time.monotonic() - t0
         why = "" if presumed else (
             ", never presumed dead" + (" (it held the write lock: nobody could write)"
                                        if lab.write_lock_taken() else ""))
         lab.wait(lab.rng.uniform(0.0, 0.3))
         victim.signal_group(signal.SIGCONT)
-        lab.notes.append(f"stop {k + 1}: worker {victim.pid} stopped {stopped:.1f} s{why}")
-        lab.wait(lost)        # it wakes up, finds itself presumed dead, registers again
+        lab.notes.append(f"stop {k}: worker {victim.pid} stopped {stopped:.1f} s{why}")
 
 
 def sigstop_in_write(lab: Lab) -> None:
@@ -702,17 +708,7 @@ def sigstop_in_write(lab: Lab) -> None:
     worker can presume it dead only once it wakes up. The harness stops it for 0.1 s
     at a time until a probe finds the lock held through the stop, then keeps it
     stopped past worker_lost_after and one recovery period."""
-    lost = lab.lost_after = 2.0 if lab.quick else 3.0
-    workers = [lab.start_worker(), lab.start_worker()]
-    lab.wait_registered(*workers)
-    lab.start_producer()
-    lab.notes.append(f"worker_lost_after={lost:.0f} s (heartbeat every {lost / 4:.2f} s)")
-    for k in range(1 if lab.quick else 3):
-        alive = lab.alive()
-        if len(alive) < 2:
-            raise RuntimeError("fewer than two workers alive")
-        victim = alive[k % 2]
-        lab.wait(lab.rng.uniform(0.1, 0.5))
+    for k, victim, _ in _stops(lab, 1 if lab.quick else 3):
         for tries in range(1, 301):
             victim.signal_group(signal.SIGSTOP)
             if lab.write_lock_taken(0.1):
@@ -720,15 +716,14 @@ def sigstop_in_write(lab: Lab) -> None:
             victim.signal_group(signal.SIGCONT)
             lab.wait(lab.rng.uniform(0.005, 0.03))
         else:
-            lab.notes.append(f"stop {k + 1}: never caught worker {victim.pid} in a write "
+            lab.notes.append(f"stop {k}: never caught worker {victim.pid} in a write "
                              f"({tries} tries)")
             continue
         lab.faults += 1
-        lab.wait(lost + RECOVERY_EVERY + lab.rng.uniform(0.5, 1.5))
+        lab.wait((lab.lost_after or 0) + RECOVERY_EVERY + lab.rng.uniform(0.5, 1.5))
         victim.signal_group(signal.SIGCONT)
-        lab.notes.append(f"stop {k + 1}: worker {victim.pid} stopped holding the write lock "
+        lab.notes.append(f"stop {k}: worker {victim.pid} stopped holding the write lock "
                          f"(try {tries})")
-        lab.wait(lost)
 
 
 def many_workers(lab: Lab) -> None:
@@ -766,8 +761,11 @@ def full_disk(lab: Lab) -> None:
         raise Skip("not root: mounting a tmpfs needs root")
     mnt = os.path.join(lab.dir, "disk")
     os.mkdir(mnt, 0o700)
-    out = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={MOUNT_SIZE},mode=0700",
-                          "tmpfs", mnt], capture_output=True, text=True)
+    try:
+        out = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={MOUNT_SIZE},mode=0700",
+                              "tmpfs", mnt], capture_output=True, text=True)
+    except OSError as exc:
+        raise Skip(f"cannot run mount: {exc}") from None
     if out.returncode != 0:
         raise Skip(f"mount -t tmpfs failed: {(out.stderr or out.stdout).strip()}")
     lab.mounted = mnt
