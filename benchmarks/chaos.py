@@ -89,7 +89,7 @@ from localq.upkeep import RECOVERY_EVERY
 FINAL = ("SUCCESS", "FAILURE", "REVOKED")
 NOT_FINAL = ("PENDING", "RETRY", "STARTED")
 STOP_GRACE = 30.0       # seconds a worker gets to stop after SIGTERM
-MOUNT_SIZE = "32m"      # the full-disk tmpfs
+MOUNT_SIZE = "128m"     # the full-disk tmpfs: room for the rows of a full run
 LOCKER = """\
 import sqlite3, sys, time
 conn = sqlite3.connect(sys.argv[1], timeout=60, isolation_level=None)
@@ -262,8 +262,12 @@ class Lab:
         """SIGTERM (a warm shutdown for a worker), and wait; by force after STOP_GRACE."""
         if not proc.alive():
             return
-        proc.expected_exit = True
         proc.signal_group(signal.SIGCONT)
+        if proc.kind == "worker":     # SIGTERM before it sets its handlers would kill it
+            self.wait_until(lambda: self.registered(proc) or not proc.alive(), 60)
+            if not proc.alive():
+                return                # watch() notes the exit
+        proc.expected_exit = True
         proc.popen.send_signal(signal.SIGTERM)
         try:
             code = proc.popen.wait(STOP_GRACE)
@@ -355,10 +359,10 @@ class Lab:
     def drain(self) -> None:
         """Stop the producers and workers, then let one clean worker finish what is
         left: until nothing is waiting or running, or nothing has moved for a while."""
+        self.keep_alive = False
         for proc in self.alive("producer") + self.alive("locker"):
             self.stop(proc)
         self.watch()
-        self.keep_alive = False
         for proc in self.alive("worker"):
             self.stop(proc)
         self.watch()     # a worker that died meanwhile is an exit, not replaced
@@ -616,7 +620,8 @@ def kill_supervisor(lab: Lab) -> None:
     backlog drains (no worker ran for most of a second, then the new one is killed
     within 50 ms of registering), and while the worker keeps up with the producer
     (killed 0.3-0.8 s after it registered). Each kill is labelled by the jobs waiting
-    at that moment: a backlog from 1,000 up."""
+    or claimed at that moment: a backlog from 500 up (keeping up with 5,000/s, a few
+    dozen are claimed at any time)."""
     lab.start_producer(rate=5000)
     for k in range(4 if lab.quick else 10):
         backlog = k % 2 == 0
@@ -624,8 +629,9 @@ def kill_supervisor(lab: Lab) -> None:
         worker = lab.start_worker()
         lab.wait_registered(worker)
         lab.wait(lab.rng.uniform(0.0, 0.05) if backlog else lab.rng.uniform(0.3, 0.8))
-        waiting = lab.count("state = 'PENDING'")
-        label = f"{'backlog' if waiting >= 1000 else 'streaming'} ({waiting:,} waiting)"
+        waiting = lab.count("state IN ('PENDING', 'STARTED')")
+        label = (f"{'backlog' if waiting >= 500 else 'streaming'} ({waiting:,} waiting or "
+                 f"claimed)")
         if lab.kill9(worker, label):
             lab.faults += 1
 
@@ -771,7 +777,7 @@ def full_disk(lab: Lab) -> None:
     lab.mounted = mnt
     lab.db = os.path.join(mnt, "chaos.db")      # the run log stays on the real disk
     lab.wait_registered(lab.start_worker())
-    lab.start_producer(pad=2000)
+    lab.start_producer(pad=1000, rate=2000)     # ~2 MB/s of rows: fills 512 KiB at once
     hold = 1.5 if lab.quick else 5.0
     for k in range(1 if lab.quick else 3):
         lab.wait(0.5)
@@ -789,7 +795,7 @@ def full_disk(lab: Lab) -> None:
         lab.watch()
         lab.wait(0.5)
     lab.notes.append(f"tmpfs of {MOUNT_SIZE}, filled with a ballast file, held full "
-                     f"{hold} s, then freed")
+                     f"{hold} s, then freed; {_free(mnt) / 2**20:.0f} MiB free at the end")
 
 
 def _free(path: str) -> int:
