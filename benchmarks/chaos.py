@@ -2,15 +2,17 @@
 """The fault harness: kill, stop, starve and lock real workers, then count what broke.
 
     python benchmarks/chaos.py                      # every scenario, full size (~5 min)
-    python benchmarks/chaos.py --quick              # every scenario, small (CI; < 1 min)
+    python benchmarks/chaos.py --quick              # every scenario, small (~1 min)
     python benchmarks/chaos.py --scenario kill-child --scenario child-crash --seed 7
+    python benchmarks/chaos.py --quick --scenario full-disk --keep    # keep the logs
 
 Each scenario runs real processes in a fresh temporary folder: CLI workers
 (``python -m localq worker --app chaos_tasks:app -c 2``) and producers
 (``python -m chaos_tasks produce``, one ``delay()`` per job at full speed), and
 injects its fault at random points (``--seed`` makes the points repeatable):
 
-  kill-supervisor  kill -9 of the supervisor under streaming load; a new worker on the file
+  kill-supervisor  kill -9 of the supervisor under streaming load, alternately while a
+                   backlog drains and while it keeps up; a new worker on the file
   kill-child       kill -9 of one child of the worker at random points
   kill-producer    kill -9 of a producer mid-send: the jobs it got ids for must exist
   sigstop          SIGSTOP of one of two workers past worker_lost_after (2 s, 3 s full),
@@ -892,6 +894,9 @@ def main() -> int:
     parser.add_argument("--scenario", action="append", choices=list(SCENARIOS),
                         metavar="NAME", help="run only this scenario (repeatable): "
                         + ", ".join(SCENARIOS))
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the temporary folder (logs of every process, the run "
+                        "logs, the databases but the full-disk one) and print its path")
     parser.add_argument("--seed", type=int, default=None,
                         help="seed of the random fault points (default: from the clock)")
     args = parser.parse_args()
@@ -914,7 +919,10 @@ def main() -> int:
             print(f"\n{name}: {row.verdict}\n" + "".join(f"  {n}\n" for n in row.notes),
                   flush=True)
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        if args.keep:
+            print(f"kept {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
     print("\n".join(["", *c.table([HEADER, *map(cells, rows)])]))
     print(f"\nrerun:running = jobs run again after a run cut short by the fault (at-least-once);"
           f"\nrerun:finished = jobs run again although a run had completed before the fault."
