@@ -901,7 +901,7 @@ def main() -> int:
                         help="seed of the random fault points (default: from the clock)")
     args = parser.parse_args()
     seed = args.seed if args.seed is not None else int(time.time()) % 100000
-    names = args.scenario or list(SCENARIOS)
+    names = list(dict.fromkeys(args.scenario or SCENARIOS))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # run the finally blocks
     root = tempfile.mkdtemp(prefix="chaos-")
     if len(root) > 40:              # keep <db>.d/ doorbells inside it (sun_path is short)
