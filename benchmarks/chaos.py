@@ -50,7 +50,10 @@ Columns of the table:
             yet written when the fault struck)
   blamed    a wrong final state: FAILURE for a job whose run completed or that
             never started, SUCCESS for a job with no completed run (a crash job
-            that "succeeded"), or a result that is not the job's own
+            that "succeeded"), or a result that is not the job's own; a
+            WorkerLostError on the job a killed child was in is right, even when
+            the kill fell just before its body logged its start or just after it
+            logged its end (one such job per kill)
   integrity PRAGMA integrity_check
 
 Verdict FAIL for any exit, lost, stuck or blamed job, an integrity error, a
@@ -452,9 +455,11 @@ def verify(lab: Lab) -> Row:
         if proc.kind == "producer":
             ids.update((p[0], p[1]) for p in read_pairs(proc.ids_path) if len(p) == 2)
     runs: dict[str, list[tuple[str, str]]] = {}
+    last_line: dict[str, tuple[str, str]] = {}      # pid -> (job key, start/end)
     for parts in read_pairs(lab.run_log):
         if len(parts) == 3:
             runs.setdefault(parts[0], []).append((parts[1], parts[2]))
+            last_line[parts[1]] = (parts[0], parts[2])
 
     # Second runs, from the log alone: was a completed run run again? Each such job is
     # put down to the process its completed run was in (a kill notes its victims).
@@ -478,6 +483,25 @@ def verify(lab: Lab) -> Row:
             else:
                 row.rerun_running += 1
 
+    # A child killed from outside dies inside one job: the job its supervisor blames.
+    # The log cannot always show which: the kill may land after that job's body wrote
+    # "end" (but before the child marked it done), or after the child took it up (but
+    # before its body wrote "start"). So each killed child may excuse one blamed job:
+    # the one its last log line names, or, when its last line ends a job, one job that
+    # never started.
+    killed_children = {str(pid) for what, pids in lab.kills if what == "child" for pid in pids}
+    # (a child killed before its first body wrote a line may excuse one unstarted job)
+    excuses = {pid: last_line.get(pid, ("", "end")) for pid in killed_children}
+    excused = 0
+
+    def excuse(key: str, starts: int) -> bool:
+        """Was this WorkerLostError the job that a killed child died in? One per kill."""
+        for pid, (last_key, what) in excuses.items():
+            if last_key == key or (not starts and what == "end"):
+                del excuses[pid]
+                return True
+        return False
+
     examples: dict[str, list[str]] = {}
 
     def example(kind: str, text: str) -> None:
@@ -500,6 +524,9 @@ def verify(lab: Lab) -> Row:
                 example("lost", f"{key} (id {job_id}): never ran, still {state}")
             else:
                 example("stuck", f"{key} (id {job_id}): {state} after {starts} run(s)")
+        elif (state == "FAILURE" and isinstance(result.result, WorkerLostError)
+              and (ends or not starts) and excuse(key, starts)):
+            excused += 1        # the job its killed child was in: blamed rightly
         elif state == "FAILURE" and (ends or not starts):
             row.blamed += 1
             exc = result.result
@@ -521,6 +548,10 @@ def verify(lab: Lab) -> Row:
             row.blamed += 1
             example("blamed", f"{key} (id {job_id}): REVOKED, and nothing revoked it")
     app.close()
+    if excused:
+        lab.notes.append(f"{excused} WorkerLostError(s) on the job a killed child was in, "
+                         f"killed just before its body logged its start or just after it "
+                         f"logged its end (rightly blamed)")
 
     totals = status_totals(lab.db)
     row.jobs = sum(totals.values())
