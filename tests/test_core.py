@@ -180,6 +180,7 @@ def test_revoke_of_an_unknown_id_holds_when_it_is_sent_later(app):
     assert r.state == "REVOKED"
 
 
+@pytest.mark.filterwarnings("ignore:no localq worker is running")   # no worker, on purpose
 def test_get_times_out_with_localq_timeout_error(app):
     r = app.tasks["sample_tasks.add"].delay(1, 2)
     with pytest.raises(localq.TimeoutError):

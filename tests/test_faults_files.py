@@ -208,6 +208,7 @@ def test_a_localq_database_whose_schema_is_still_in_its_wal_is_opened(tmp_path):
 # ------------------------------------------------------- permissions
 
 @as_root
+@pytest.mark.filterwarnings("ignore:no localq worker is running")   # no worker, on purpose
 def test_another_user_never_opens_a_new_database(shared_dir):
     paths = [shared_dir / f"new{i}.db" for i in range(30)]
 
