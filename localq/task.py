@@ -13,7 +13,6 @@ import os
 import sys
 import threading
 import time
-import warnings
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Callable, Generic, Mapping, NamedTuple, ParamSpec, TypeVar
 
@@ -192,7 +191,8 @@ class Task(Generic[P, R]):
         self._declared = {k: v for k, v in options.items() if v is not None}
         for key, (value, meaning) in NO_EFFECT.items():
             if {**self._class_options, **self._declared}.get(key, not value) == value:
-                warn_once(key, f"localq ignores {key}={value!r} (task {self.name}): {meaning}")
+                app.conf.warn_once(("task option", key),
+                                   f"localq ignores {key}={value!r} (task {self.name}): {meaning}")
         self._cache: dict[str, Any] = {}
         self._cache_version = -1
         self._send_defaults: SendDefaults | None = None
@@ -393,13 +393,6 @@ class Task(Generic[P, R]):
 
 
 HOOKS = ("on_success", "on_failure", "on_retry", "after_return")
-_warned: set[str] = set()
-
-
-def warn_once(key: str, message: str) -> None:
-    if key not in _warned:
-        _warned.add(key)
-        warnings.warn(message, stacklevel=4)
 
 
 def to_timestamp(value: datetime | float | int) -> float:
