@@ -163,6 +163,10 @@ class Localq:
     def task(self, *, bind: Literal[False] = ..., **options: Any
              ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
+    @overload
+    def task(self, *, bind: bool, **options: Any
+             ) -> Callable[[Callable[..., R]], Task[..., R]]: ...
+
     def task(self, *args: Any, **options: Any) -> Any:
         """``@app.task`` or ``@app.task(**options)``: register a function as a task.
         ``base=MyTask`` (a subclass of ``localq.Task``) makes it an instance of that class."""

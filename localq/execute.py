@@ -147,8 +147,8 @@ def _call_hooks(task: Task, outcome: OutcomeTuple, value: Any, exc: BaseExceptio
                                    hook_exc, "FAILURE")
     if state == "RETRY":
         assert isinstance(exc, Retry)
-        _logged(task.on_retry, exc.exc, job_id, args, kwargs,
-                ExceptionInfo(exc.exc or exc, outcome[4]))
+        reason = exc.exc if exc.exc is not None else exc    # retry() without exc=
+        _logged(task.on_retry, reason, job_id, args, kwargs, ExceptionInfo(reason, outcome[4]))
         return outcome
     if state == "FAILURE":
         assert exc is not None

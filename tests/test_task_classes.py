@@ -186,3 +186,31 @@ def test_options_that_cannot_take_effect_warn_once_by_name(tmp_path):
     assert "task_store_eager_result=True" in messages[1]
     assert "worker_hijack_root_logger=True" in messages[2]
     assert all(w.filename == __file__ for w in said)
+
+
+class BrokenHooks(Task):
+    retried: list[str] = []
+
+    def on_failure(self, exc: BaseException, task_id: str, args: tuple, kwargs: dict,
+                   einfo: Any) -> None:
+        raise RuntimeError("the hook itself is broken")
+
+    def on_retry(self, exc: BaseException, task_id: str, args: tuple, kwargs: dict,
+                 einfo: Any) -> None:
+        self.retried.append(type(exc).__name__)     # retry() without exc=: the Retry itself
+
+
+def test_an_error_in_another_hook_is_logged_and_the_outcome_stands(tmp_path, caplog):
+    eager = Localq(tmp_path / "eager.db", task_always_eager=True)
+
+    @eager.task(base=BrokenHooks, bind=True, max_retries=1, default_retry_delay=0)
+    def fails(self: Task) -> None:
+        if self.request.retries == 0:
+            raise self.retry()
+        raise LookupError("the task's own error")
+
+    with caplog.at_level("ERROR", logger="localq.worker"):
+        result = fails.delay()
+    assert result.state == "FAILURE" and isinstance(result.result, LookupError)
+    assert "the hook itself is broken" in caplog.text and "on_failure" in caplog.text
+    assert BrokenHooks.retried == ["Retry"]
