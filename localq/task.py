@@ -189,8 +189,9 @@ class Task(Generic[P, R]):
         self.__module__ = fun.__module__
         self.__wrapped__ = fun
         self._declared = {k: v for k, v in options.items() if v is not None}
+        given = {**self._class_options, **self._declared}
         for key, (value, meaning) in NO_EFFECT.items():
-            if {**self._class_options, **self._declared}.get(key, not value) == value:
+            if given.get(key, not value) == value:
                 app.conf.warn_once(("task option", key),
                                    f"localq ignores {key}={value!r} (task {self.name}): {meaning}")
         self._cache: dict[str, Any] = {}
@@ -201,9 +202,9 @@ class Task(Generic[P, R]):
         self._arity: _Arity | None | bool = None
         self._accept: tuple[int, frozenset[str], frozenset[str]] = (-1, frozenset(),
                                                                      frozenset())
-        if "serializer" in self._declared:
-            check_serializer(self._declared["serializer"])
-        parse_rate(self._declared.get("rate_limit"), where=f"rate_limit of {self.name}")
+        if "serializer" in given:
+            check_serializer(given["serializer"])
+        parse_rate(given.get("rate_limit"), where=f"rate_limit of {self.name}")
 
     # -------------------------------------------------------------- options
 
