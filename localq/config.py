@@ -46,7 +46,7 @@ DEFAULTS: dict[str, Any] = {
     "worker_concurrency": None,         # None: the number of CPUs
     "worker_max_tasks_per_child": None,
     "worker_max_memory_per_child": None,  # KiB of resident memory, as in Celery
-    "worker_hijack_root_logger": False,  # never: workers log through "localq" only
+    "worker_hijack_root_logger": True,  # False: the worker leaves the root logger alone
     "imports": (),
     "include": (),
     "beat_schedule": {},                # stored; nothing runs it yet (see _check)
@@ -64,8 +64,6 @@ IGNORED = CELERY_SETTINGS - DEFAULTS.keys()
 NO_EFFECT: dict[str, tuple[Any, str]] = {
     "task_store_eager_result": (True, "eager mode runs the job in the caller and opens no "
                                       "database, so the result is only in the EagerResult"),
-    "worker_hijack_root_logger": (True, "localq's workers never touch the root logger; they "
-                                        "log through the 'localq' logger"),
 }
 
 

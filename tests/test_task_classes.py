@@ -1,9 +1,11 @@
-"""Task classes (``@app.task(base=MyTask)``) and the options that cannot take effect here.
+"""Task classes (``@app.task(base=MyTask)``), and Celery's options and settings that
+were accepted and ignored: each works, or warns once by name.
 
 The hooks run in the worker's child, so they report to a file that the test reads.
 """
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -177,15 +179,42 @@ def test_options_that_cannot_take_effect_warn_once_by_name(tmp_path):
         def untracked_too() -> None:
             pass
 
-        other.conf.update(task_store_eager_result=True, worker_hijack_root_logger=True)
+        other.conf.update(task_store_eager_result=True)
         other.conf.update(task_store_eager_result=True)
         other.conf.update(task_store_eager_result=False, worker_hijack_root_logger=False)
     messages = [str(w.message) for w in said]
-    assert len(messages) == 3, messages
+    assert len(messages) == 2, messages
     assert "track_started=False" in messages[0] and "always records STARTED" in messages[0]
-    assert "task_store_eager_result=True" in messages[1]
-    assert "worker_hijack_root_logger=True" in messages[2]
+    assert "task_store_eager_result=True" in messages[1] and "opens no database" in messages[1]
     assert all(w.filename == __file__ for w in said)
+
+
+log_app = Localq(main="test_task_classes_logging")
+
+
+@log_app.task
+def speak(word: str) -> str:
+    logging.getLogger("user.tasks").warning("task says %s", word)
+    return word
+
+
+@pytest.mark.parametrize("hijack", [True, False])
+def test_worker_hijack_root_logger_false_leaves_the_users_root_logger(tmp_path, hijack):
+    """Celery's worker_hijack_root_logger: by default the worker replaces the root
+    logger's handlers; False keeps the user's (here a file), which gets the tasks'
+    records, written in the worker's child."""
+    log_app.path = tmp_path / "jobs.db"
+    log_app.conf.worker_hijack_root_logger = hijack
+    handler = logging.FileHandler(tmp_path / "user.log")
+    logging.getLogger().addHandler(handler)
+    try:
+        with log_app.worker(concurrency=1):
+            assert speak.delay("hi").get(timeout=60) == "hi"
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+        log_app.close()
+    assert ("task says hi" in (tmp_path / "user.log").read_text()) is (not hijack)
 
 
 class BrokenHooks(Task):
