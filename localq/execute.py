@@ -2,7 +2,9 @@
 
 Used by the child processes and by eager mode, so that both go through the
 same serializer, the same retry rules and the same errors: an eager test
-cannot pass where a real worker would fail.
+cannot pass where a real worker would fail. A Task subclass's hooks
+(``on_success``, ``on_failure``, ``on_retry``, ``after_return``) run here too,
+while ``task.request`` is still the job's.
 
 Whatever a job brings or leaves becomes an outcome the supervisor can store: a
 payload in a serializer the app does not accept is refused undecoded

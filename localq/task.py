@@ -3,7 +3,9 @@
 Celery's names and meanings: ``@app.task`` makes a Task; ``delay`` and
 ``apply_async`` send it; ``self.retry`` (with ``bind=True``) asks for another
 attempt; ``self.request`` describes the running job. Calling the Task object
-runs the function inline, like Celery.
+runs the function inline, like Celery. ``Task[P, R]`` carries the function's
+parameters and return type for type checkers; a subclass (``base=``) brings
+Celery's hooks and class-attribute defaults.
 """
 from __future__ import annotations
 
