@@ -14,7 +14,7 @@ import time
 import warnings
 import weakref
 from datetime import datetime
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Concatenate, Iterable, Iterator, Literal, overload
 
 from .config import Settings
 from .control import Control
@@ -25,6 +25,8 @@ from .result import AsyncResult as Result  # the method AsyncResult shadows the 
 from .serializer import check_serializer, encode_call
 from .store import NewJob, Store
 from .task import (
+    P,
+    R,
     SendDefaults,
     Task,
     check_name,
@@ -150,10 +152,31 @@ class Localq:
 
     # -------------------------------------------------------------- tasks
 
+    @overload
+    def task(self, fun: Callable[P, R], /) -> Task[P, R]: ...
+
+    @overload
+    def task(self, *, bind: Literal[True], **options: Any
+             ) -> Callable[[Callable[Concatenate[Any, P], R]], Task[P, R]]: ...
+
+    @overload
+    def task(self, *, bind: Literal[False] = ..., **options: Any
+             ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+
+    @overload
+    def task(self, *, bind: bool, **options: Any
+             ) -> Callable[[Callable[..., R]], Task[..., R]]: ...
+
     def task(self, *args: Any, **options: Any) -> Any:
-        """``@app.task`` or ``@app.task(**options)``: register a function as a task."""
+        """``@app.task`` or ``@app.task(**options)``: register a function as a task.
+        ``base=MyTask`` (a subclass of ``localq.Task``) makes it an instance of that class."""
+        base = options.pop("base", None) or Task
+        if not (isinstance(base, type) and issubclass(base, Task)):
+            raise TypeError(f"@app.task(base={base!r}): base must be a subclass of "
+                            f"localq.Task (class MyTask(app.Task): ...)")
+
         def register(fun: Callable) -> Task:
-            task = Task(self, fun, options)
+            task = base(self, fun, options)
             if task.name in self.tasks and self.tasks[task.name].run is not fun:
                 existing = self.tasks[task.name].run
                 if (existing.__module__, existing.__qualname__) != (fun.__module__,
@@ -355,6 +378,12 @@ def _close_all_ringers() -> None:
     """Close the apps' ringing sockets at exit, rather than leave them to the collector."""
     for app in list(Localq._instances):
         app._close_ringers()
+
+
+# Celery's ``class MyTask(app.Task)``: the same class as ``localq.Task`` (a task is bound
+# to its app when it is created). Set here, not in the class body, where the name would
+# shadow the type in Localq's annotations; type checkers see ``localq.Task`` only.
+Localq.Task = Task      # type: ignore[attr-defined]
 
 
 def _unknown_task(*args: Any, **kwargs: Any) -> Any:

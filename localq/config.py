@@ -46,7 +46,7 @@ DEFAULTS: dict[str, Any] = {
     "worker_concurrency": None,         # None: the number of CPUs
     "worker_max_tasks_per_child": None,
     "worker_max_memory_per_child": None,  # KiB of resident memory, as in Celery
-    "worker_hijack_root_logger": True,
+    "worker_hijack_root_logger": True,  # False: the worker leaves the root logger alone
     "imports": (),
     "include": (),
     "beat_schedule": {},                # stored; nothing runs it yet (see _check)
@@ -60,6 +60,11 @@ DEFAULTS: dict[str, Any] = {
 
 # Celery settings that have no meaning on one host with one SQLite file.
 IGNORED = CELERY_SETTINGS - DEFAULTS.keys()
+# Settings stored, whose one value here cannot be changed: the other value warns once.
+NO_EFFECT: dict[str, tuple[Any, str]] = {
+    "task_store_eager_result": (True, "eager mode runs the job in the caller and opens no "
+                                      "database, so the result is only in the EagerResult"),
+}
 
 
 class Settings(Mapping[str, Any]):
@@ -115,6 +120,10 @@ class Settings(Mapping[str, Any]):
                                + (f" ({name})" if label != name else "")
                                + ": it has no meaning with one SQLite file on one host")
         self._values.update(checked)
+        for name, (value, meaning) in NO_EFFECT.items():
+            if name in checked and bool(checked[name]) == value:
+                self.warn_once(name, f"localq ignores {spelled.get(name, name)}={value!r}: "
+                               f"{meaning}")
         if checked.get("beat_schedule"):
             self.warn_once("beat_schedule", "localq stores beat_schedule, but it does not "
                            "run periodic tasks yet: nothing will send these jobs")

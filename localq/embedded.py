@@ -78,7 +78,7 @@ class EmbeddedWorker:
         code = 70
         try:
             from .supervisor import Supervisor
-            setup_worker_logging(self.loglevel)
+            setup_worker_logging(self.loglevel, self.app.conf.worker_hijack_root_logger)
             if self.time_limit is not None:
                 self.app.conf.task_time_limit = self.time_limit
             if self.soft_time_limit is not None:

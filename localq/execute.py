@@ -2,7 +2,9 @@
 
 Used by the child processes and by eager mode, so that both go through the
 same serializer, the same retry rules and the same errors: an eager test
-cannot pass where a real worker would fail.
+cannot pass where a real worker would fail. A Task subclass's hooks
+(``on_success``, ``on_failure``, ``on_retry``, ``after_return``) run here too,
+while ``task.request`` is still the job's.
 
 Whatever a job brings or leaves becomes an outcome the supervisor can store: a
 payload in a serializer the app does not accept is refused undecoded
@@ -13,6 +15,7 @@ NaN) fails it too, and exception text is made valid UTF-8.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import signal
@@ -31,11 +34,13 @@ from .serializer import (
     safe_text,
     why,
 )
-from .task import Request
+from .task import ExceptionInfo, Request
 
 if TYPE_CHECKING:
     from .app import Localq
     from .task import Task
+
+log = logging.getLogger("localq.worker")
 
 # An outcome as it travels from a child to the supervisor: a plain tuple, the
 # cheapest thing to pickle.  (seq, state, result, exc_type, traceback,
@@ -79,6 +84,21 @@ def execute(app: Localq, seq: int, job_id: str, task_name: str, serializer: str,
                       is_eager=is_eager, options=options or {})
     task.push_request(request)
     try:
+        outcome, value, error, tb = _run(app, task, seq, serializer, args, kwargs, soft_limit,
+                                         started, pid)
+        if task._hooks:     # a Task subclass's hooks, still inside the job's request
+            outcome = _call_hooks(task, outcome, value, error, tb, job_id, args, kwargs,
+                                  serializer, started, pid)
+        return outcome
+    finally:
+        task.pop_request()
+
+
+def _run(app: Localq, task: Task, seq: int, serializer: str, args: tuple | list, kwargs: dict,
+         soft_limit: float | None, started: float, pid: int
+         ) -> tuple[OutcomeTuple, Any, BaseException | None, str | None]:
+    """Call the task: (outcome, its value, the exception that ended it, its traceback)."""
+    try:
         if soft_limit:
             signal.setitimer(signal.ITIMER_REAL, soft_limit)
         try:
@@ -87,28 +107,65 @@ def execute(app: Localq, seq: int, job_id: str, task_name: str, serializer: str,
             if soft_limit:
                 signal.setitimer(signal.ITIMER_REAL, 0)
     except Retry as asked:
-        return _retry(seq, serializer, asked, started, pid)
+        return _retry(seq, serializer, asked, started, pid), None, asked, None
     except Exception as exc:
         auto = _autoretry(task, exc)
         if isinstance(auto, Retry):
-            return _retry(seq, serializer, auto, started, pid)
+            return _retry(seq, serializer, auto, started, pid), None, auto, None
         # retry() itself raised when max_retries was reached: that is the failure
-        return _failure(seq, serializer, auto if auto is not None else exc,
-                        tb_module.format_exc(), started, pid)
-    finally:
-        task.pop_request()
+        final = auto if auto is not None else exc
+        tb = tb_module.format_exc()
+        return _failure(seq, serializer, final, tb, started, pid), None, final, tb
     if task.option("ignore_result"):
-        return (seq, "SUCCESS", None, None, None, started, time.time(), pid, 0.0, None)
+        return (seq, "SUCCESS", None, None, None, started, time.time(), pid, 0.0, None), \
+            value, None, None
     result_serializer = app.conf.result_serializer or serializer
     try:
         result = encode_value(result_serializer, value)
     except Exception as exc:
-        err = EncodeError(f"the result of task {task_name!r} cannot be encoded with the "
+        err = EncodeError(f"the result of task {task.name!r} cannot be encoded with the "
                           f"{result_serializer} serializer: {why(exc)} (value: "
                           f"{value!r:.80}). Return plain data, or opt in to "
                           f"serializer='pickle'.")
-        return _failure(seq, serializer, err, None, started, pid)
-    return (seq, "SUCCESS", result, None, None, started, time.time(), pid, 0.0, None)
+        return _failure(seq, serializer, err, None, started, pid), None, err, None
+    return (seq, "SUCCESS", result, None, None, started, time.time(), pid, 0.0, None), \
+        value, None, None
+
+
+def _call_hooks(task: Task, outcome: OutcomeTuple, value: Any, exc: BaseException | None,
+                tb: str | None, job_id: str, args: tuple | list, kwargs: dict, serializer: str,
+                started: float, pid: int) -> OutcomeTuple:
+    """Celery's task hooks, with Celery's signatures and order: on_success,
+    on_failure or on_retry, then after_return (not after a retry). As in Celery, an
+    on_success that raises fails the job; an error in another hook is logged and the
+    outcome stands."""
+    state, args = outcome[1], tuple(args)
+    if state == "SUCCESS":
+        try:
+            task.on_success(value, job_id, args, kwargs)
+        except Exception as hook_exc:
+            tb = tb_module.format_exc()
+            outcome, exc, state = (_failure(outcome[0], serializer, hook_exc, tb, started, pid),
+                                   hook_exc, "FAILURE")
+    if state == "RETRY":
+        assert isinstance(exc, Retry)
+        reason = exc.exc if exc.exc is not None else exc    # retry() without exc=
+        _logged(task.on_retry, reason, job_id, args, kwargs, ExceptionInfo(reason, outcome[4]))
+        return outcome
+    if state == "FAILURE":
+        assert exc is not None
+        _logged(task.on_failure, exc, job_id, args, kwargs, ExceptionInfo(exc, tb))
+    _logged(task.after_return, state, value if state == "SUCCESS" else exc, job_id, args,
+            kwargs, None)
+    return outcome
+
+
+def _logged(hook: Any, *args: Any) -> None:
+    try:
+        hook(*args)
+    except Exception:
+        log.exception("%s raised (the job's outcome stands)", getattr(hook, "__qualname__",
+                                                                      hook))
 
 
 def _autoretry(task: Task, exc: Exception) -> BaseException | None:
@@ -208,8 +265,8 @@ def run_eager(task: Task, args: tuple, kwargs: dict, options: dict) -> Any:
             break
         retries += 1
     state, result, exc_type, tb = outcome[1], outcome[2], outcome[3], outcome[4]
-    eager = EagerResult(job_id, task.app, state, serializer, result, exc_type, tb, retries,
-                        task.name)
+    eager: EagerResult[Any] = EagerResult(job_id, task.app, state, serializer, result,
+                                          exc_type, tb, retries, task.name)
     if state == "FAILURE" and task.app.conf.task_eager_propagates:
         raise eager.result      # Celery's task_eager_propagates: raise at the call
     return eager

@@ -78,23 +78,30 @@ def check_level(text: str | int) -> str | int:
     return name
 
 
-def setup_worker_logging(level: str | int) -> None:
+def setup_worker_logging(level: str | int, hijack_root: bool = True) -> None:
     """Point this process's root logger at stderr, at ``level``, in the worker format.
 
     Called in the worker's own process (the CLI's, or the embedded worker's fork),
     never in the user's: the user's handlers are dropped there, as Celery's worker
-    does (``worker_hijack_root_logger``).
+    does (``worker_hijack_root_logger``). With ``hijack_root=False`` the root logger
+    is left as the user configured it, and only the ``localq`` logger gets the
+    worker's handler and level.
     """
     _main_pid[0] = os.getpid()
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(TaskFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(check_level(level))
     localq_logger = logging.getLogger("localq")
-    localq_logger.handlers[:] = []
-    localq_logger.setLevel(logging.NOTSET)
-    localq_logger.propagate = True
+    if hijack_root:
+        root = logging.getLogger()
+        root.handlers[:] = [handler]
+        root.setLevel(check_level(level))
+        localq_logger.handlers[:] = []
+        localq_logger.setLevel(logging.NOTSET)
+        localq_logger.propagate = True
+    else:
+        localq_logger.handlers[:] = [handler]
+        localq_logger.setLevel(check_level(level))
+        localq_logger.propagate = False
 
 
 def log_outcome(outcome: tuple, task_name: str, job_id: str, serializer: str) -> None:

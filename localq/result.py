@@ -15,7 +15,7 @@ import threading
 import time
 import weakref
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from .exceptions import TaskRevokedError, TimeoutError
 from .rows import FINAL_STATES
@@ -31,6 +31,8 @@ from .wakeup import Doorbell, waiter_name, wake_folder
 
 if TYPE_CHECKING:
     from .app import Localq
+
+R = TypeVar("R")
 
 # Waiter bells are shared by the threads of a process: a thread takes an idle one
 # for the length of one wait and gives it back, so a process holds as many as it
@@ -137,7 +139,9 @@ class Waiter:
                 pass
 
 
-class AsyncResult:
+class AsyncResult(Generic[R]):
+    """A job's state and outcome; ``AsyncResult[R]`` for type checkers, ``R`` being what
+    ``get()`` returns (a task's ``delay()`` gives ``AsyncResult[<its return type>]``)."""
     def __init__(self, id: str, app: Localq) -> None:
         self.id = id
         self.task_id = id
@@ -252,7 +256,7 @@ class AsyncResult:
     # -------------------------------------------------------------- waiting
 
     def get(self, timeout: float | None = None, propagate: bool = True,
-            interval: float | None = None, **ignored: Any) -> Any:
+            interval: float | None = None, **ignored: Any) -> R:
         """Wait for the job to finish; return its value or raise its exception."""
         row = self.wait_for_final(timeout)
         if row["state"] == "SUCCESS":
@@ -260,7 +264,7 @@ class AsyncResult:
         exc = self._exception(row)
         if propagate:
             raise exc
-        return exc
+        return exc      # type: ignore[return-value]  # typed for the usual propagate=True
 
     wait = get
 
@@ -308,7 +312,7 @@ def result_content(app: Localq, task_name: str | None) -> frozenset[str]:
     return content_accepted(app.conf)[1]
 
 
-class EagerResult(AsyncResult):
+class EagerResult(AsyncResult[R]):
     """The result of a job run eagerly: held in memory, never stored."""
 
     def __init__(self, id: str, app: Localq, state: str, serializer: str, result: Any,

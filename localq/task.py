@@ -3,7 +3,9 @@
 Celery's names and meanings: ``@app.task`` makes a Task; ``delay`` and
 ``apply_async`` send it; ``self.retry`` (with ``bind=True``) asks for another
 attempt; ``self.request`` describes the running job. Calling the Task object
-runs the function inline, like Celery.
+runs the function inline, like Celery. ``Task[P, R]`` carries the function's
+parameters and return type for type checkers; a subclass (``base=``) brings
+Celery's hooks and class-attribute defaults.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import sys
 import threading
 import time
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Callable, Mapping, NamedTuple
+from typing import TYPE_CHECKING, Any, Callable, Generic, Mapping, NamedTuple, ParamSpec, TypeVar
 
 from .exceptions import ConfigurationError, MaxRetriesExceededError, Retry
 from .limits import parse_rate
@@ -36,6 +38,15 @@ TASK_OPTIONS: dict[str, Any] = {
     "time_limit": None, "soft_time_limit": None, "rate_limit": None, "max_concurrency": None,
     "expires": None, "track_started": None, "typing": None, "shared": None, "base": None,
 }
+# Options a Task subclass may not give its tasks as class attributes: each task has its
+# own name, and the class is the base.
+NOT_CLASS_OPTIONS = frozenset({"name", "base"})
+# Options accepted only to load Celery code unchanged, with what they mean here.
+#  track_started: localq always records STARTED (the claim sets it), so True is what
+#    happens anyway and False cannot turn it off (warned).
+#  shared: Celery's shared_task flag; every app here has its own registry.
+NO_EFFECT = {"track_started": (False, "localq always records STARTED when a job is "
+                                      "claimed; it cannot be turned off")}
 # Options that task_annotations may override (Celery's annotation targets).
 ANNOTATABLE = ("rate_limit", "time_limit", "soft_time_limit", "max_retries",
                "default_retry_delay", "acks_late", "ignore_result", "queue", "priority",
@@ -91,8 +102,81 @@ def task_name_for(fun: Callable) -> str:
     return f"{module}.{fun.__qualname__}"
 
 
-class Task:
-    def __init__(self, app: Localq, fun: Callable, options: dict[str, Any]) -> None:
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class ExceptionInfo:
+    """``einfo`` in the failure and retry hooks, as Celery's: the exception, its type,
+    and the formatted traceback (``traceback``)."""
+
+    def __init__(self, exc: BaseException, traceback: str | None) -> None:
+        self.exception = exc
+        self.type = type(exc)
+        self.traceback = traceback or ""
+
+    def __str__(self) -> str:
+        return self.traceback
+
+    def __repr__(self) -> str:
+        return f"<ExceptionInfo: {self.exception!r}>"
+
+
+class Task(Generic[P, R]):
+    """A task: ``@app.task`` makes one; ``Task[P, R]`` for type checkers, with ``P`` the
+    function's parameters and ``R`` its return type, so ``add.delay("x")`` or a
+    misspelt ``add.dealy(1)`` is a mypy error and ``add.delay(1, 2).get()`` is ``R``.
+
+    Subclass it for Celery's task classes: ``@app.task(base=MyTask)``. A subclass's
+    class attributes that are task options (``max_retries = 5``) are its tasks'
+    defaults (the decorator and task_annotations still win), and its hooks
+    ``on_success``, ``on_failure``, ``on_retry`` and ``after_return`` run in the
+    worker's child right after the task, with ``self.request`` still the job's.
+    """
+
+    # The options, read as attributes as in Celery (``task.max_retries``): their
+    # effective values come from __getattr__ (annotations, decorator, class, settings).
+    if TYPE_CHECKING:
+        queue: str | None
+        priority: int | None
+        ignore_result: bool
+        serializer: str
+        bind: bool
+        acks_late: bool
+        reject_on_worker_lost: bool
+        max_retries: int | None
+        default_retry_delay: float
+        autoretry_for: tuple[type[BaseException], ...]
+        dont_autoretry_for: tuple[type[BaseException], ...]
+        retry_kwargs: dict[str, Any] | None
+        retry_backoff: bool | float
+        retry_backoff_max: float
+        retry_jitter: bool
+        time_limit: float | None
+        soft_time_limit: float | None
+        rate_limit: str | float | None
+        max_concurrency: int | None
+        expires: float | datetime | None
+        track_started: bool | None
+        typing: bool | None
+        shared: bool | None
+
+    run: Callable[..., R]
+    _class_options: dict[str, Any] = {}
+    _hooks = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # Class attributes that are options become defaults read through option(), so
+        # that ``task.max_retries`` still answers with the effective value.
+        super().__init_subclass__(**kwargs)
+        own = {k: v for k, v in vars(cls).items()
+               if k in TASK_OPTIONS and k not in NOT_CLASS_OPTIONS}
+        for key in own:
+            delattr(cls, key)
+        cls._class_options = {**cls._class_options, **own}
+        cls._hooks = any(getattr(cls, hook) is not getattr(Task, hook) for hook in HOOKS)
+
+    def __init__(self, app: Localq, fun: Callable[..., R], options: dict[str, Any]) -> None:
         unknown = set(options) - set(TASK_OPTIONS)
         if unknown:
             raise ConfigurationError(f"unknown task option(s) {', '.join(sorted(unknown))} "
@@ -107,6 +191,11 @@ class Task:
         self.__module__ = fun.__module__
         self.__wrapped__ = fun
         self._declared = {k: v for k, v in options.items() if v is not None}
+        given = {**self._class_options, **self._declared}
+        for key, (value, meaning) in NO_EFFECT.items():
+            if given.get(key, not value) == value:
+                app.conf.warn_once(("task option", key),
+                                   f"localq ignores {key}={value!r} (task {self.name}): {meaning}")
         self._cache: dict[str, Any] = {}
         self._cache_version = -1
         self._send_defaults: SendDefaults | None = None
@@ -115,9 +204,9 @@ class Task:
         self._arity: _Arity | None | bool = None
         self._accept: tuple[int, frozenset[str], frozenset[str]] = (-1, frozenset(),
                                                                      frozenset())
-        if "serializer" in self._declared:
-            check_serializer(self._declared["serializer"])
-        parse_rate(self._declared.get("rate_limit"), where=f"rate_limit of {self.name}")
+        if "serializer" in given:
+            check_serializer(given["serializer"])
+        parse_rate(given.get("rate_limit"), where=f"rate_limit of {self.name}")
 
     # -------------------------------------------------------------- options
 
@@ -183,6 +272,7 @@ class Task:
             "time_limit": conf.task_time_limit, "soft_time_limit": conf.task_soft_time_limit,
             "rate_limit": conf.task_default_rate_limit,
         })
+        values.update(self._class_options)
         values.update(self._declared)
         annotations = conf.task_annotations or {}
         for scope in ("*", self.name):      # the task's own annotation wins over "*"
@@ -190,11 +280,14 @@ class Task:
                           if k in ANNOTATABLE)
         return values
 
-    def __getattr__(self, key: str) -> Any:
-        # max_retries, time_limit, ... read as attributes, as in Celery.
-        if key in TASK_OPTIONS:
-            return self.option(key)
-        raise AttributeError(key)
+    if not TYPE_CHECKING:
+        # Hidden from type checkers, so that a misspelt attribute is an error there; the
+        # options are declared above.
+        def __getattr__(self, key: str) -> Any:
+            # max_retries, time_limit, ... read as attributes, as in Celery.
+            if key in TASK_OPTIONS:
+                return self.option(key)
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {key!r}")
 
     @property
     def request(self) -> Request:
@@ -209,12 +302,12 @@ class Task:
 
     # -------------------------------------------------------------- calling
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         if self.option("bind"):
             return self.run(self, *args, **kwargs)
         return self.run(*args, **kwargs)
 
-    def delay(self, *args: Any, **kwargs: Any) -> AsyncResult:
+    def delay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
         return self.app.send_plain(self, args, kwargs)
 
     def apply_async(self, args: tuple | list | None = None, kwargs: dict | None = None, *,
@@ -222,7 +315,7 @@ class Task:
                     expires: float | datetime | None = None, queue: str | None = None,
                     priority: int | None = None, task_id: str | None = None,
                     time_limit: float | None = None, soft_time_limit: float | None = None,
-                    serializer: str | None = None, **ignored: Any) -> AsyncResult:
+                    serializer: str | None = None, **ignored: Any) -> AsyncResult[R]:
         args, kwargs = check_call(self.name, args, kwargs)
         if (countdown is None and eta is None and expires is None and queue is None
                 and priority is None and task_id is None and time_limit is None
@@ -235,12 +328,12 @@ class Task:
                                  ignored=ignored)
 
     def apply(self, args: tuple | list | None = None, kwargs: dict | None = None,
-              **options: Any) -> AsyncResult:
+              **options: Any) -> AsyncResult[R]:
         """Run here and now, through the serializer, like eager mode."""
         from .execute import run_eager
         return run_eager(self, tuple(args or ()), dict(kwargs or {}), options)
 
-    def AsyncResult(self, task_id: str) -> AsyncResult:  # noqa: N802 - Celery's name
+    def AsyncResult(self, task_id: str) -> AsyncResult[R]:  # noqa: N802 - Celery's name
         return self.app.AsyncResult(task_id)
 
     def encode_call(self, args: tuple, kwargs: dict, serializer: str | None = None) -> Any:
@@ -280,8 +373,29 @@ class Task:
             raise retry
         return retry
 
+    # -------------------------------------------------------------- hooks
+
+    def on_success(self, retval: Any, task_id: str, args: tuple, kwargs: dict) -> None:
+        """Run in the worker's child when the task returned ``retval``."""
+
+    def on_failure(self, exc: BaseException, task_id: str, args: tuple, kwargs: dict,
+                   einfo: ExceptionInfo) -> None:
+        """Run in the worker's child when the task failed for good with ``exc``."""
+
+    def on_retry(self, exc: BaseException, task_id: str, args: tuple, kwargs: dict,
+                 einfo: ExceptionInfo) -> None:
+        """Run in the worker's child when the task asked for another attempt."""
+
+    def after_return(self, status: str, retval: Any, task_id: str, args: tuple, kwargs: dict,
+                     einfo: ExceptionInfo | None) -> None:
+        """Run in the worker's child after any of the above; ``retval`` is the value or
+        the exception."""
+
     def __repr__(self) -> str:
         return f"<@task: {self.name} of {self.app.main_name}>"
+
+
+HOOKS = ("on_success", "on_failure", "on_retry", "after_return")
 
 
 def to_timestamp(value: datetime | float | int) -> float:
