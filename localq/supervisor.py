@@ -395,9 +395,12 @@ class Supervisor(Upkeep):
         # Only the job it was running when it died is blamed (or run again). The others
         # on its list go to another child: those after it never started; those before
         # it finished, but their outcomes died with the child, so they run again.
+        # A child stopped to terminate a revoked job may die before it marks that job as
+        # running: the job still ends REVOKED, never runs again.
+        revoked = child.kill_job if child.kill_reason == "revoke" else None
         again = []
         for item in child.inflight:
-            if item.job.seq == running:
+            if item.job.seq == running or item.job.seq == revoked:
                 self.outcomes.append(death_outcome(child, item, self.app.tasks.get(item.job.task),
                                                    how, now))
                 self.final_outcomes = True
