@@ -21,7 +21,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from .execute import LimitCache, execute, install_soft_limit_handler
+from .execute import LimitCache, execute, install_soft_limit_handler, revoked_outcome
 from .ids import format_id
 from .log import log, log_outcome, now_running, per_job_lines
 from .profiling import run_profiled
@@ -112,8 +112,11 @@ def _loop(app: Localq, conn: Connection, running: memoryview, max_tasks: int | N
             now_running(task_name, job_id)
             t0 = time.perf_counter()
             running[0] = seq
-            outcome = execute(app, seq, job_id, task_name, serializer,
-                              payload, opts, retries, pid, soft)
+            if running[1] and seq in running[2:2 + running[1]]:    # revoked since handed over
+                outcome = revoked_outcome(seq, serializer, "revoked", time.time(), pid)
+            else:
+                outcome = execute(app, seq, job_id, task_name, serializer,
+                                  payload, opts, retries, pid, soft)
             running[0] = 0
             elapsed = time.perf_counter() - t0
             now_running(None, None)

@@ -23,7 +23,14 @@ import time
 import traceback as tb_module
 from typing import TYPE_CHECKING, Any
 
-from .exceptions import ConfigurationError, EncodeError, NotRegistered, Retry, SoftTimeLimitExceeded
+from .exceptions import (
+    ConfigurationError,
+    EncodeError,
+    NotRegistered,
+    Retry,
+    SoftTimeLimitExceeded,
+    TaskRevokedError,
+)
 from .limits import backoff_countdown
 from .serializer import (
     check_accepted,
@@ -203,6 +210,13 @@ def _retry(seq: int, serializer: str, retry: Retry, started: float, pid: int) ->
     tb = "".join(tb_module.format_exception(exc)) if exc is not None else None
     return (seq, "RETRY", None, exc_type, safe_text(tb), started, now, pid, max(when, now),
             safe_text(str(exc)) if exc is not None else "retry requested")
+
+
+def revoked_outcome(seq: int, serializer: str, why: str, ended: float,
+                    pid: int | None = None) -> OutcomeTuple:
+    """A job that ends REVOKED without running (revoked, expired) or terminated."""
+    return (seq, "REVOKED", encode_exception(serializer, TaskRevokedError(why)),
+            "localq.exceptions.TaskRevokedError", None, None, ended, pid, 0.0, why)
 
 
 def _failure(seq: int, serializer: str, exc: BaseException, tb: str | None, started: float,

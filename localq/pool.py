@@ -36,7 +36,8 @@ from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Callable, Iterable
 
 from .child import child_main
-from .exceptions import TaskRevokedError, TimeLimitExceeded, WorkerLostError
+from .exceptions import TimeLimitExceeded, WorkerLostError
+from .execute import revoked_outcome
 from .serializer import encode_exception, exception_type_name
 from .store import Outcome
 
@@ -56,6 +57,11 @@ PREFETCH_MAX = 512
 DIED = "died"         # the selector's tag of a child's sentinel: (DIED, child)
 
 
+# The slot shared with each child: [0] the seq of the job it runs (0: none), [1] how many
+# seqs follow, [2:] jobs it must not start (revoked after they were handed over).
+SKIP_MAX = mmap.PAGESIZE // 8 - 2
+
+
 class Inflight:
     __slots__ = ("job", "hard", "sent", "size")
 
@@ -72,7 +78,7 @@ class Child:
     def __init__(self, pid: int, conn: Connection, slot: mmap.mmap) -> None:
         self.pid = pid
         self.conn = conn
-        self.slot = slot              # the seq of the job it is running, 0 between jobs
+        self.slot = slot              # shared with the child: see SKIP_MAX
         try:                          # readable when the process has exited
             self.sentinel: int | None = os.pidfd_open(pid)
         except (AttributeError, OSError):     # Linux before 5.3: the channel's EOF only
@@ -125,6 +131,16 @@ class Child:
     def running_seq(self) -> int:
         """The seq of the job the child is running (0: none), as the child wrote it."""
         return int(struct.unpack_from("q", self.slot)[0])
+
+    def skip(self, seq: int) -> bool:
+        """Tell the child not to start this job (revoked after it was handed over): it
+        reports it REVOKED instead. False if the slot's list is full."""
+        count = struct.unpack_from("q", self.slot, 8)[0]
+        if count >= SKIP_MAX:
+            return False
+        struct.pack_into("q", self.slot, 16 + 8 * count, seq)    # the seq, then the count:
+        struct.pack_into("q", self.slot, 8, count + 1)           # the child reads them so
+        return True
 
     def close(self) -> None:
         """Release the channel, the sentinel and the slot of a child that has exited."""
@@ -224,9 +240,7 @@ def death_outcome(child: Child, head: Inflight, task: Task | None, how: str,
                        now, child.pid)
     if child.kill_reason == "revoke" and child.kill_job == seq:
         log.info("Task %s[%s] terminated by revoke", job.task, job.id)
-        return Outcome(seq, "REVOKED", encode_exception(job.serializer,
-                                                        TaskRevokedError("terminated")),
-                       "localq.exceptions.TaskRevokedError", None, None, now, child.pid)
+        return Outcome(*revoked_outcome(seq, job.serializer, "terminated", now, child.pid))
     if child.kill_reason is not None:
         # Shut down, or killed for another job that had just finished: this one was
         # caught in the crossfire; it runs again.

@@ -26,8 +26,8 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from .exceptions import DatabaseError, TaskRevokedError
-from .execute import LimitCache
+from .exceptions import DatabaseError
+from .execute import LimitCache, revoked_outcome
 from .flow import FlowControl
 from .pool import DIED, Child, Inflight, death_outcome, fork_child
 from .profiling import run_profiled
@@ -425,18 +425,39 @@ class Supervisor(Upkeep):
                 self._keep_pool_whole()      # the replacement starts now, not after death
 
     def _check_revokes(self) -> None:
-        if not any(c.inflight for c in self.children.values()):
+        """Act on revokes of jobs this worker holds: one claimed but not handed out ends
+        REVOKED here; one handed to a child but not started is skipped by the child; one
+        running is killed if the revoke says terminate, else it finishes (as in Celery)."""
+        if not self.ready and not any(c.inflight for c in self.children.values()):
             return
         requests = dict(self._safely(self.store.revoke_requests, self.worker_id) or ())
         if not requests:
             return
+        if self.ready:
+            now = time.time()
+            kept: deque[Claimed] = deque()
+            for job in self.ready:
+                if job.seq in requests:
+                    self.outcomes.append(Outcome(*revoked_outcome(job.seq, job.serializer,
+                                                                  "revoked", now)))
+                    self.final_outcomes = True
+                else:
+                    kept.append(job)
+            self.ready = kept
         for child in list(self.children.values()):
-            head = child.running()
-            if head is not None and requests.get(head.job.seq) == 2 and child.kill_reason is None:
-                child.stop("revoke", head.job.seq)
-                self._keep_pool_whole()
-
-    # -------------------------------------------------------------- claiming
+            if child.kill_reason is not None:
+                continue
+            for item in list(child.inflight):
+                seq = item.job.seq
+                how = requests.get(seq)
+                if how is None:
+                    continue
+                if child.running_seq() != seq:
+                    child.skip(seq)          # harmless if it already finished
+                if how == 2 and child.running_seq() == seq:    # (it may have just started)
+                    child.stop("revoke", seq)
+                    self._keep_pool_whole()
+                    break
 
     def _free_slots(self) -> int:
         free = sum(self._room(child) for child in self.children.values())
@@ -495,10 +516,8 @@ class Supervisor(Upkeep):
             revoked = [c for c in claimed if c.revoke or (c.expires and c.expires < now)]
             if revoked:
                 self.store.finish_in(conn, self.worker_id, [
-                    Outcome(c.seq, "REVOKED", encode_exception(
-                        c.serializer, TaskRevokedError("expired" if not c.revoke
-                                                       else "revoked")),
-                        "localq.exceptions.TaskRevokedError", None, None, now)
+                    Outcome(*revoked_outcome(c.seq, c.serializer,
+                                             "revoked" if c.revoke else "expired", now))
                     for c in revoked])
                 claimed = [c for c in claimed if c not in revoked]
             drained = claim and len(claimed) + len(revoked) < slots

@@ -115,6 +115,25 @@ def test_revoke_terminate_kills_a_running_job(app):
         assert add.delay(1, 1).get(timeout=10) == 2     # a new child took its place
 
 
+@pytest.mark.parametrize("terminate", [False, True])
+def test_a_job_revoked_after_it_was_claimed_but_before_it_started_never_runs(app, terminate):
+    from sample_tasks import add, record, sleep_then
+    out = app.path + ".runs"
+    with app.worker(concurrency=1):
+        for r in [add.delay(i, i) for i in range(300)]:   # fast jobs: the child prefetches
+            r.get(timeout=20)
+        eta = time.time() + 0.5          # due together: claimed and handed over together
+        first = sleep_then.apply_async((1.0,), eta=eta, priority=9)
+        second = record.apply_async((out, "second"), eta=eta)
+        wait_for(lambda: second.state == "STARTED", what="the second job to be claimed")
+        assert first.state == "STARTED"
+        second.revoke(terminate=terminate)
+        assert first.get(timeout=20) is None              # the running job finishes
+        with pytest.raises(localq.TaskRevokedError):
+            second.get(timeout=20)
+    assert not os.path.exists(out), "a job revoked before it started ran"
+
+
 def test_revocations_hold_across_worker_restarts(app):
     from sample_tasks import add
     r = add.delay(1, 1)
