@@ -88,7 +88,7 @@ from typing import Callable, Iterator
 import _common as c  # puts this checkout first on sys.path
 
 from localq import Localq, WorkerLostError
-from localq.schema import BUSY_TIMEOUT_MS
+from localq.store.schema import BUSY_TIMEOUT_MS
 from localq.upkeep import RECOVERY_EVERY
 
 FINAL = ("SUCCESS", "FAILURE", "REVOKED")
@@ -862,7 +862,7 @@ def write_lock(lab: Lab) -> None:
         lab.problems.append(f"the lock holder failed: {locker.last_line()}")
     lab.wait(0.5)
     note = (f"write lock held {hold:.0f} s by another connection; the writers' retry window "
-            f"is {window:.0f} s (BUSY_TIMEOUT_MS in localq/schema.py, not a setting)")
+            f"is {window:.0f} s (BUSY_TIMEOUT_MS in localq/store/schema.py, not a setting)")
     if hold < window:
         note += ("; --quick holds it for less than the window: it checks that writers wait, "
                  "not what happens when they give up (run without --quick for that)")

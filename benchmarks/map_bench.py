@@ -66,7 +66,8 @@ def bench_enqueue(folder: str, items: int, repeat: int) -> list[float]:
         serializer = noop.option("serializer")
         t = time.perf_counter()
         payloads = mapping._encode_calls(noop, serializer, [(i,) for i in range(items)])
-        mapping._enqueue(app, noop, f"map:bench{n}", serializer, payloads, None, None,
+        template = app.new_job(noop, (), {})
+        mapping._enqueue(app, template, f"map:bench{n}", serializer, payloads,
                          resumable=False)       # as app.map without resume=: generated ids
         rates.append(items / (time.perf_counter() - t))
         app.close()

@@ -46,6 +46,7 @@ from _common import WORKERS, BenchError, Worker  # noqa: E402
 
 import localq  # noqa: E402  (after _common put this checkout first on sys.path)
 from localq.ids import format_id, new_id, parse_id  # noqa: E402
+from localq.store import NewJob  # noqa: E402
 
 BASE = 10_000          # the baseline depth, and the size of every measured window
 STREAM = 20_000        # jobs sent by the streaming figure
@@ -138,12 +139,13 @@ class Scale(c.TempBench):
             entry["note"] = note
 
     def new_rows(self, start: int, count: int, created: float | None = None,
-                 ids: list[str] | None = None) -> list[tuple]:
-        """NewJob fields in order, payload ``[[i,i],{}]``, as delay() would write them."""
+                 ids: list[str] | None = None) -> list[NewJob]:
+        """Jobs with payload ``[[i,i],{}]``, as delay() would write them."""
         now = time.time() if created is None else created
         task = self.add.name
-        return [((ids[k] if ids else new_id()), task, "default", None, 0, "json",
-                 f"[[{i},{i}],{{}}]", None, 0.0, None, now, None, None)
+        return [NewJob(id=(ids[k] if ids else new_id()), task=task, queue="default", lane=None,
+                       priority=0, serializer="json", payload=f"[[{i},{i}],{{}}]",
+                       options=None, eta=0.0, expires=None, created=now)
                 for k, i in enumerate(range(start, start + count))]
 
     def start_worker(self, db: str, ro: sqlite3.Connection,

@@ -23,7 +23,7 @@ from .flow import lane_for
 from .ids import format_id, new_id, new_seq
 from .result import AsyncResult as Result  # the method AsyncResult shadows the class
 from .serializer import check_serializer, encode_call
-from .store import NewJob, Store
+from .store import JobRow, NewJob, Store
 from .task import (
     P,
     R,
@@ -216,9 +216,9 @@ class Localq:
         expires = None if d.expires is None else expires_at(d.expires, now)
         store = self.store
         seq = new_seq()
-        while not store.insert_row((seq, None, task.name, d.queue, d.lane, d.priority,
-                                    d.serializer, payload, d.options, 0.0, expires, now,
-                                    None, None)):
+        while not store.insert_row(JobRow(seq, None, task.name, d.queue, d.lane, d.priority,
+                                          d.serializer, payload, d.options, 0.0, expires,
+                                          now)):
             seq = new_seq()              # two producers drew the same row number
         self.nudge_workers()
         return Result(format_id(seq), self)

@@ -374,7 +374,7 @@ def cmd_revoke(args: argparse.Namespace) -> int:
 
 def _final_state(app: Localq, job_id: str, timeout: float) -> str | None:
     """Poll until the job is in a final state; None after ``timeout`` seconds."""
-    from .rows import FINAL_STATES
+    from .store.records import FINAL_STATES
     deadline = time.monotonic() + timeout
     delay = 0.005
     while True:

@@ -14,7 +14,6 @@ NaN) fails it too, and exception text is made valid UTF-8.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -41,6 +40,8 @@ from .serializer import (
     safe_text,
     why,
 )
+from .store import records
+from .store.records import Outcome
 from .task import ExceptionInfo, Request
 
 if TYPE_CHECKING:
@@ -48,12 +49,6 @@ if TYPE_CHECKING:
     from .task import Task
 
 log = logging.getLogger("localq.worker")
-
-# An outcome as it travels from a child to the supervisor: a plain tuple, the
-# cheapest thing to pickle.  (seq, state, result, exc_type, traceback,
-# started, ended, pid, eta, exc_message)
-OutcomeTuple = tuple
-
 
 def _soft_limit_handler(signum: int, frame: Any) -> None:
     raise SoftTimeLimitExceeded("soft time limit exceeded")
@@ -65,7 +60,7 @@ def install_soft_limit_handler() -> None:
 
 def execute(app: Localq, seq: int, job_id: str, task_name: str, serializer: str, payload: Any,
             options: dict | None, retries: int, pid: int, soft_limit: float | None,
-            is_eager: bool = False) -> OutcomeTuple:
+            is_eager: bool = False) -> Outcome:
     """Run one job and return its outcome tuple. Never raises for task errors."""
     started = time.time()
     task = app.tasks.get(task_name)
@@ -103,7 +98,7 @@ def execute(app: Localq, seq: int, job_id: str, task_name: str, serializer: str,
 
 def _run(app: Localq, task: Task, seq: int, serializer: str, args: tuple | list, kwargs: dict,
          soft_limit: float | None, started: float, pid: int
-         ) -> tuple[OutcomeTuple, Any, BaseException | None, str | None]:
+         ) -> tuple[Outcome, Any, BaseException | None, str | None]:
     """Call the task: (outcome, its value, the exception that ended it, its traceback)."""
     try:
         if soft_limit:
@@ -124,8 +119,7 @@ def _run(app: Localq, task: Task, seq: int, serializer: str, args: tuple | list,
         tb = tb_module.format_exc()
         return _failure(seq, serializer, final, tb, started, pid), None, final, tb
     if task.option("ignore_result"):
-        return (seq, "SUCCESS", None, None, None, started, time.time(), pid, 0.0, None), \
-            value, None, None
+        return records.succeeded(seq, None, started, time.time(), pid), value, None, None
     result_serializer = app.conf.result_serializer or serializer
     try:
         result = encode_value(result_serializer, value)
@@ -135,29 +129,29 @@ def _run(app: Localq, task: Task, seq: int, serializer: str, args: tuple | list,
                           f"{value!r:.80}). Return plain data, or opt in to "
                           f"serializer='pickle'.")
         return _failure(seq, serializer, err, None, started, pid), None, err, None
-    return (seq, "SUCCESS", result, None, None, started, time.time(), pid, 0.0, None), \
-        value, None, None
+    return records.succeeded(seq, result, started, time.time(), pid), value, None, None
 
 
-def _call_hooks(task: Task, outcome: OutcomeTuple, value: Any, exc: BaseException | None,
+def _call_hooks(task: Task, outcome: Outcome, value: Any, exc: BaseException | None,
                 tb: str | None, job_id: str, args: tuple | list, kwargs: dict, serializer: str,
-                started: float, pid: int) -> OutcomeTuple:
+                started: float, pid: int) -> Outcome:
     """Celery's task hooks, with Celery's signatures and order: on_success,
     on_failure or on_retry, then after_return (not after a retry). As in Celery, an
     on_success that raises fails the job; an error in another hook is logged and the
     outcome stands."""
-    state, args = outcome[1], tuple(args)
+    state, args = outcome.state, tuple(args)
     if state == "SUCCESS":
         try:
             task.on_success(value, job_id, args, kwargs)
         except Exception as hook_exc:
             tb = tb_module.format_exc()
-            outcome, exc, state = (_failure(outcome[0], serializer, hook_exc, tb, started, pid),
+            outcome, exc, state = (_failure(outcome.seq, serializer, hook_exc, tb, started, pid),
                                    hook_exc, "FAILURE")
     if state == "RETRY":
         assert isinstance(exc, Retry)
         reason = exc.exc if exc.exc is not None else exc    # retry() without exc=
-        _logged(task.on_retry, reason, job_id, args, kwargs, ExceptionInfo(reason, outcome[4]))
+        _logged(task.on_retry, reason, job_id, args, kwargs,
+                ExceptionInfo(reason, outcome.traceback))
         return outcome
     if state == "FAILURE":
         assert exc is not None
@@ -198,7 +192,7 @@ def _autoretry(task: Task, exc: Exception) -> BaseException | None:
     return None
 
 
-def _retry(seq: int, serializer: str, retry: Retry, started: float, pid: int) -> OutcomeTuple:
+def _retry(seq: int, serializer: str, retry: Retry, started: float, pid: int) -> Outcome:
     exc = retry.exc
     now = time.time()
     when = retry.when or now
@@ -208,21 +202,21 @@ def _retry(seq: int, serializer: str, retry: Retry, started: float, pid: int) ->
             f"retry requested with an ETA of {when!r}: not a finite time"), None, started, pid)
     exc_type = exception_type_name(exc) if exc is not None else "localq.exceptions.Retry"
     tb = "".join(tb_module.format_exception(exc)) if exc is not None else None
-    return (seq, "RETRY", None, exc_type, safe_text(tb), started, now, pid, max(when, now),
-            safe_text(str(exc)) if exc is not None else "retry requested")
+    return records.retrying(seq, exc_type, safe_text(tb), started, now, pid, max(when, now),
+                            safe_text(str(exc)) if exc is not None else "retry requested")
 
 
 def revoked_outcome(seq: int, serializer: str, why: str, ended: float,
-                    pid: int | None = None) -> OutcomeTuple:
+                    pid: int | None = None) -> Outcome:
     """A job that ends REVOKED without running (revoked, expired) or terminated."""
-    return (seq, "REVOKED", encode_exception(serializer, TaskRevokedError(why)),
-            "localq.exceptions.TaskRevokedError", None, None, ended, pid, 0.0, why)
+    return records.revoked(seq, encode_exception(serializer, TaskRevokedError(why)), ended,
+                           pid, why)
 
 
 def _failure(seq: int, serializer: str, exc: BaseException, tb: str | None, started: float,
-             pid: int) -> OutcomeTuple:
-    return (seq, "FAILURE", encode_exception(serializer, exc), exception_type_name(exc),
-            safe_text(tb), started, time.time(), pid, 0.0, safe_text(str(exc)))
+             pid: int) -> Outcome:
+    return records.failed(seq, encode_exception(serializer, exc), exception_type_name(exc),
+                          safe_text(tb), started, time.time(), pid, safe_text(str(exc)))
 
 
 class LimitCache:
@@ -253,7 +247,7 @@ def job_limits(task: Task | None, options: str | None
                ) -> tuple[dict, float | None, float | None]:
     """(per-call options, soft limit, hard limit) for a job: the call's, else the
     task's (annotations, decorator, then the settings the worker set)."""
-    opts = json.loads(options) if options else {}
+    opts = records.decode_options(options)
     soft = opts.get("soft_time_limit")
     hard = opts.get("time_limit")
     if task is not None:
@@ -275,10 +269,11 @@ def run_eager(task: Task, args: tuple, kwargs: dict, options: dict) -> Any:
     while True:
         outcome = execute(task.app, 0, job_id, task.name, serializer, payload, None, retries,
                           os.getpid(), None, is_eager=True)
-        if outcome[1] != "RETRY":
+        if outcome.state != "RETRY":
             break
         retries += 1
-    state, result, exc_type, tb = outcome[1], outcome[2], outcome[3], outcome[4]
+    state, result, exc_type, tb = outcome.state, outcome.result, outcome.exc_type, \
+        outcome.traceback
     eager: EagerResult[Any] = EagerResult(job_id, task.app, state, serializer, result,
                                           exc_type, tb, retries, task.name)
     if state == "FAILURE" and task.app.conf.task_eager_propagates:

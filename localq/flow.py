@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import logging
 import math
-import sqlite3
 import time
 from typing import TYPE_CHECKING, Any
 
 from .limits import Rate, next_token_at, parse_rate, refill
 from .status import age
-from .store import Claimed, Store
+from .store import Claimed, Store, Transaction
 
 if TYPE_CHECKING:
     from .app import Localq
@@ -135,15 +134,15 @@ class FlowControl:
         self._refill_at = None
         return True
 
-    def claim(self, conn: sqlite3.Connection, owner: int, queues: list[str], slots: int,
+    def claim(self, tx: Transaction, owner: int, queues: list[str], slots: int,
               now: float) -> list[Claimed]:
         declared, caps, lanes = self._declared_limits()
         sweep = now >= self._next_sweep
         if sweep:
             self._next_sweep = now + LANE_SWEEP
-            self._has_overrides = self.store.has_rate_overrides(conn)
+            self._has_overrides = tx.has_rate_overrides()
         # With nothing throttled anywhere, a claim is one statement: no bucket to read.
-        buckets = self.store.buckets(conn) if declared or self._has_overrides else {}
+        buckets = tx.buckets() if declared or self._has_overrides else {}
         rates: dict[str, Rate] = {}
         for name in set(declared) | set(buckets):
             override = buckets.get(name, (None,))[0]
@@ -158,19 +157,19 @@ class FlowControl:
         # of these queues are theirs, so the move costs what it moves; and every
         # LANE_SWEEP while the main order stays busy, so that they are not starved.
         runtime_only = sorted(throttled - lanes)
-        self.store.release_due(conn, now)
+        tx.release_due(now)
         claimed: list[Claimed] = []
         for queue in queues:
             if len(claimed) >= slots:
                 break
-            claimed += self.store.claim(conn, owner, queue, slots - len(claimed), now,
-                                        exclude=runtime_only)
+            claimed += tx.claim(owner, queue, slots - len(claimed), now,
+                                exclude=runtime_only)
         if runtime_only and (sweep or len(claimed) < slots):
-            self.store.move_to_lane(conn, runtime_only, queues)
+            tx.move_to_lane(runtime_only, queues)
         if sweep:
             # Lanes with waiting jobs that this app does not throttle (a limit removed,
             # or jobs sent by a newer app): claimed like any other, so none is stranded.
-            self._waiting_lanes = set(self.store.waiting_lanes(conn))
+            self._waiting_lanes = set(tx.waiting_lanes())
         # Came up short between sweeps: look once more at the next one (a claim, one
         # LANE_SWEEP after the last activity), for jobs that only a sweep finds: in a
         # lane this app does not throttle, or behind an override whose ring was lost.
@@ -178,7 +177,7 @@ class FlowControl:
         names = throttled | lanes | self._waiting_lanes
         if not names:
             return claimed
-        running = self.store.running_counts(conn, sorted(caps)) if caps else {}
+        running = tx.running_counts(sorted(caps)) if caps else {}
         for name in sorted(names):
             allowance = slots - len(claimed)
             if allowance <= 0:
@@ -200,13 +199,12 @@ class FlowControl:
                 for queue in queues:
                     if len(got) >= allowance:
                         break
-                    got += self.store.claim(conn, owner, queue, allowance - len(got), now,
-                                            lane=name)
+                    got += tx.claim(owner, queue, allowance - len(got), now, lane=name)
                 claimed += got
             if rate:
                 tokens -= len(got)
                 if got or stepped_back:   # refill() is a function of time: untouched
-                    self.store.save_bucket(conn, name, tokens, now)   # buckets need no write
+                    tx.save_bucket(name, tokens, now)   # buckets need no write
                 # Jobs may still be waiting, held back by the empty bucket: wake when the
                 # next token drips in. (Held back by the slots or a cap instead, they are
                 # claimed when a job ends, which wakes the supervisor anyway.)

@@ -20,7 +20,10 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .store.records import Outcome
 
 WORKER_FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s %(process)d] %(message)s"
 TASK_FORMAT = ("[%(asctime)s: %(levelname)s/%(processName)s %(process)d] "
@@ -104,17 +107,18 @@ def setup_worker_logging(level: str | int, hijack_root: bool = True) -> None:
         localq_logger.propagate = False
 
 
-def log_outcome(outcome: tuple, task_name: str, job_id: str, serializer: str) -> None:
+def log_outcome(outcome: Outcome, task_name: str, job_id: str, serializer: str) -> None:
     """The INFO line of a job that succeeded or asked for a retry (failures are logged
     at ERROR, with their traceback, by the supervisor)."""
-    state = outcome[1]
+    state = outcome.state
     if state == "SUCCESS":
         log.info("Task %s[%s] succeeded in %.3fs: %s", task_name, job_id,
-                 outcome[6] - outcome[5], _value(serializer, outcome[2]))
+                 outcome.ended - (outcome.started or outcome.ended),
+                 _value(serializer, outcome.result))
     elif state == "RETRY":
         log.info("Task %s[%s] retry: Retry in %.0fs: %s(%r)", task_name, job_id,
-                 max(0.0, outcome[8] - outcome[6]), (outcome[3] or "Retry").rsplit(".", 1)[-1],
-                 outcome[9])
+                 max(0.0, outcome.eta - outcome.ended),
+                 (outcome.exc_type or "Retry").rsplit(".", 1)[-1], outcome.exc_message)
 
 
 def _value(serializer: str, payload: Any) -> str:

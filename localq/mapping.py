@@ -30,7 +30,6 @@ from .exceptions import ConfigurationError, EncodeError, TaskRevokedError, Timeo
 from .ids import new_id, new_seq, new_seqs
 from .progress import Progress
 from .result import AsyncResult, EagerResult, Waiter
-from .rows import FINAL_STATES
 from .serializer import (
     check_accepted,
     check_serializer,
@@ -40,6 +39,7 @@ from .serializer import (
     encode_value,
 )
 from .status import warn_if_no_worker
+from .store.records import FINAL_STATES, JobRow
 
 if TYPE_CHECKING:
     from .app import Localq
@@ -175,16 +175,16 @@ def _enqueue(app: Localq, t: NewJob, group: str, serializer: str, payloads: list
         end = min(start + CHUNK, total)
         # (seq, id): a resumable item has a chosen id, a one-off item a generated seq.
         seqs = new_seqs(end - start) if not resumable else [None] * (end - start)
-        rows = [(seq, f"{group}:{i}" if resumable else None,
-                 t.task, t.queue, t.lane, t.priority, serializer, payloads[i], t.options, 0.0,
-                 t.expires, now, group, i)
+        rows = [JobRow(seq, f"{group}:{i}" if resumable else None,
+                       t.task, t.queue, t.lane, t.priority, serializer, payloads[i], t.options,
+                       0.0, t.expires, now, group, i)
                 for seq, i in zip(seqs, range(start, end))]
         inserted = app.store.insert_rows(rows)
         while not resumable and inserted < len(rows):
             # Another producer drew the same row number in the same millisecond (rare):
             # send the items that are missing again, with fresh ids.
             present = app.store.group_indexes(group, start, end)
-            rows = [(new_seq(), *r[1:]) for r in rows if r[13] not in present]
+            rows = [r._replace(seq=new_seq()) for r in rows if r.group_index not in present]
             inserted = app.store.insert_rows(rows)
         if start == 0:
             app.nudge_workers()     # let the workers start on the first chunk

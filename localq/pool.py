@@ -39,7 +39,7 @@ from .child import child_main
 from .exceptions import TimeLimitExceeded, WorkerLostError
 from .execute import revoked_outcome
 from .serializer import encode_exception, exception_type_name
-from .store import Outcome
+from .store import Outcome, records
 
 if TYPE_CHECKING:
     from .app import Localq
@@ -240,19 +240,19 @@ def death_outcome(child: Child, head: Inflight, task: Task | None, how: str,
                        now, child.pid)
     if child.kill_reason == "revoke" and child.kill_job == seq:
         log.info("Task %s[%s] terminated by revoke", job.task, job.id)
-        return Outcome(*revoked_outcome(seq, job.serializer, "terminated", now, child.pid))
+        return revoked_outcome(seq, job.serializer, "terminated", now, child.pid)
     if child.kill_reason is not None:
         # Shut down, or killed for another job that had just finished: this one was
         # caught in the crossfire; it runs again.
-        return Outcome(seq, "PENDING")
+        return records.put_back(seq)
     if task is not None and task.option("reject_on_worker_lost"):
         log.warning("Task %s[%s]: worker lost (%s); it will run again", job.task, job.id, how)
-        return Outcome(seq, "PENDING")
+        return records.put_back(seq)
     exc = WorkerLostError(f"Worker exited prematurely: {how} Job: {job.id}.")
     log.error("Task %s[%s] failed: %s", job.task, job.id, exc)
     return _failed(seq, job.serializer, exc, now, child.pid)
 
 
 def _failed(seq: int, serializer: str, exc: BaseException, now: float, pid: int) -> Outcome:
-    return Outcome(seq, "FAILURE", encode_exception(serializer, exc), exception_type_name(exc),
-                   None, None, now, pid, 0.0, str(exc))
+    return records.failed(seq, encode_exception(serializer, exc), exception_type_name(exc),
+                          None, None, now, pid, str(exc))

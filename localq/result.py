@@ -18,7 +18,6 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from .exceptions import TaskRevokedError, TimeoutError
-from .rows import FINAL_STATES
 from .serializer import (
     check_accepted,
     decode_exception,
@@ -26,6 +25,7 @@ from .serializer import (
     safe_text,
     stored_exception_info,
 )
+from .store.records import FINAL_STATES
 from .task import content_accepted
 from .wakeup import Doorbell, waiter_name, wake_folder
 

@@ -14,7 +14,7 @@ import warnings
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any, Callable
 
-from .rows import FINAL_STATES
+from .store.records import FINAL_STATES
 
 if TYPE_CHECKING:
     from .app import Localq

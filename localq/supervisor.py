@@ -31,9 +31,9 @@ from .execute import LimitCache, revoked_outcome
 from .flow import FlowControl
 from .pool import DIED, Child, Inflight, death_outcome, fork_child
 from .profiling import run_profiled
-from .schema import BUSY_TIMEOUT_MS
 from .serializer import encode_exception, exception_type_name
-from .store import Claimed, Outcome, Store
+from .store import Claimed, Outcome, Store, records
+from .store.schema import BUSY_TIMEOUT_MS
 from .upkeep import RECOVERY_EVERY, Checkpointer, Upkeep
 from .wakeup import Doorbell, Ringer, supervisor_name, wake_folder
 
@@ -82,9 +82,9 @@ def _unstorable(outcome: Outcome, exc: BaseException) -> Outcome:
     """A FAILURE that stands for an outcome SQLite refused, saying why."""
     error = DatabaseError(f"this job ended {outcome.state}, but its outcome could not be "
                           f"stored ({exc}); check what the task returns or passes to retry()")
-    return Outcome(outcome.seq, "FAILURE", encode_exception("json", error),
-                   exception_type_name(error), None, outcome.started,
-                   outcome.ended or time.time(), outcome.pid, 0.0, str(error))
+    return records.failed(outcome.seq, encode_exception("json", error),
+                          exception_type_name(error), None, outcome.started,
+                          outcome.ended or time.time(), outcome.pid, str(error))
 
 
 class Supervisor(Upkeep):
@@ -358,27 +358,25 @@ class Supervisor(Upkeep):
         if self._current(child):
             self._child_exited(child)
 
-    def _take_outcomes(self, child: Child, outcomes: list[tuple]) -> None:
-        """Outcome tuples from a child: (seq, state, result, exc_type, traceback,
-        started, ended, pid, eta, exc_message), as Outcome's fields."""
+    def _take_outcomes(self, child: Child, outcomes: list[Outcome]) -> None:
+        """Outcomes from a child."""
         child.last_report = time.monotonic()
         busy = 0.0
         pop = child.pop
         stale = None
-        for t in outcomes:
-            job = pop(t[0])
+        for o in outcomes:
+            job = pop(o.seq)
             if job is None:            # no longer this worker's (see _rejoin): dropped
                 stale = stale or set()
-                stale.add(t[0])
+                stale.add(o.seq)
                 continue
-            busy += t[6] - (t[5] or t[6])
-            if t[1] == "FAILURE":
+            busy += o.ended - (o.started or o.ended)
+            if o.state == "FAILURE":
                 log.error("Task %s[%s] raised: %s\n%s", job.task if job else "?",
-                          job.id if job else "?", t[9], (t[4] or "").rstrip())
-        make = tuple.__new__
+                          job.id if job else "?", o.exc_message, (o.traceback or "").rstrip())
         if stale:
-            outcomes = [t for t in outcomes if t[0] not in stale]
-        self.outcomes.extend([make(Outcome, t) for t in outcomes])
+            outcomes = [o for o in outcomes if o.seq not in stale]
+        self.outcomes.extend(outcomes)
         if outcomes:
             child.note_duration(max(0.0, busy / len(outcomes)))
         self.final_outcomes = True
@@ -408,7 +406,7 @@ class Supervisor(Upkeep):
                 again.append(item.job)
         self.ready.extendleft(reversed(again))
         if self.stopping and self.cold:
-            self.outcomes.extend(Outcome(j.seq, "PENDING") for j in self.ready)
+            self.outcomes.extend(records.put_back(j.seq) for j in self.ready)
             self.ready.clear()
         if child.leaving is None and child.kill_reason is None and not self.stopping:
             log.warning("child %d exited unexpectedly (%s); starting a new one", child.pid, how)
@@ -438,8 +436,8 @@ class Supervisor(Upkeep):
             kept: deque[Claimed] = deque()
             for job in self.ready:
                 if job.seq in requests:
-                    self.outcomes.append(Outcome(*revoked_outcome(job.seq, job.serializer,
-                                                                  "revoked", now)))
+                    self.outcomes.append(revoked_outcome(job.seq, job.serializer, "revoked",
+                                                         now))
                     self.final_outcomes = True
                 else:
                     kept.append(job)
@@ -507,21 +505,21 @@ class Supervisor(Upkeep):
         """One transaction: the outcomes, then the claim. Raises _PresumedDead, without
         writing anything, when another worker has taken this one's jobs back."""
         now = time.time()
-        with self.store.transaction() as conn:
-            if not self.store.is_registered(conn, self.worker_id):
+        with self.store.transaction() as tx:
+            if not tx.is_registered(self.worker_id):
                 raise _PresumedDead
-            self.store.finish_in(conn, self.worker_id, outcomes)
-            claimed = self.flow.claim(conn, self.worker_id, self.queues, slots, now) \
+            tx.finish(self.worker_id, outcomes)
+            claimed = self.flow.claim(tx, self.worker_id, self.queues, slots, now) \
                 if claim else []
             revoked = [c for c in claimed if c.revoke or (c.expires and c.expires < now)]
             if revoked:
-                self.store.finish_in(conn, self.worker_id, [
-                    Outcome(*revoked_outcome(c.seq, c.serializer,
-                                             "revoked" if c.revoke else "expired", now))
+                tx.finish(self.worker_id, [
+                    revoked_outcome(c.seq, c.serializer, "revoked" if c.revoke else "expired",
+                                    now)
                     for c in revoked])
                 claimed = [c for c in claimed if c not in revoked]
             drained = claim and len(claimed) + len(revoked) < slots
-            due = self.store.next_due(conn, self.queues) if drained else None
+            due = tx.next_due(self.queues) if drained else None
         return claimed, revoked, drained, due
 
     def _write_failed(self, exc: Exception) -> None:
@@ -630,7 +628,7 @@ class Supervisor(Upkeep):
         first = not self.stopping
         self.stopping = True
         if first:
-            self.outcomes.extend(Outcome(j.seq, "PENDING") for j in self.ready)
+            self.outcomes.extend(records.put_back(j.seq) for j in self.ready)
             self.ready.clear()
         if cold:
             self.cold = True
@@ -650,9 +648,9 @@ class Supervisor(Upkeep):
         for child in list(self.children.values()):
             child.escalate()
             child.reap()
-            self.outcomes.extend(Outcome(i.job.seq, "PENDING") for i in child.inflight)
+            self.outcomes.extend(records.put_back(i.job.seq) for i in child.inflight)
         self.children.clear()
-        self.outcomes.extend(Outcome(j.seq, "PENDING") for j in self.ready)
+        self.outcomes.extend(records.put_back(j.seq) for j in self.ready)
         self.store.patience = BUSY_TIMEOUT_MS / 1000
         try:
             try:

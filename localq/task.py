@@ -9,7 +9,6 @@ Celery's hooks and class-attribute defaults.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -21,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, Generic, Mapping, NamedTuple, P
 from .exceptions import ConfigurationError, MaxRetriesExceededError, Retry
 from .limits import parse_rate
 from .serializer import accepted, check_serializer, encode_call
+from .store.records import encode_options
 
 if TYPE_CHECKING:
     import inspect
@@ -530,13 +530,4 @@ def check_priority(priority: Any, where: str) -> int:
 
 def job_options(task: Task, time_limit: float | None, soft_time_limit: float | None) -> str | None:
     """The options that travel with a job: per-call limits, and acks_late when False."""
-    opts: dict[str, Any] = {}
-    if time_limit is not None:
-        opts["time_limit"] = float(time_limit)
-    if soft_time_limit is not None:
-        opts["soft_time_limit"] = float(soft_time_limit)
-    if not task.option("acks_late"):
-        opts["acks_late"] = False
-    if not opts:
-        return None
-    return json.dumps(opts, separators=(",", ":"))
+    return encode_options(time_limit, soft_time_limit, bool(task.option("acks_late")))

@@ -190,7 +190,7 @@ def test_an_empty_file_is_adopted_and_made_owner_only(tmp_path):
 def test_a_localq_database_whose_schema_is_still_in_its_wal_is_opened(tmp_path):
     root = str(Path(localq.__file__).parent.parent)
     run(f"import sys, os, sqlite3; sys.path.insert(0, {root!r})\n"
-        f"from localq.schema import DDL, SCHEMA_VERSION\n"
+        f"from localq.store.schema import DDL, SCHEMA_VERSION\n"
         f"c = sqlite3.connect('jobs.db', isolation_level=None)\n"
         f"c.execute('PRAGMA journal_mode=WAL'); c.execute('PRAGMA wal_autocheckpoint=0')\n"
         f"c.executescript('BEGIN;' + DDL + 'COMMIT;')\n"

@@ -82,7 +82,7 @@ def test_write_lock_held_past_the_retry_window_loses_nothing(app, monkeypatch):
     minute-long wait for the lock is cut to 1 s here so that the lock can be held past
     it in a short test; the supervisor waits less than either and tries again."""
     from sample_tasks import add, sleep_then
-    monkeypatch.setattr(localq.store, "BUSY_TIMEOUT_MS", 1000)
+    monkeypatch.setattr(localq.store.connection, "BUSY_TIMEOUT_MS", 1000)
     with app.worker(concurrency=2) as worker:
         results = [sleep_then.delay(0.3, i) for i in range(6)]
         wait_for(lambda: states(app, results).count("STARTED") == 2, what="two running")
@@ -157,7 +157,7 @@ def test_a_worker_presumed_dead_never_runs_jobs_without_an_owner(app, tmp_path):
         os.kill(a_pid, signal.SIGCONT)
 
         def a_claimed():
-            with store._read() as conn:
+            with store.db.read() as conn:
                 return conn.execute("SELECT owner FROM jobs WHERE state = 'STARTED'"
                                     ).fetchall()
         owners = wait_for(lambda: [o for (o,) in a_claimed() if o not in b_ids],

@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from localq import Localq
-from localq.rows import FINAL_STATES
 from localq.store import Outcome
+from localq.store.records import FINAL_STATES
 
 OWNER_PID = 1
 
@@ -38,7 +38,7 @@ class StoreMachine(RuleBasedStateMachine):
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def _state(self, seq: int) -> tuple[str, int | None]:
-        with self.store._read() as conn:
+        with self.store.db.read() as conn:
             return conn.execute("SELECT state, owner FROM jobs WHERE seq = ?", (seq,)).fetchone()
 
     @rule(n=st.integers(1, 5))
@@ -57,8 +57,8 @@ class StoreMachine(RuleBasedStateMachine):
     @rule(data=st.data(), k=st.integers(1, 4))
     def claim(self, data: st.DataObject, k: int) -> None:
         wid = data.draw(st.sampled_from(sorted(self.workers)))
-        with self.store.transaction() as conn:
-            got = self.store.claim(conn, wid, "default", k, time.time() + 1)
+        with self.store.transaction() as tx:
+            got = tx.claim(wid, "default", k, time.time() + 1)
         for job in got:
             assert job.seq not in self.finals
             for other, held in self.workers.items():
@@ -111,7 +111,7 @@ class StoreMachine(RuleBasedStateMachine):
 
     @invariant()
     def finished_jobs_never_change_and_owners_are_live(self) -> None:
-        with self.store._read() as conn:
+        with self.store.db.read() as conn:
             rows = conn.execute("SELECT seq, state, owner FROM jobs").fetchall()
         for seq, state, owner in rows:
             if seq in self.finals:
@@ -127,8 +127,8 @@ class StoreMachine(RuleBasedStateMachine):
         self.workers.clear()
         wid = self.store.register_worker(OWNER_PID, None, "h", ["default"], 1, time.time())
         while True:
-            with self.store.transaction() as conn:
-                got = self.store.claim(conn, wid, "default", 50, time.time() + 1)
+            with self.store.transaction() as tx:
+                got = tx.claim(wid, "default", 50, time.time() + 1)
             if not got:
                 break
             self.store.finish(wid, [Outcome(j.seq, "SUCCESS", "1", ended=1.0) for j in got])

@@ -12,7 +12,7 @@ import sqlite3
 import stat
 import threading
 
-from .exceptions import DatabaseError
+from ..exceptions import DatabaseError
 
 SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 60_000

@@ -1,0 +1,17 @@
+"""Storage: the only package that speaks SQL.
+
+| module | owns |
+|---|---|
+| ``connection.py`` | connections, the write lock's retries, error mapping, fork hooks |
+| ``schema.py`` | opening, checking, creating and migrating the file |
+| ``records.py`` | every row layout that crosses a module or a process, and its builder |
+| ``jobs.py`` | SQL of a job's life: lookup, revoke, claim, outcomes |
+| ``workers.py`` | SQL of workers and upkeep: registry, recovery, purge, expiry, counts |
+| ``maps.py`` | SQL of maps: groups of jobs, resumable maps by name |
+| ``flow.py`` | SQL of flow control: buckets, lanes, due ETAs, running counts |
+| ``facade.py`` | ``Store`` (one method per transaction) and ``Transaction`` |
+"""
+from .facade import Store, Transaction
+from .records import Claimed, JobRow, NewJob, Outcome
+
+__all__ = ["Claimed", "JobRow", "NewJob", "Outcome", "Store", "Transaction"]

@@ -1,0 +1,167 @@
+"""Connections to the database file: opening, locking, retrying, errors, forks.
+
+A Database holds two connections, each opened on first use and guarded by one
+lock so that threads may share them: one for reads, which waits for locks the
+SQLite way, and one for writes, which does not. SQLite's own busy wait sleeps
+at least a millisecond, then 2, 5, 10 ms..., each time a write finds the write
+lock taken: on a busy host that was the producers' and the supervisor's main
+stall. Writes therefore fail fast and retry here after 20 us, doubling to 1 ms,
+for up to a minute (see ``_retry_busy``). A Database never crosses a fork:
+before any fork in the process its connections are closed (and reopened on
+next use on either side), because a forked copy of an open SQLite connection
+can release locks or checkpoint the WAL under the parent.
+
+Every sqlite3 error leaves this module as localq's DatabaseError, naming the
+file. Only the store's modules use this class; they hand the rest of localq
+their own objects (Store, Transaction), never a raw connection.
+"""
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+import weakref
+from contextlib import contextmanager
+from typing import Any, Iterable, Iterator
+
+from .schema import BUSY_TIMEOUT_MS, database_error, open_database
+
+_LIVE: weakref.WeakSet[Database] = weakref.WeakSet()
+
+
+class Database:
+    def __init__(self, path: str, synchronous: str = "NORMAL") -> None:
+        self.path = path
+        self.synchronous = synchronous
+        # Seconds a write waits for the write lock before DatabaseError: a supervisor
+        # waits less and tries again later, so that its loop goes on meanwhile.
+        self.patience = BUSY_TIMEOUT_MS / 1000
+        self._conn: sqlite3.Connection | None = None     # reads
+        self._wconn: sqlite3.Connection | None = None    # writes: fails fast when locked
+        self._lock = threading.RLock()
+        _LIVE.add(self)
+
+    def _reader(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self._conn = open_database(self.path, self.synchronous)
+        return self._conn
+
+    def _writer(self) -> sqlite3.Connection:
+        if self._wconn is None:
+            conn = open_database(self.path, self.synchronous)
+            conn.execute("PRAGMA busy_timeout=0")
+            self._wconn = conn
+        return self._wconn
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in (self._conn, self._wconn):
+                if conn is not None:
+                    conn.close()
+            self._conn = self._wconn = None
+
+    @contextmanager
+    def read(self) -> Iterator[sqlite3.Connection]:
+        """The reading connection (each statement its own read transaction)."""
+        with self._lock, _errors(self.path):
+            yield self._reader()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (BEGIN IMMEDIATE: take the write lock up front),
+        committed at the end of the block, rolled back if it raises."""
+        with self._lock, _errors(self.path):
+            conn = self._wconn or self._writer()
+            _retry_busy(conn.execute, "BEGIN IMMEDIATE", (), self.patience)
+            try:
+                yield conn
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def write(self, sql: str, params: Any = ()) -> sqlite3.Cursor:
+        """One statement in its own transaction, on the writing connection."""
+        # The hot path of delay(): no context managers, one statement (autocommit).
+        with self._lock:
+            try:
+                conn = self._wconn or self._writer()
+                return _retry_busy(conn.execute, sql, params, self.patience)
+            except sqlite3.Error as exc:
+                raise database_error(self.path, exc) from None
+
+    def write_many(self, sql: str, rows: Iterable[Any]) -> int:
+        """One statement over many rows in one transaction; how many rows it changed."""
+        with self.transaction() as conn:
+            return conn.executemany(sql, rows).rowcount
+
+    def checkpoint(self) -> None:
+        """Copy committed pages from the WAL into the database file (PASSIVE: it never
+        waits for, nor blocks, readers and writers)."""
+        with self._lock, _errors(self.path):
+            (self._wconn or self._writer()).execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+    def data_version(self) -> int:
+        """Changes when another connection commits: a cheap "anything new?" check.
+        Asked of the writing connection, so that this process's own writes do not count."""
+        with self._lock, _errors(self.path):
+            conn = self._wconn or self._writer()
+            return _retry_busy(conn.execute, "PRAGMA data_version").fetchone()[0]
+
+
+_SQLITE_BUSY = 5
+
+
+def _retry_busy(execute: Any, sql: str, params: Any = (),
+                patience: float = BUSY_TIMEOUT_MS / 1000) -> sqlite3.Cursor:
+    """Run one statement that takes the write lock, retrying while another process holds
+    it. A statement that found the lock taken changed nothing, so running it again is
+    safe. The first retries come within tens of microseconds (a write holds the lock
+    for ~30 us to a few ms); the pause doubles up to 1 ms, and after ``patience``
+    seconds (a minute) the error goes up."""
+    pause, give_up = 20e-6, None
+    while True:
+        try:
+            return execute(sql, params)
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF != _SQLITE_BUSY:
+                raise
+            now = time.monotonic()
+            give_up = give_up or now + patience
+            if now > give_up:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.001)
+
+
+@contextmanager
+def _errors(path: str) -> Iterator[None]:
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise database_error(path, exc) from None
+
+
+def _before_fork() -> None:
+    for db in list(_LIVE):
+        db._lock.acquire()
+        for conn in (db._conn, db._wconn):
+            if conn is not None:
+                conn.close()
+        db._conn = db._wconn = None
+
+
+def _after_fork_parent() -> None:
+    for db in list(_LIVE):
+        db._lock.release()
+
+
+def _after_fork_child() -> None:
+    for db in list(_LIVE):
+        db._lock = threading.RLock()
+
+
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_parent,
+                    after_in_child=_after_fork_child)

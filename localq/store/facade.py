@@ -1,0 +1,241 @@
+"""The Store and the Transaction: where the store's transactions begin and end.
+
+``Store`` is what the rest of localq holds: each method is one read or one
+write transaction, composed of the SQL functions of jobs.py, workers.py,
+maps.py and flow.py over a connection of connection.py's Database. A caller
+that must make several changes atomically (the supervisor's turn: outcomes,
+then the claim) opens ``store.transaction()`` and gets a ``Transaction``: the
+statements that may run inside one, never the raw connection, so that the
+store stays the only code that speaks SQL.
+"""
+from __future__ import annotations
+
+import sqlite3
+from contextlib import contextmanager
+from typing import Any, Iterable, Iterator, Sequence
+
+from . import flow, jobs, maps, workers
+from .connection import Database
+from .records import INSERT_JOB, Claimed, JobRow, NewJob, Outcome
+
+
+class Transaction:
+    """The statements of one open write transaction (``Store.transaction()``)."""
+
+    __slots__ = ("_conn",)
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def is_registered(self, worker_id: int) -> bool:
+        """Is this worker still registered (not presumed dead by another)?"""
+        return workers.is_registered(self._conn, worker_id)
+
+    def finish(self, owner: int, outcomes: Sequence[Outcome]) -> None:
+        """Write outcomes, each guarded by ``owner``."""
+        jobs.finish(self._conn, owner, outcomes)
+
+    def claim(self, owner: int, queue: str, limit: int, now: float, lane: str | None = None,
+              exclude: Sequence[str] = ()) -> list[Claimed]:
+        """Claim up to ``limit`` due jobs of one queue (or one lane), highest priority
+        first, then oldest first; never those of the ``exclude``d tasks."""
+        return jobs.claim(self._conn, owner, queue, limit, now, lane, exclude)
+
+    def release_due(self, now: float) -> int:
+        """Make delayed jobs whose time has come claimable."""
+        return flow.release_due(self._conn, now)
+
+    def next_due(self, queues: Sequence[str]) -> float | None:
+        """The earliest ETA of a delayed job in these queues, if any."""
+        return flow.next_due(self._conn, queues)
+
+    def buckets(self) -> dict[str, tuple]:
+        """task -> (override, tokens, updated) of every rate-limit bucket."""
+        return flow.buckets(self._conn)
+
+    def has_rate_overrides(self) -> bool:
+        return flow.has_rate_overrides(self._conn)
+
+    def save_bucket(self, task: str, tokens: float, now: float) -> None:
+        flow.save_bucket(self._conn, task, tokens, now)
+
+    def move_to_lane(self, tasks: Sequence[str], queues: Sequence[str]) -> int:
+        return flow.move_to_lane(self._conn, tasks, queues)
+
+    def waiting_lanes(self) -> list[str]:
+        return flow.waiting_lanes(self._conn)
+
+    def running_counts(self, tasks: Sequence[str]) -> dict[str, int]:
+        return flow.running_counts(self._conn, tasks)
+
+
+class Store:
+    """The database file as localq's modules use it: one method per transaction."""
+
+    def __init__(self, path: str, synchronous: str = "NORMAL") -> None:
+        self.path = path
+        self.db = Database(path, synchronous)
+
+    @property
+    def patience(self) -> float:
+        """Seconds a write waits for the write lock before DatabaseError."""
+        return self.db.patience
+
+    @patience.setter
+    def patience(self, seconds: float) -> None:
+        self.db.patience = seconds
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        """One write transaction: committed at the end of the block, rolled back if
+        it raises."""
+        with self.db.transaction() as conn:
+            yield Transaction(conn)
+
+    def checkpoint(self) -> None:
+        self.db.checkpoint()
+
+    def data_version(self) -> int:
+        return self.db.data_version()
+
+    # -------------------------------------------------------------- producers
+
+    def enqueue(self, job: NewJob) -> bool:
+        """Insert one job in its own transaction; False when its id already exists."""
+        return self.insert_row(JobRow.of(job))
+
+    def insert_row(self, row: JobRow) -> bool:
+        """The same with a row as the table takes it (delay()'s shortest path)."""
+        return self.db.write(INSERT_JOB, row).rowcount == 1
+
+    def enqueue_rows(self, rows: Iterable[NewJob]) -> int:
+        """Insert jobs in one transaction; returns how many were new (a job whose id
+        exists already is skipped)."""
+        return self.insert_rows(JobRow.of(j) for j in rows)
+
+    def insert_rows(self, rows: Iterable[JobRow]) -> int:
+        """The same with rows as the table takes them."""
+        return self.db.write_many(INSERT_JOB, rows)
+
+    def job(self, job_id: str) -> dict | None:
+        with self.db.read() as conn:
+            return jobs.job(conn, job_id)
+
+    def state(self, job_id: str) -> str | None:
+        """One job's state (None when there is no such job): a fraction of job()'s cost."""
+        with self.db.read() as conn:
+            return jobs.state(conn, job_id)
+
+    def states(self, job_ids: Sequence[str]) -> dict[str, str]:
+        with self.db.read() as conn:
+            return jobs.states(conn, job_ids)
+
+    def attempts(self, seq: int) -> list[dict]:
+        with self.db.read() as conn:
+            return jobs.attempts(conn, seq)
+
+    def forget(self, job_id: str) -> None:
+        with self.db.transaction() as conn:
+            jobs.forget(conn, job_id)
+
+    def revoke(self, job_id: str, terminate: bool, reason: Any, now: float) -> str:
+        """Revoke a job: waiting -> REVOKED at once; running -> marked (and killed if
+        ``terminate``); unknown -> a REVOKED tombstone, so a later send with that id
+        never runs. Returns the state after the call."""
+        with self.db.transaction() as conn:
+            return jobs.revoke(conn, job_id, terminate, reason, now)
+
+    # -------------------------------------------------------------- workers
+
+    def revoke_requests(self, owner: int) -> list[tuple[int, int]]:
+        """(seq, revoke) of this worker's running jobs that were revoked meanwhile."""
+        with self.db.read() as conn:
+            return jobs.revoke_requests(conn, owner)
+
+    def finish(self, owner: int, outcomes: Sequence[Outcome]) -> None:
+        """Write a batch of outcomes in one transaction; each is guarded by owner."""
+        if not outcomes:
+            return
+        with self.db.transaction() as conn:
+            jobs.finish(conn, owner, outcomes)
+
+    def register_worker(self, pid: int, pid_start: str | None, hostname: str,
+                        queues: Sequence[str], concurrency: int, now: float) -> int:
+        with self.db.transaction() as conn:
+            return workers.register(conn, pid, pid_start, hostname, queues, concurrency, now)
+
+    def heartbeat(self, worker_id: int, now: float) -> bool:
+        """False when this worker's row is gone (another presumed it dead)."""
+        return self.db.write(workers.HEARTBEAT, (now, worker_id)).rowcount == 1
+
+    def unregister_worker(self, worker_id: int) -> None:
+        self.db.write(workers.UNREGISTER, (worker_id,))
+
+    def workers(self) -> list[dict]:
+        with self.db.read() as conn:
+            return workers.workers(conn)
+
+    def release_worker_jobs(self, worker_ids: Sequence[int], now: float,
+                            lost_reason: Any) -> tuple[int, int]:
+        """Put back the STARTED jobs of workers that are gone, and forget the workers.
+
+        A job whose options say ``acks_late: false`` ends FAILURE/WorkerLostError
+        instead, and a job revoked meanwhile ends REVOKED. Returns (put back, failed).
+        """
+        if not worker_ids:
+            return 0, 0
+        with self.db.transaction() as conn:
+            return workers.release_jobs(conn, worker_ids, now, lost_reason)
+
+    def purge(self, queues: Sequence[str] | None) -> int:
+        with self.db.transaction() as conn:
+            return workers.purge(conn, queues)
+
+    def expire_results(self, before: float, after_seq: int, scan: int) -> tuple[int, int]:
+        with self.db.transaction() as conn:
+            return workers.expire_results(conn, before, after_seq, scan)
+
+    def counts(self) -> list[tuple[str, str, str, int]]:
+        """(queue, task, state, count) over every job."""
+        with self.db.read() as conn:
+            return workers.counts(conn)
+
+    def recent(self, states: Sequence[str], limit: int) -> list[dict]:
+        with self.db.read() as conn:
+            return workers.recent(conn, states, limit)
+
+    # -------------------------------------------------------------- maps
+
+    def group_indexes(self, group: str, lo: int, hi: int) -> set[int]:
+        with self.db.read() as conn:
+            return maps.group_indexes(conn, group, lo, hi)
+
+    def begin_map(self, name: str, task: str, digest: str, total: int, now: float) -> bool:
+        with self.db.transaction() as conn:
+            return maps.begin_map(conn, name, task, digest, total, now)
+
+    def drop_map(self, name: str) -> int:
+        with self.db.transaction() as conn:
+            return maps.drop_map(conn, name)
+
+    def drop_group(self, group: str) -> int:
+        with self.db.transaction() as conn:
+            return maps.drop_group(conn, group)
+
+    def map_results(self, group: str, lo: int, hi: int) -> list[tuple]:
+        with self.db.read() as conn:
+            return maps.map_results(conn, group, lo, hi)
+
+    # -------------------------------------------------------------- flow control
+
+    def set_rate_override(self, task: str, rate: str | None, now: float) -> None:
+        """Set (``None``: drop) a task's run-time rate limit, and remember when."""
+        self.db.write(flow.SET_OVERRIDE, (task, rate, None if rate is None else now))
+
+    def rate_overrides(self) -> list[tuple[str, str, float | None]]:
+        """(task, override, when it was set) of every run-time rate limit in force."""
+        with self.db.read() as conn:
+            return flow.rate_overrides(conn)

@@ -1,0 +1,204 @@
+"""Every row layout that crosses a module or a process, and its one builder.
+
+A layout read or written by position in two places is a silent corruption
+waiting for a reordered field, so each has one owner here:
+
+- ``NewJob``: a call encoded for the queue, with its public id (``app.new_job``);
+- ``JobRow``: a new job as the INSERT takes it (``_INSERT``'s columns are its
+  fields); ``JobRow.of(NewJob)`` is the one conversion;
+- ``Claimed``: a claimed job, in the order of the claim's RETURNING clause
+  (``CLAIM_RETURNING`` is made from its fields);
+- ``Outcome``: a finished attempt as a child reports it and the store writes it,
+  with one builder per kind (``succeeded``, ``failed``, ``retrying``,
+  ``revoked``, ``put_back``);
+- the job options JSON (``encode_options``/``decode_options``/``acks_late``).
+
+Also what a row means to Python: states, the ready predicate, rows as dicts.
+The store's modules are the only ones that speak SQL; the layouts here are
+shared with the worker (protocol.py sends ``Claimed`` and ``Outcome``).
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any, NamedTuple
+
+from ..ids import format_id, parse_id
+
+FINAL_STATES = ("SUCCESS", "FAILURE", "REVOKED")
+WAITING_STATES = ("PENDING", "RETRY")
+READY_WHERE = "state IN ('PENDING', 'RETRY')"
+
+JOB_COLUMNS = ("seq, id, task, queue, priority, state, serializer, payload, options, eta, "
+               "expires, retries, owner, pid, created, started, done, result, exc_type, "
+               "traceback, revoke, group_id, group_index")
+
+
+# ------------------------------------------------------------------ new jobs
+
+class NewJob(NamedTuple):
+    """A call encoded for the queue, before it is stored."""
+    id: str                      # the public id: generated (carries the seq) or chosen
+    task: str
+    queue: str
+    lane: str | None
+    priority: int
+    serializer: str
+    payload: Any
+    options: str | None          # see encode_options
+    eta: float                   # 0: due now
+    expires: float | None
+    created: float
+    group_id: str | None = None
+    group_index: int | None = None
+
+
+class JobRow(NamedTuple):
+    """A new job as the jobs table's INSERT takes it (the INSERT names these fields as
+    its columns, in this order). A generated id is stored as the row number alone."""
+    seq: int | None              # the row number of a generated id; None for a chosen id
+    id: str | None               # a chosen id; None for a generated one
+    task: str
+    queue: str
+    lane: str | None
+    priority: int
+    serializer: str
+    payload: Any
+    options: str | None
+    eta: float
+    expires: float | None
+    created: float
+    group_id: str | None = None
+    group_index: int | None = None
+
+    @classmethod
+    def of(cls, j: NewJob) -> JobRow:
+        seq = parse_id(j.id)
+        return cls(seq, None if seq is not None else j.id, j.task, j.queue, j.lane,
+                   j.priority, j.serializer, j.payload, j.options, j.eta, j.expires,
+                   j.created, j.group_id, j.group_index)
+
+
+INSERT_JOB = (f"INSERT INTO jobs (state, {', '.join(JobRow._fields)}) "
+              f"VALUES ('PENDING', {', '.join('?' * len(JobRow._fields))}) "
+              "ON CONFLICT DO NOTHING")
+
+
+# ------------------------------------------------------------------ claimed jobs
+
+class Claimed(NamedTuple):
+    """A claimed job, as the claim returns it (CLAIM_RETURNING is made from these
+    fields: ``custom_id`` is the ``id`` column)."""
+    seq: int
+    custom_id: str | None        # the id a user chose; None for a generated one
+    task: str
+    serializer: str
+    payload: Any
+    options: str | None
+    retries: int
+    expires: float | None
+    revoke: int
+
+    @property
+    def id(self) -> str:
+        """The job's public id (formatted here, not in the claim: only logs need it)."""
+        return self.custom_id or format_id(self.seq)
+
+
+CLAIM_RETURNING = ", ".join("id" if f == "custom_id" else f for f in Claimed._fields)
+
+
+# ------------------------------------------------------------------ outcomes
+
+class Outcome(NamedTuple):
+    """A finished attempt as a worker reports it (children send these as they are)."""
+    seq: int
+    state: str                   # SUCCESS, FAILURE, RETRY, REVOKED, or PENDING (put back)
+    result: Any = None           # encoded value, or encoded exception
+    exc_type: str | None = None
+    traceback: str | None = None
+    started: float | None = None
+    ended: float = 0.0
+    pid: int | None = None
+    eta: float = 0.0             # RETRY: when to run again
+    exc_message: str | None = None
+
+
+# The builders below fill the tuple directly: succeeded() runs once per job in a
+# child, where the NamedTuple constructor's keyword handling would cost more.
+_make = tuple.__new__
+
+
+def succeeded(seq: int, result: Any, started: float, ended: float, pid: int) -> Outcome:
+    return _make(Outcome, (seq, "SUCCESS", result, None, None, started, ended, pid, 0.0, None))
+
+
+def failed(seq: int, result: Any, exc_type: str, traceback: str | None,
+           started: float | None, ended: float, pid: int | None,
+           exc_message: str | None) -> Outcome:
+    """A FAILURE: ``result`` is the encoded exception."""
+    return _make(Outcome, (seq, "FAILURE", result, exc_type, traceback, started, ended, pid,
+                           0.0, exc_message))
+
+
+def retrying(seq: int, exc_type: str, traceback: str | None, started: float, ended: float,
+             pid: int, eta: float, exc_message: str | None) -> Outcome:
+    return _make(Outcome, (seq, "RETRY", None, exc_type, traceback, started, ended, pid, eta,
+                           exc_message))
+
+
+def revoked(seq: int, result: Any, ended: float, pid: int | None,
+            exc_message: str | None) -> Outcome:
+    """A REVOKED: ``result`` is the encoded TaskRevokedError."""
+    return _make(Outcome, (seq, "REVOKED", result, "localq.exceptions.TaskRevokedError", None,
+                           None, ended, pid, 0.0, exc_message))
+
+
+def put_back(seq: int) -> Outcome:
+    """Not run (or run, but its outcome lost): the job goes back to PENDING."""
+    return _make(Outcome, (seq, "PENDING", None, None, None, None, 0.0, None, 0.0, None))
+
+
+# ------------------------------------------------------------------ job options
+
+def encode_options(time_limit: float | None, soft_time_limit: float | None,
+                   acks_late: bool) -> str | None:
+    """The options that travel with a job (its ``options`` column): per-call limits, and
+    acks_late when False. None when there are none (the common case)."""
+    opts: dict[str, Any] = {}
+    if time_limit is not None:
+        opts["time_limit"] = float(time_limit)
+    if soft_time_limit is not None:
+        opts["soft_time_limit"] = float(soft_time_limit)
+    if not acks_late:
+        opts["acks_late"] = False
+    return json.dumps(opts, separators=(",", ":")) if opts else None
+
+
+def decode_options(text: str | None) -> dict:
+    """A job's ``options`` column as a dict ({} for none)."""
+    return json.loads(text) if text else {}
+
+
+def acks_late(text: str | None) -> bool:
+    """Does this job's ``options`` column leave acks_late on (the default)? Unreadable
+    options count as the default: recovery puts the job back rather than fail it."""
+    try:
+        opts = decode_options(text)
+    except ValueError:
+        return True
+    return not (isinstance(opts, dict) and opts.get("acks_late") is False)
+
+
+# ------------------------------------------------------------------ reading rows
+
+def job_dict(names: list[str], row: tuple) -> dict:
+    """A job row as a dict, with its public id (generated ids are not stored)."""
+    job = dict(zip(names, row))
+    if job["id"] is None:
+        job["id"] = format_id(job["seq"])
+    return job
+
+
+def column_names(cur: sqlite3.Cursor) -> list[str]:
+    return [d[0] for d in cur.description]
