@@ -89,7 +89,7 @@ import _common as c  # puts this checkout first on sys.path
 
 from localq import Localq, WorkerLostError
 from localq.store.schema import BUSY_TIMEOUT_MS
-from localq.upkeep import RECOVERY_EVERY
+from localq.worker.upkeep import RECOVERY_EVERY
 
 FINAL = ("SUCCESS", "FAILURE", "REVOKED")
 NOT_FINAL = ("PENDING", "RETRY", "STARTED")

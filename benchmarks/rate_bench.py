@@ -28,7 +28,7 @@ the figure.
     (10,000 jobs of a task declared rate_limit="1/s" waiting, enqueued before
     the worker started); and, for information, the same backlog of a task sent
     without a limit and limited only at run time by app.control.rate_limit
-    (those jobs sit in the main lane, which localq/flow.py documents as
+    (those jobs sit in the main lane, which localq/worker/throttle.py documents as
     slower). On 2 cores this figure is bound by the producer's delay() rate
     (shown too), so it hides some supervisor cost; hence (c).
 (c) the same four cases, worker-bound: N no-op jobs are enqueued (after the
@@ -90,7 +90,7 @@ def plain_slow():        # limited only at run time, by app.control.rate_limit
 
 
 # A second app with the same no-op task and no limited task at all: the baseline
-# with no flow-control work in the claim (localq/flow.py returns early).
+# with no flow-control work in the claim (localq/worker/throttle.py returns early).
 bare = Localq(os.path.join(tempfile.gettempdir(), "localq-rate-bench-unused-bare.db"))
 bare_noop = bare.task(name=noop.name)(noop.run)
 

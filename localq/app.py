@@ -19,8 +19,8 @@ from typing import Any, Callable, Concatenate, Iterable, Iterator, Literal, over
 from .config import Settings
 from .control import Control
 from .exceptions import ConfigurationError, NotRegistered
-from .flow import lane_for
 from .ids import format_id, new_id, new_seq
+from .limits import lane_for
 from .result import AsyncResult as Result  # the method AsyncResult shadows the class
 from .serializer import check_serializer, encode_call
 from .store import JobRow, NewJob, Store
@@ -236,7 +236,7 @@ class Localq:
                            time_limit=time_limit, soft_time_limit=soft_time_limit,
                            serializer=serializer)      # every check, even in eager mode
         if self.conf.task_always_eager:
-            from .execute import run_eager
+            from .worker.execute import run_eager
             return run_eager(task, args, kwargs, {"task_id": task_id, "serializer": serializer})
         while not self.store.enqueue(job) and task_id is None:
             job = job._replace(id=new_id())   # two producers drew the same row number
@@ -331,7 +331,7 @@ class Localq:
         ``python -m localq worker``) and returns once it is ready; leaving the
         block finishes the running jobs and stops every process it started.
         """
-        from .embedded import EmbeddedWorker
+        from .worker.embedded import EmbeddedWorker
         self.import_task_modules()     # as `python -m localq worker` does; the fork inherits
         return EmbeddedWorker(self, concurrency=concurrency, queues=queues, **options)
 

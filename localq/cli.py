@@ -236,7 +236,7 @@ def banner(app: Localq, queues: list[str], concurrency: int) -> str:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     app = _app(args)
-    from .supervisor import Supervisor
+    from .worker.supervisor import Supervisor
     setup_worker_logging(args.loglevel, app.conf.worker_hijack_root_logger)
     try:
         app.import_task_modules()

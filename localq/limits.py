@@ -1,20 +1,30 @@
-"""Rate limits and retry backoff: parsing and arithmetic, pure functions only.
+"""Rate limits, concurrency caps and retry backoff: parsing, arithmetic, and which
+limits are in force.
+
+Used on both sides: producers choose a job's lane (``lane_for``), ``status``
+lists the limits in force, and the worker's throttle (worker/throttle.py)
+computes with the parsed rates; so this module lives beside the client API
+and imports nothing of the worker.
 
 A rate limit ``"N/s" | "N/m" | "N/h"`` (or a bare number, per second) becomes
 a token bucket: it refills at N per period and holds at most ``capacity``
 tokens, which is N for limits of 10 per second or less and a tenth of a
 second's worth (never less than 10) above that, so that a fast limit starts
 smoothly instead of in one big burst. The bucket's state lives in the
-database (store.py); this module only computes with it.
+database (store/flow.py); this module only computes with it.
 """
 from __future__ import annotations
 
 import math
 import random
 import re
-from typing import NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .exceptions import ConfigurationError
+
+if TYPE_CHECKING:
+    from .app import Localq
+    from .task import Task
 
 _PERIODS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 _RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:/\s*([smh]))?\s*$")
@@ -77,3 +87,52 @@ def backoff_countdown(retries: int, factor: float, maximum: float, jitter: bool,
     if jitter:
         countdown = (rng or random).uniform(0, countdown)
     return max(0.0, countdown)
+
+
+# ------------------------------------------------------------------ limits of an app
+
+def lane_for(task: Task) -> str | None:
+    """The lane a producer puts a job in: the task's name when it is throttled."""
+    if task.option("rate_limit") or task.option("max_concurrency"):
+        return task.name
+    return None
+
+
+LIMITS = ("rate_limit", "max_concurrency")
+
+
+def limit_source(task: Task, key: str) -> str:
+    """Where a task's effective ``rate_limit`` or ``max_concurrency`` comes from, in the
+    order Task.option() applies them (the last that says something wins)."""
+    annotations = task.app.conf.task_annotations or {}
+    for scope in (task.name, "*"):
+        if key in (annotations.get(scope) or {}):
+            return f"task_annotations[{scope!r}]"
+    if task._declared.get(key) is not None:     # the decorator's options, as given
+        return "declared on the task"
+    return "task_default_rate_limit"            # caps have no app-wide default
+
+
+def limits_in_force(app: Localq) -> list[dict]:
+    """Every rate limit and concurrency cap in force, and where each comes from: the
+    app's tasks (declared, annotations, settings) and the run-time overrides stored in
+    the file (which win over the declared rate limit until reset with ``None``)."""
+    found: dict[tuple[str, str], dict] = {}
+    for name, task in app.tasks.items():
+        for key in LIMITS:
+            value = task.option(key)
+            if key == "rate_limit":
+                rate = parse_rate(value)
+                value = rate.text if rate else None
+            if value:
+                found[(name, key)] = {"task": name, "limit": key, "value": value,
+                                      "source": limit_source(task, key), "set": None}
+    for name, override, when in app.store.rate_overrides():
+        row: dict[str, Any] = {"task": name, "limit": "rate_limit",
+                               "value": None if override == "0" else override,
+                               "source": "run-time override", "set": when}
+        if name in app.tasks:     # what it stands in for: the app's own limit, or none
+            own = found.get((name, "rate_limit"))
+            row["replaces"] = {"value": own["value"], "source": own["source"]} if own else None
+        found[(name, "rate_limit")] = row
+    return [found[k] for k in sorted(found)]

@@ -266,7 +266,7 @@ def _exception(state: str, result: Any, exc_type: str | None, tb: str | None, in
 
 def _run_eager(task: Task, calls: list[tuple], progress: bool) -> list:
     """Eager mode: each call through the serializer, in order, here."""
-    from .execute import run_eager
+    from .worker.execute import run_eager
     bar = Progress(len(calls)) if progress else None
     out = []
     failures = 0

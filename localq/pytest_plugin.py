@@ -42,9 +42,9 @@ from typing import Any, Iterable, Iterator
 import pytest
 
 from .app import Localq
-from .embedded import EmbeddedWorker
 from .result import close_bells
 from .wakeup import wake_folder
+from .worker.embedded import EmbeddedWorker
 
 STOP_TIMEOUT = 10.0      # seconds of warm shutdown before the worker is stopped cold
 DEFAULT_CONCURRENCY = 2

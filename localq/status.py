@@ -37,7 +37,7 @@ def age(seconds: float) -> str:
 
 def collect(app: Localq) -> dict[str, Any]:
     """Everything ``status`` shows, as JSON-ready data (times are Unix timestamps)."""
-    from .flow import limits_in_force  # flow imports this module
+    from .limits import limits_in_force
     store = app.store
     now = time.time()
     workers = store.workers()
@@ -102,7 +102,7 @@ def _jobs(data: dict, now: float) -> list[str]:
 
 
 def _limits(data: dict, now: float) -> list[str]:
-    """Every rate limit and cap in force and where it comes from (flow.limits_in_force)."""
+    """Every rate limit and cap in force and where it comes from (limits.limits_in_force)."""
     if not data["limits"]:
         return []
     lines = ["limits (a run-time override stays in the file until reset: "

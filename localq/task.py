@@ -330,7 +330,7 @@ class Task(Generic[P, R]):
     def apply(self, args: tuple | list | None = None, kwargs: dict | None = None,
               **options: Any) -> AsyncResult[R]:
         """Run here and now, through the serializer, like eager mode."""
-        from .execute import run_eager
+        from .worker.execute import run_eager
         return run_eager(self, tuple(args or ()), dict(kwargs or {}), options)
 
     def AsyncResult(self, task_id: str) -> AsyncResult[R]:  # noqa: N802 - Celery's name

@@ -12,7 +12,7 @@ import pytest
 from conftest import pid_alive, wait_for
 
 import localq.store
-import localq.supervisor
+import localq.worker.supervisor
 from localq.exceptions import WorkerLostError
 from localq.store import Store
 
@@ -184,7 +184,7 @@ def test_a_worker_that_cannot_write_back_at_exit_stays_registered(app, monkeypat
     """Item 2: a worker stopping while the write lock is held elsewhere cannot write its
     last outcome; it keeps its row, so the next worker finds its job and runs it."""
     from sample_tasks import sleep_then
-    monkeypatch.setattr(localq.supervisor, "BUSY_TIMEOUT_MS", 1000)   # its last wait
+    monkeypatch.setattr(localq.worker.supervisor, "BUSY_TIMEOUT_MS", 1000)   # its last wait
     store = Store(app.path)
     worker = app.worker(concurrency=1).start()
     r = sleep_then.delay(0.3, "done")

@@ -11,7 +11,7 @@ import time
 from conftest import HERE, ROOT
 
 from localq import Localq
-from localq.flow import limits_in_force
+from localq.limits import limits_in_force
 
 ENV = dict(os.environ, PYTHONPATH=f"{HERE}:{ROOT}")
 SETTLE = 0.5   # let the worker take the new limit in and go idle before any job comes

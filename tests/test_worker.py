@@ -13,7 +13,7 @@ from conftest import HERE, ROOT, pid_alive, wait_for
 
 import localq
 from localq import Localq
-from localq.pool import PREFETCH_MAX
+from localq.worker.pool import PREFETCH_MAX
 
 
 def runs_of(path) -> list[str]:

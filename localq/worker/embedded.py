@@ -16,11 +16,11 @@ import time
 import traceback
 from typing import TYPE_CHECKING, Any, Iterable
 
-from .exceptions import ConfigurationError, LocalqError
-from .log import check_level, setup_worker_logging
+from ..exceptions import ConfigurationError, LocalqError
+from ..log import check_level, setup_worker_logging
 
 if TYPE_CHECKING:
-    from .app import Localq
+    from ..app import Localq
 
 START_TIMEOUT = 30.0
 

@@ -22,7 +22,7 @@ import time
 import traceback as tb_module
 from typing import TYPE_CHECKING, Any
 
-from .exceptions import (
+from ..exceptions import (
     ConfigurationError,
     EncodeError,
     NotRegistered,
@@ -30,8 +30,8 @@ from .exceptions import (
     SoftTimeLimitExceeded,
     TaskRevokedError,
 )
-from .limits import backoff_countdown
-from .serializer import (
+from ..limits import backoff_countdown
+from ..serializer import (
     check_accepted,
     decode_call,
     encode_exception,
@@ -40,13 +40,13 @@ from .serializer import (
     safe_text,
     why,
 )
-from .store import records
-from .store.records import Outcome
-from .task import ExceptionInfo, Request
+from ..store import records
+from ..store.records import Outcome
+from ..task import ExceptionInfo, Request
 
 if TYPE_CHECKING:
-    from .app import Localq
-    from .task import Task
+    from ..app import Localq
+    from ..task import Task
 
 log = logging.getLogger("localq.worker")
 
@@ -259,9 +259,9 @@ def job_limits(task: Task | None, options: str | None
 def run_eager(task: Task, args: tuple, kwargs: dict, options: dict) -> Any:
     """Eager mode: run here, but through the serializer and the same retry rules, so
     that what fails on a worker fails here too. Retries run at once."""
-    from .ids import new_id
-    from .result import EagerResult
-    from .serializer import encode_call
+    from ..ids import new_id
+    from ..result import EagerResult
+    from ..serializer import encode_call
     serializer = options.get("serializer") or task.option("serializer")
     payload = encode_call(serializer, task.name, args, kwargs)   # same TypeError as delay()
     job_id = options.get("task_id") or new_id()

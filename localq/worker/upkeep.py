@@ -15,13 +15,13 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
-from .exceptions import DatabaseError, WorkerLostError
-from .serializer import encode_exception
+from ..exceptions import DatabaseError, WorkerLostError
+from ..serializer import encode_exception
 
 if TYPE_CHECKING:
-    from .app import Localq
+    from ..app import Localq
+    from ..store import Store
     from .pool import Child
-    from .store import Store
 
 log = logging.getLogger("localq.worker")
 T = TypeVar("T")

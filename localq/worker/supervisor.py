@@ -26,19 +26,20 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from .exceptions import DatabaseError
+from ..exceptions import DatabaseError
+from ..profiling import run_profiled
+from ..serializer import encode_exception, exception_type_name
+from ..store import Claimed, Outcome, Store, records
+from ..store.schema import BUSY_TIMEOUT_MS
+from ..wakeup import Doorbell, Ringer, supervisor_name, wake_folder
+from . import protocol
 from .execute import LimitCache, revoked_outcome
-from .flow import FlowControl
 from .pool import DIED, Child, Inflight, death_outcome, fork_child
-from .profiling import run_profiled
-from .serializer import encode_exception, exception_type_name
-from .store import Claimed, Outcome, Store, records
-from .store.schema import BUSY_TIMEOUT_MS
+from .throttle import FlowControl
 from .upkeep import RECOVERY_EVERY, Checkpointer, Upkeep
-from .wakeup import Doorbell, Ringer, supervisor_name, wake_folder
 
 if TYPE_CHECKING:
-    from .app import Localq
+    from ..app import Localq
 
 log = logging.getLogger("localq.worker")
 
@@ -325,17 +326,15 @@ class Supervisor(Upkeep):
         conn = child.conn
         try:
             while True:
-                message = conn.recv()
-                if message[0] == "o":
-                    self._take_outcomes(child, message[1])
-                else:                                  # "x": it leaves on its own
-                    self._take_outcomes(child, message[3])
-                    child.leaving = message[1]
-                    leftover = set(message[2])
+                outcomes, leaves = protocol.read(conn.recv())
+                self._take_outcomes(child, outcomes)
+                if leaves is not None:                 # it leaves on its own
+                    child.leaving = leaves.reason
+                    leftover = set(leaves.not_started)
                     back = [i.job for i in child.inflight if i.job.seq in leftover]
                     child.keep_only([i for i in child.inflight if i.job.seq not in leftover])
                     self.ready.extendleft(reversed(back))
-                    log.info("child %d recycled: %s", child.pid, message[1])
+                    log.info("child %d recycled: %s", child.pid, leaves.reason)
                     self._keep_pool_whole()
                 if not child.has_more():
                     break
@@ -610,8 +609,7 @@ class Supervisor(Upkeep):
                 continue
             child.hand(items)
             try:
-                # (seq, id, task, serializer, payload, options, retries): the child's tuple
-                child.conn.send([item.job[:7] for item in items])
+                child.conn.send(protocol.jobs_message(item.job for item in items))
             except OSError:          # it died: what it was handed goes to the others
                 self._child_exited(child)
                 lost_child = True
@@ -640,7 +638,7 @@ class Supervisor(Upkeep):
         elif first:
             for child in self.children.values():
                 try:
-                    child.conn.send(None)
+                    child.conn.send(protocol.STOP)
                 except OSError:
                     pass
 

@@ -8,8 +8,7 @@ knows which job is running: the first one it has no outcome for. It also
 writes the seq of the job it is running into a slot of memory shared with the
 supervisor (0 between jobs), so that a crash is blamed on the right job.
 
-Messages to the supervisor: ``("o", [outcome, ...])``, and before it exits on
-its own (recycling) ``("x", reason, [seq of jobs it did not start], [outcome, ...])``.
+Its messages (jobs in, outcomes and its exit out) are protocol.py's.
 """
 from __future__ import annotations
 
@@ -21,15 +20,16 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
+from ..ids import format_id
+from ..log import log, log_outcome, now_running, per_job_lines
+from ..profiling import run_profiled
+from . import protocol
 from .execute import LimitCache, execute, install_soft_limit_handler, revoked_outcome
-from .ids import format_id
-from .log import log, log_outcome, now_running, per_job_lines
-from .profiling import run_profiled
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
 
-    from .app import Localq
+    from ..app import Localq
 
 FAST = 0.0005          # a task averaging under this many seconds is batched
 FLUSH_AFTER = 0.002    # never hold an outcome longer than this between fast jobs
@@ -95,16 +95,17 @@ def _loop(app: Localq, conn: Connection, running: memoryview, max_tasks: int | N
             batch = conn.recv()
         except (EOFError, OSError):
             return                   # the supervisor is gone
-        if batch is None:
+        if batch is protocol.STOP:
             return                   # warm shutdown: nothing more is coming
         buffered: list[Any] = []
         first_buffered = 0.0
         info = per_job_lines()           # once per batch: nothing per job when off
+        # protocol.ChildJob's fields, unpacked (cheaper than attribute access per job)
         for index, (seq, job_id, task_name, serializer, payload, options, retries) in \
                 enumerate(batch):
             opts, soft, hard = limits.get(task_name, options)
             if buffered and (hard or soft or speed.get(task_name, 1.0) > FAST):
-                conn.send(("o", buffered))
+                conn.send(protocol.outcomes_message(buffered))
                 buffered = []
             job_id = job_id or format_id(seq)
             if info:
@@ -136,10 +137,11 @@ def _loop(app: Localq, conn: Connection, running: memoryview, max_tasks: int | N
             if reason:
                 # One message, so the supervisor learns of the outcomes and of the exit
                 # together and never hands this child more work in between.
-                conn.send(("x", reason, [job[0] for job in batch[index + 1:]], buffered))
+                conn.send(protocol.exit_message(
+                    reason, [job[0] for job in batch[index + 1:]], buffered))
                 return
             if time.perf_counter() - first_buffered > FLUSH_AFTER:
-                conn.send(("o", buffered))
+                conn.send(protocol.outcomes_message(buffered))
                 buffered = []
         if buffered:
-            conn.send(("o", buffered))
+            conn.send(protocol.outcomes_message(buffered))

@@ -22,15 +22,14 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from .limits import Rate, next_token_at, parse_rate, refill
-from .status import age
-from .store import Claimed, Store, Transaction
+from ..limits import Rate, limits_in_force, next_token_at, parse_rate, refill
+from ..status import age
+from ..store import Claimed, Store, Transaction
 
 if TYPE_CHECKING:
-    from .app import Localq
-    from .task import Task
+    from ..app import Localq
 
 
 log = logging.getLogger("localq.worker")
@@ -40,53 +39,6 @@ LANE_SWEEP = 3.0    # seconds between moves of runtime-throttled jobs into their
 # going back: a claim reads the time, then may wait for the write lock while another
 # worker's claim stores a later one.
 CLOCK_SLACK = 1.0
-
-
-def lane_for(task: Task) -> str | None:
-    """The lane a producer puts a job in: the task's name when it is throttled."""
-    if task.option("rate_limit") or task.option("max_concurrency"):
-        return task.name
-    return None
-
-
-LIMITS = ("rate_limit", "max_concurrency")
-
-
-def limit_source(task: Task, key: str) -> str:
-    """Where a task's effective ``rate_limit`` or ``max_concurrency`` comes from, in the
-    order Task.option() applies them (the last that says something wins)."""
-    annotations = task.app.conf.task_annotations or {}
-    for scope in (task.name, "*"):
-        if key in (annotations.get(scope) or {}):
-            return f"task_annotations[{scope!r}]"
-    if task._declared.get(key) is not None:     # the decorator's options, as given
-        return "declared on the task"
-    return "task_default_rate_limit"            # caps have no app-wide default
-
-
-def limits_in_force(app: Localq) -> list[dict]:
-    """Every rate limit and concurrency cap in force, and where each comes from: the
-    app's tasks (declared, annotations, settings) and the run-time overrides stored in
-    the file (which win over the declared rate limit until reset with ``None``)."""
-    found: dict[tuple[str, str], dict] = {}
-    for name, task in app.tasks.items():
-        for key in LIMITS:
-            value = task.option(key)
-            if key == "rate_limit":
-                rate = parse_rate(value)
-                value = rate.text if rate else None
-            if value:
-                found[(name, key)] = {"task": name, "limit": key, "value": value,
-                                      "source": limit_source(task, key), "set": None}
-    for name, override, when in app.store.rate_overrides():
-        row: dict[str, Any] = {"task": name, "limit": "rate_limit",
-                               "value": None if override == "0" else override,
-                               "source": "run-time override", "set": when}
-        if name in app.tasks:     # what it stands in for: the app's own limit, or none
-            own = found.get((name, "rate_limit"))
-            row["replaces"] = {"value": own["value"], "source": own["source"]} if own else None
-        found[(name, "rate_limit")] = row
-    return [found[k] for k in sorted(found)]
 
 
 class FlowControl:

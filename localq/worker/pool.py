@@ -1,7 +1,7 @@
 """The child processes of one supervisor: starting, tracking and killing them.
 
 Children are forked from the supervisor, which holds no open SQLite
-connection at that moment (store.py closes every connection before any fork
+connection at that moment (store/connection.py closes every connection before any fork
 and reopens it lazily). Forking, rather than ``spawn`` or ``forkserver`` as
 DESIGN.md first proposed, is what lets tasks defined in a script's
 ``__main__`` (with no ``if __name__ == "__main__"`` guard) run in an embedded
@@ -35,16 +35,16 @@ from multiprocessing import Pipe
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Callable, Iterable
 
+from ..exceptions import TimeLimitExceeded, WorkerLostError
+from ..serializer import encode_exception, exception_type_name
+from ..store import Outcome, records
 from .child import child_main
-from .exceptions import TimeLimitExceeded, WorkerLostError
 from .execute import revoked_outcome
-from .serializer import encode_exception, exception_type_name
-from .store import Outcome, records
 
 if TYPE_CHECKING:
-    from .app import Localq
-    from .store import Claimed
-    from .task import Task
+    from ..app import Localq
+    from ..store import Claimed
+    from ..task import Task
 
 log = logging.getLogger("localq.worker")
 

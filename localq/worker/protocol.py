@@ -1,0 +1,68 @@
+"""The supervisor/child wire: the one owner of what travels over a child's channel.
+
+Down (supervisor -> child), one message per batch:
+
+- ``jobs_message(claimed)``: a list of ``ChildJob`` tuples, the leading fields of
+  ``Claimed`` (made by slicing: the import-time check below keeps the two in step);
+- ``STOP`` (None): warm shutdown, nothing more is coming.
+
+Up (child -> supervisor):
+
+- ``outcomes_message(outcomes)``: ``("o", [Outcome, ...])``;
+- ``exit_message(reason, not_started, outcomes)``: ``("x", reason, [seq, ...],
+  [Outcome, ...])``, sent once before a child exits on its own (recycling), so
+  that the supervisor learns of its last outcomes and of its exit together and
+  never hands it more work in between.
+
+Plain tuples and lists, the cheapest things to pickle; ``read`` gives the
+supervisor the outcomes of a message and, for an exit, an ``Exit``.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable, NamedTuple
+
+from ..store.records import Claimed, Outcome
+
+STOP = None
+_OUTCOMES, _EXIT = "o", "x"
+
+
+class ChildJob(NamedTuple):
+    """A job as a child receives it: what it needs to run it, no more."""
+    seq: int
+    custom_id: str | None
+    task: str
+    serializer: str
+    payload: Any
+    options: str | None
+    retries: int
+
+
+_WIDTH = len(ChildJob._fields)
+if Claimed._fields[:_WIDTH] != ChildJob._fields:     # a reordered Claimed must fail loudly
+    raise ImportError("ChildJob's fields must be the leading fields of Claimed")
+
+
+class Exit(NamedTuple):
+    """A child's notice that it leaves on its own."""
+    reason: str
+    not_started: list[int]       # seqs of the jobs it was handed but did not start
+
+
+def jobs_message(jobs: Iterable[Claimed]) -> list[tuple]:
+    return [job[:_WIDTH] for job in jobs]
+
+
+def outcomes_message(outcomes: list[Outcome]) -> tuple:
+    return (_OUTCOMES, outcomes)
+
+
+def exit_message(reason: str, not_started: list[int], outcomes: list[Outcome]) -> tuple:
+    return (_EXIT, reason, not_started, outcomes)
+
+
+def read(message: tuple) -> tuple[list[Outcome], Exit | None]:
+    """A child's message: its outcomes, and its exit notice if it is one."""
+    if message[0] == _OUTCOMES:
+        return message[1], None
+    return message[3], Exit(message[1], message[2])
