@@ -23,6 +23,7 @@ into a page of shared memory cost far less than a message per job would.
 """
 from __future__ import annotations
 
+import enum
 import logging
 import mmap
 import os
@@ -72,6 +73,19 @@ class Inflight:
         self.size = len(job.payload or b"")
 
 
+class ChildState(enum.Enum):
+    """Where a child is in its life, as the supervisor sees it. Moves only forward:
+    ACTIVE -> RETIRING -> LEAVING -> STOPPING -> DEAD, any step may be skipped.
+    Idle and busy are not states: ``inflight`` says which, and is the one record of
+    it (a state updated on every hand-over and outcome would cost the hot path)."""
+    ACTIVE = "active"        # takes work
+    RETIRING = "retiring"    # handed its max_tasks_per_child: runs them, takes no more;
+                             # its successor is started at once
+    LEAVING = "leaving"      # said it exits on its own (recycled): takes no more
+    STOPPING = "stopping"    # signalled by the supervisor; ``kill_reason`` says why
+    DEAD = "dead"            # exited, reaped and closed
+
+
 class Child:
     """One child process as the supervisor sees it."""
 
@@ -88,10 +102,9 @@ class Child:
         self.last_report = time.monotonic()
         self.avg_duration: float | None = None
         self.handed = 0               # jobs handed over in its life (for max_tasks)
-        self.leaving: str | None = None   # set when it will exit on its own
-        self.replaced = False         # a replacement was already started for it
-        self.kill_reason: str | None = None
-        self.kill_job: int | None = None
+        self.state = ChildState.ACTIVE
+        self.kill_reason: str | None = None   # STOPPING: time_limit, revoke, shutdown...
+        self.kill_job: int | None = None      # STOPPING: the job it was stopped for
         self.sigkill_at: float | None = None
         # conn.poll() builds a selector on every call: ~20 us in the supervisor's loop
         self._poller = select.poll()
@@ -144,6 +157,7 @@ class Child:
 
     def close(self) -> None:
         """Release the channel, the sentinel and the slot of a child that has exited."""
+        self.state = ChildState.DEAD
         self.conn.close()
         if self.sentinel is not None:
             os.close(self.sentinel)
@@ -167,13 +181,49 @@ class Child:
         avg = self.avg_duration
         self.avg_duration = seconds if avg is None else 0.8 * avg + 0.2 * seconds
 
-    def stop(self, reason: str, job_seq: int | None) -> None:
-        """SIGTERM now, SIGKILL after a short grace (a task may ignore SIGTERM)."""
-        if self.kill_reason is None:
+    @property
+    def takes_work(self) -> bool:
+        return self.state is ChildState.ACTIVE
+
+    @property
+    def stopping(self) -> bool:
+        """Signalled by the supervisor (it is being stopped or killed)."""
+        return self.state is ChildState.STOPPING
+
+    def exits_unexpectedly(self) -> bool:
+        """Would its exit now be a surprise (neither announced nor caused by us)?"""
+        return self.state in (ChildState.ACTIVE, ChildState.RETIRING)
+
+    def retire(self) -> bool:
+        """It was handed its last jobs: True if it was taking work until now."""
+        if self.state is not ChildState.ACTIVE:
+            return False
+        self.state = ChildState.RETIRING
+        return True
+
+    def leave(self) -> None:
+        """It said it exits on its own."""
+        if self.state in (ChildState.ACTIVE, ChildState.RETIRING):
+            self.state = ChildState.LEAVING
+
+    def _stopping(self, reason: str, job_seq: int | None) -> None:
+        # The first reason stays: it says what became of the job it was stopped for.
+        if self.state is not ChildState.STOPPING:
+            self.state = ChildState.STOPPING
             self.kill_reason = reason
             self.kill_job = job_seq
+
+    def stop(self, reason: str, job_seq: int | None) -> None:
+        """SIGTERM now, SIGKILL after a short grace (a task may ignore SIGTERM)."""
+        self._stopping(reason, job_seq)
         self.sigkill_at = time.monotonic() + KILL_GRACE
         _signal(self.pid, signal.SIGTERM)
+
+    def kill(self, reason: str) -> None:
+        """SIGKILL now; no job is blamed: whatever it was running runs again."""
+        self._stopping(reason, None)
+        self.kill_job = None
+        self.escalate()
 
     def escalate(self) -> None:
         self.sigkill_at = None
@@ -233,15 +283,16 @@ def death_outcome(child: Child, head: Inflight, task: Task | None, how: str,
                   now: float) -> Outcome:
     """What became of the job a child was running when it died."""
     seq, job = head.job.seq, head.job
-    if child.kill_reason == "time_limit" and child.kill_job == seq:
+    stopped = child.kill_reason       # set once it was stopped (it may be DEAD by now)
+    if stopped == "time_limit" and child.kill_job == seq:
         log.error("Task %s[%s] killed: hard time limit (%ss) exceeded", job.task, job.id,
                   head.hard)
         return _failed(seq, job.serializer, TimeLimitExceeded(f"TimeLimitExceeded({head.hard})"),
                        now, child.pid)
-    if child.kill_reason == "revoke" and child.kill_job == seq:
+    if stopped == "revoke" and child.kill_job == seq:
         log.info("Task %s[%s] terminated by revoke", job.task, job.id)
         return revoked_outcome(seq, job.serializer, "terminated", now, child.pid)
-    if child.kill_reason is not None:
+    if stopped is not None:
         # Shut down, or killed for another job that had just finished: this one was
         # caught in the crossfire; it runs again.
         return records.put_back(seq)

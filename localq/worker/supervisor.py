@@ -36,7 +36,7 @@ from . import protocol
 from .execute import LimitCache, revoked_outcome
 from .pool import DIED, Child, Inflight, death_outcome, fork_child
 from .throttle import FlowControl
-from .upkeep import RECOVERY_EVERY, Checkpointer, Upkeep
+from .upkeep import RECOVERY_EVERY, Checkpointer, Upkeep, safely
 
 if TYPE_CHECKING:
     from ..app import Localq
@@ -88,7 +88,7 @@ def _unstorable(outcome: Outcome, exc: BaseException) -> Outcome:
                           outcome.ended or time.time(), outcome.pid, str(error))
 
 
-class Supervisor(Upkeep):
+class Supervisor:
     def __init__(self, app: Localq, *, concurrency: int, queues: list[str],
                  max_tasks_per_child: int | None = None,
                  max_memory_per_child: int | None = None,
@@ -113,9 +113,7 @@ class Supervisor(Upkeep):
         self.cold = False
         self.exit_code = 0
         self._signals: list[int] = []
-        self.expiry_cursor = 0
         self.limits = LimitCache(app)
-        self.next_expiry = 0.0
         self.write_failures = 0                   # failed writes in a row
         self.stranded = 0                         # jobs whose outcome could not be stored
         self.write_again_at = 0.0                 # monotonic time of the next attempt
@@ -126,9 +124,11 @@ class Supervisor(Upkeep):
         app = self.app
         self.store = Store(app.path, app.conf.database_synchronous)
         self.flow = FlowControl(app, self.store)
+        self.upkeep = Upkeep(self.store, app.conf, self.queues, self.concurrency)
         now = time.time()
-        self._register(now)
-        self._recover(now)
+        self.worker_id = self.upkeep.register(now)
+        if self.upkeep.recover(self.worker_id, now):
+            self.want_work = True
         self.store.patience = WRITE_PATIENCE
         self.bell = Doorbell(wake_folder(app.path), supervisor_name())
         self.waiters = Ringer(wake_folder(app.path), "g")
@@ -187,7 +187,7 @@ class Supervisor(Upkeep):
 
     def _active_children(self) -> int:
         return sum(1 for c in self.children.values()
-                   if not c.replaced and c.leaving is None and c.kill_reason is None)
+                   if c.takes_work)
 
     def _keep_pool_whole(self) -> None:
         if self.stopping:
@@ -223,19 +223,23 @@ class Supervisor(Upkeep):
                 self.want_work = True
             if mono - last_check >= FALLBACK_CHECK:
                 last_check = mono
-                new_version = self._safely(self.store.data_version)
+                new_version = safely(self.store.data_version)
                 if new_version is not None and new_version != version:
                     version = new_version
                     self.want_work = True
                     self._check_revokes()
             if mono - last_heartbeat >= self.app.conf.worker_heartbeat_interval:
                 last_heartbeat = mono
-                self._safely(self._heartbeat)
+                if safely(self.upkeep.heartbeat, self.worker_id) is False:
+                    safely(self._rejoin)
             if mono - last_recovery >= RECOVERY_EVERY:
                 last_recovery = mono
-                self._safely(self._recover, time.time())
-            if mono >= self.next_expiry:
-                self._expiry_step(mono)
+                if safely(self.upkeep.recover, self.worker_id, time.time()):
+                    self.want_work = True
+            if mono >= self.upkeep.next_expiry:
+                busy = bool(self.outcomes or self.ready or self.want_work or
+                            any(c.inflight for c in self.children.values()))
+                self.upkeep.expiry_step(mono, busy, self.stopping)
 
     def _should_claim(self, slots: int) -> bool:
         """Claim now? Only if there may be work and room for it, and either outcomes are
@@ -258,7 +262,7 @@ class Supervisor(Upkeep):
         """How long to wait for events, and whether that is a coalescing window (to be
         slept through deaf) rather than an ordinary wait that any event ends."""
         mono = time.monotonic()
-        deadline = min(last_check + FALLBACK_CHECK, self.next_expiry,
+        deadline = min(last_check + FALLBACK_CHECK, self.upkeep.next_expiry,
                        last_heartbeat + self.app.conf.worker_heartbeat_interval)
         if self.outcomes or self._should_claim(self._free_slots()):
             if mono < self.write_again_at:       # a failed write: wait for its next try
@@ -271,7 +275,7 @@ class Supervisor(Upkeep):
             if child.sigkill_at is not None:
                 deadline = min(deadline, child.sigkill_at)
             head = child.running()
-            if head is not None and head.hard and child.kill_reason is None:
+            if head is not None and head.hard and not child.stopping:
                 deadline = min(deadline, child.running_since() + head.hard)
         if self.next_due is not None and not self.stopping:
             deadline = min(deadline, mono + max(0.0, self.next_due - time.time()))
@@ -329,7 +333,7 @@ class Supervisor(Upkeep):
                 outcomes, leaves = protocol.read(conn.recv())
                 self._take_outcomes(child, outcomes)
                 if leaves is not None:                 # it leaves on its own
-                    child.leaving = leaves.reason
+                    child.leave()
                     leftover = set(leaves.not_started)
                     back = [i.job for i in child.inflight if i.job.seq in leftover]
                     child.keep_only([i for i in child.inflight if i.job.seq not in leftover])
@@ -344,6 +348,24 @@ class Supervisor(Upkeep):
     def _current(self, child: Child) -> bool:
         """Is this child still one of ours (not already cleaned up)?"""
         return self.children.get(child.pid) is child
+
+    def _rejoin(self) -> None:
+        """This worker was presumed dead (its row is gone) and its jobs were put back
+        for others, who may be running them already: it drops every job it held, kills
+        the children running them (their outcomes would be dropped anyway: every write
+        is guarded by owner), and registers again under a new id."""
+        log.warning("this worker was presumed dead by another (silent for over %ss), which "
+                    "put its jobs back: dropping them and registering again",
+                    self.app.conf.worker_lost_after)
+        for child in self.children.values():
+            if child.inflight:
+                child.keep_only(())
+                child.kill("presumed dead")
+        self.ready.clear()
+        self.outcomes = []
+        self.want_work = True
+        self.worker_id = self.upkeep.register(time.time())
+        self._keep_pool_whole()
 
     def _child_died(self, child: Child) -> None:
         """Its process exited: read what it sent before dying, without waiting for an EOF
@@ -381,6 +403,7 @@ class Supervisor(Upkeep):
         self.final_outcomes = True
 
     def _child_exited(self, child: Child) -> None:
+        unexpected = child.exits_unexpectedly()
         how = child.reap()
         running = child.running_seq()
         del self.children[child.pid]
@@ -407,7 +430,7 @@ class Supervisor(Upkeep):
         if self.stopping and self.cold:
             self.outcomes.extend(records.put_back(j.seq) for j in self.ready)
             self.ready.clear()
-        if child.leaving is None and child.kill_reason is None and not self.stopping:
+        if unexpected and not self.stopping:
             log.warning("child %d exited unexpectedly (%s); starting a new one", child.pid, how)
         self._keep_pool_whole()
 
@@ -416,7 +439,7 @@ class Supervisor(Upkeep):
             if child.sigkill_at is not None and mono >= child.sigkill_at:
                 child.escalate()
             head = child.running()
-            if (head is not None and head.hard and child.kill_reason is None
+            if (head is not None and head.hard and not child.stopping
                     and mono >= child.running_since() + head.hard):
                 child.stop("time_limit", head.job.seq)
                 self._keep_pool_whole()      # the replacement starts now, not after death
@@ -427,7 +450,7 @@ class Supervisor(Upkeep):
         running is killed if the revoke says terminate, else it finishes (as in Celery)."""
         if not self.ready and not any(c.inflight for c in self.children.values()):
             return
-        requests = dict(self._safely(self.store.revoke_requests, self.worker_id) or ())
+        requests = dict(safely(self.store.revoke_requests, self.worker_id) or ())
         if not requests:
             return
         if self.ready:
@@ -442,7 +465,7 @@ class Supervisor(Upkeep):
                     kept.append(job)
             self.ready = kept
         for child in list(self.children.values()):
-            if child.kill_reason is not None:
+            if child.stopping:
                 continue
             for item in list(child.inflight):
                 seq = item.job.seq
@@ -472,7 +495,7 @@ class Supervisor(Upkeep):
             try:
                 claimed, revoked, drained, due = self._write(outcomes, claim, slots)
             except _PresumedDead:
-                self._safely(self._rejoin)
+                safely(self._rejoin)
                 return
             except Exception as exc:  # noqa: BLE001 - the worker outlives any failed write
                 self._write_failed(exc)
@@ -567,7 +590,7 @@ class Supervisor(Upkeep):
 
     def _room(self, child: Child) -> int:
         """How many more jobs this child should be handed now."""
-        if child.leaving is not None or child.kill_reason is not None or child.replaced:
+        if not child.takes_work:
             return 0
         room = child.prefetch() - len(child.inflight)
         if self.max_tasks:
@@ -615,9 +638,8 @@ class Supervisor(Upkeep):
                 lost_child = True
                 continue
             child.handed += len(items)
-            if self.max_tasks and child.handed >= self.max_tasks and not child.replaced:
-                child.replaced = True      # it leaves after these: start its successor now
-                self._keep_pool_whole()
+            if self.max_tasks and child.handed >= self.max_tasks and child.retire():
+                self._keep_pool_whole()    # it leaves after these: start its successor now
         return lost_child
 
     # -------------------------------------------------------------- stopping
@@ -632,9 +654,7 @@ class Supervisor(Upkeep):
             self.cold = True
             self.exit_code = 1
             for child in self.children.values():
-                child.kill_reason = child.kill_reason or "shutdown"
-                child.kill_job = None
-                child.escalate()
+                child.kill("shutdown")
         elif first:
             for child in self.children.values():
                 try:

@@ -1,10 +1,11 @@
 """Upkeep of a worker: its heartbeat, recovering the jobs of dead workers, expiring
 results, and checkpointing the WAL.
 
-A mixin of the Supervisor: each step is small and bounded, so that upkeep
-never stalls the pool. The one step that is not small, copying the WAL back
-into the database file (it ends in an fsync), runs in a thread of its own:
-see :class:`Checkpointer`.
+A component of the Supervisor: each step is small and bounded, so that upkeep
+never stalls the pool, and returns what it found; the supervisor decides what
+to do about it (rejoin when presumed dead, claim when jobs came back). The one
+step that is not small, copying the WAL back into the database file (it ends in
+an fsync), runs in a thread of its own: see :class:`Checkpointer`.
 """
 from __future__ import annotations
 
@@ -19,9 +20,8 @@ from ..exceptions import DatabaseError, WorkerLostError
 from ..serializer import encode_exception
 
 if TYPE_CHECKING:
-    from ..app import Localq
+    from ..config import Settings
     from ..store import Store
-    from .pool import Child
 
 log = logging.getLogger("localq.worker")
 T = TypeVar("T")
@@ -116,92 +116,72 @@ def worker_is_gone(w: dict, now: float, lost_after: float) -> bool:
     return now - w["heartbeat"] > lost_after
 
 
+def safely(step: Callable[..., T], *args: Any) -> T | None:
+    """Run one step that touches the database; a database fault is logged and None
+    returned, so that the loop goes on and tries again later."""
+    try:
+        return step(*args)
+    except DatabaseError as exc:
+        log.warning("%s: %s; the worker goes on and tries again later",
+                    step.__name__.strip("_").replace("_", " "), exc)
+        return None
+
+
 class Upkeep:
-    app: Localq
-    store: Store
-    worker_id: int
-    queues: list[str]
-    concurrency: int
-    children: dict[int, Child]
-    ready: Any
-    outcomes: list
-    want_work: bool
-    stopping: bool
-    expiry_cursor: int
-    next_expiry: float
-    _keep_pool_whole: Callable[[], None]
+    """The worker's bookkeeping in the file: registration, heartbeat, recovery of dead
+    workers' jobs, and result expiry. It returns facts (an id, "presumed dead", how
+    many jobs came back, when to run next); the supervisor acts on them."""
 
-    def _register(self, now: float) -> None:
+    def __init__(self, store: Store, conf: Settings, queues: list[str],
+                 concurrency: int) -> None:
+        self.store = store
+        self.conf = conf
+        self.queues = queues
+        self.concurrency = concurrency
+        self.expiry_cursor = 0
+        self.next_expiry = 0.0         # monotonic time of the next expiry step
+
+    def register(self, now: float) -> int:
+        """Register this worker under a new id; returns the id."""
         pid = os.getpid()
-        self.worker_id = self.store.register_worker(
-            pid, process_start_time(pid), socket.gethostname(), self.queues, self.concurrency,
-            now)
+        return self.store.register_worker(pid, process_start_time(pid), socket.gethostname(),
+                                          self.queues, self.concurrency, now)
 
-    def _safely(self, step: Callable[..., T], *args: Any) -> T | None:
-        """Run one upkeep step; a database fault is logged and the loop goes on."""
-        try:
-            return step(*args)
-        except DatabaseError as exc:
-            log.warning("%s: %s; the worker goes on and tries again later",
-                        step.__name__.strip("_").replace("_", " "), exc)
-            return None
+    def heartbeat(self, worker_id: int) -> bool:
+        """False when this worker's row is gone: another presumed it dead."""
+        return self.store.heartbeat(worker_id, time.time())
 
-    def _heartbeat(self) -> None:
-        if not self.store.heartbeat(self.worker_id, time.time()):
-            self._rejoin()
-
-    def _rejoin(self) -> None:
-        """This worker was presumed dead (its row is gone) and its jobs were put back
-        for others, who may be running them already: it drops every job it held, kills
-        the children running them (their outcomes would be dropped anyway: every write
-        is guarded by owner), and registers again under a new id."""
-        log.warning("this worker was presumed dead by another (silent for over %ss), which "
-                    "put its jobs back: dropping them and registering again",
-                    self.app.conf.worker_lost_after)
-        for child in self.children.values():
-            if child.inflight:
-                child.keep_only(())
-                child.kill_reason = child.kill_reason or "presumed dead"
-                child.kill_job = None
-                child.escalate()
-        self.ready.clear()
-        self.outcomes = []
-        self.want_work = True
-        self._register(time.time())
-        self._keep_pool_whole()
-
-    def _recover(self, now: float) -> None:
-        lost_after = self.app.conf.worker_lost_after
+    def recover(self, worker_id: int, now: float) -> int:
+        """Take back the jobs of dead workers; how many were put back or failed."""
+        lost_after = self.conf.worker_lost_after
         gone = [w["id"] for w in self.store.workers()
-                if w["id"] != self.worker_id and worker_is_gone(w, now, lost_after)]
-        if gone:
-            reason = encode_exception("json", WorkerLostError(
-                "the worker running this job died and the task has acks_late=False"))
-            back, failed = self.store.release_worker_jobs(gone, now, reason)
-            if back or failed:
-                log.warning("recovered %d job(s) from %d dead worker(s): %d put back, "
-                            "%d failed (acks_late=False)", back + failed, len(gone), back,
-                            failed)
-                self.want_work = True
+                if w["id"] != worker_id and worker_is_gone(w, now, lost_after)]
+        if not gone:
+            return 0
+        reason = encode_exception("json", WorkerLostError(
+            "the worker running this job died and the task has acks_late=False"))
+        back, failed = self.store.release_worker_jobs(gone, now, reason)
+        if back or failed:
+            log.warning("recovered %d job(s) from %d dead worker(s): %d put back, "
+                        "%d failed (acks_late=False)", back + failed, len(gone), back, failed)
+        return back + failed
 
-    def _expire_results(self, scan: int) -> bool:
+    def _expire_results(self, scan: int, stopping: bool) -> bool:
         """One bounded step of result expiry; True when there is more to look at now."""
-        expires = self.app.conf.result_expires
-        if not expires or self.stopping:
+        expires = self.conf.result_expires
+        if not expires or stopping:
             return False
         seconds = expires.total_seconds() if hasattr(expires, "total_seconds") else expires
         _, self.expiry_cursor = self.store.expire_results(time.time() - float(seconds),
                                                           self.expiry_cursor, scan)
         return self.expiry_cursor != 0
 
-    def _expiry_step(self, mono: float) -> None:
-        """One bounded step of the sweep. While jobs flow, steps are small and spaced so
-        that sweeping takes about a twentieth of the loop's time; idle, it goes on at
-        full speed."""
-        busy = bool(self.outcomes or self.ready or self.want_work or
-                    any(c.inflight for c in self.children.values()))
+    def expiry_step(self, mono: float, busy: bool, stopping: bool) -> None:
+        """One bounded step of the sweep (``busy``: jobs are flowing). While jobs flow,
+        steps are small and spaced so that sweeping takes about a twentieth of the
+        loop's time; idle, it goes on at full speed. Sets ``next_expiry``."""
         t0 = time.monotonic()
-        more = bool(self._safely(self._expire_results, 1000 if busy else 5000))
+        more = bool(safely(self._expire_results, 1000 if busy else 5000, stopping))
         took = time.monotonic() - t0
         self.next_expiry = mono + (RECOVERY_EVERY if not more else
                                    max(0.02, 19 * took) if busy else 0)
