@@ -236,25 +236,21 @@ def banner(app: Localq, queues: list[str], concurrency: int) -> str:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     app = _app(args)
+    from .worker.options import resolve
     from .worker.supervisor import Supervisor
     setup_worker_logging(args.loglevel, app.conf.worker_hijack_root_logger)
     try:
         app.import_task_modules()
     except ImportError as exc:
         _fail(f"cannot import a module named in the app's imports/include: {exc}")
-    if args.time_limit is not None:
-        app.conf.task_time_limit = args.time_limit
-    if args.soft_time_limit is not None:
-        app.conf.task_soft_time_limit = args.soft_time_limit
-    queues = [q.strip() for q in (args.queues or app.conf.task_default_queue).split(",")
-              if q.strip()]
-    concurrency = args.concurrency or app.conf.worker_concurrency or os.cpu_count() or 1
-    print(banner(app, queues, concurrency), file=sys.stderr, flush=True)
-    return Supervisor(app, concurrency=concurrency, queues=queues,
-                      max_tasks_per_child=args.max_tasks_per_child
-                      or app.conf.worker_max_tasks_per_child,
-                      max_memory_per_child=args.max_memory_per_child
-                      or app.conf.worker_max_memory_per_child).run()
+    options = resolve(app.conf, concurrency=args.concurrency, queues=args.queues,
+                      max_tasks_per_child=args.max_tasks_per_child,
+                      max_memory_per_child=args.max_memory_per_child,
+                      time_limit=args.time_limit, soft_time_limit=args.soft_time_limit,
+                      loglevel=args.loglevel)
+    options.apply_time_limits(app.conf)
+    print(banner(app, options.queues, options.concurrency), file=sys.stderr, flush=True)
+    return Supervisor(app, options).run()
 
 
 def _ago(ts: float | None, now: float) -> str:

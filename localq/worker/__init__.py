@@ -2,6 +2,7 @@
 
 | module | owns |
 |---|---|
+| ``options.py`` | the worker's options, resolved once for the CLI and ``app.worker()`` |
 | ``supervisor.py`` | the event loop: write and claim, dispatch, deadlines, shutdown |
 | ``pool.py`` | the children as the supervisor sees them, each in one lifecycle state |
 | ``protocol.py`` | the supervisor/child wire layouts (jobs down, outcomes and exits up) |

@@ -16,8 +16,9 @@ import time
 import traceback
 from typing import TYPE_CHECKING, Any, Iterable
 
-from ..exceptions import ConfigurationError, LocalqError
-from ..log import check_level, setup_worker_logging
+from ..exceptions import LocalqError
+from ..log import setup_worker_logging
+from .options import resolve
 
 if TYPE_CHECKING:
     from ..app import Localq
@@ -32,18 +33,11 @@ class EmbeddedWorker:
                  max_memory_per_child: int | None = None, time_limit: float | None = None,
                  soft_time_limit: float | None = None, loglevel: str | int = "WARNING") -> None:
         self.app = app
-        self.concurrency = concurrency or app.conf.worker_concurrency or os.cpu_count() or 1
-        if isinstance(queues, str):
-            queues = queues.split(",")
-        self.queues = [q.strip() for q in (queues or [app.conf.task_default_queue]) if q.strip()]
-        self.max_tasks = max_tasks_per_child or app.conf.worker_max_tasks_per_child
-        self.max_memory = max_memory_per_child or app.conf.worker_max_memory_per_child
-        self.time_limit = time_limit
-        self.soft_time_limit = soft_time_limit
-        try:
-            self.loglevel = check_level(loglevel)
-        except ValueError as exc:
-            raise ConfigurationError(str(exc)) from None
+        self.options = resolve(app.conf, concurrency=concurrency, queues=queues,
+                               max_tasks_per_child=max_tasks_per_child,
+                               max_memory_per_child=max_memory_per_child,
+                               time_limit=time_limit, soft_time_limit=soft_time_limit,
+                               loglevel=loglevel)
         self.pid: int | None = None
         self._parent_w: int | None = None
 
@@ -78,15 +72,11 @@ class EmbeddedWorker:
         code = 70
         try:
             from .supervisor import Supervisor
-            setup_worker_logging(self.loglevel, self.app.conf.worker_hijack_root_logger)
-            if self.time_limit is not None:
-                self.app.conf.task_time_limit = self.time_limit
-            if self.soft_time_limit is not None:
-                self.app.conf.task_soft_time_limit = self.soft_time_limit
-            code = Supervisor(self.app, concurrency=self.concurrency, queues=self.queues,
-                              max_tasks_per_child=self.max_tasks,
-                              max_memory_per_child=self.max_memory,
-                              parent_fd=parent_r, ready_fd=ready_w).run()
+            setup_worker_logging(self.options.loglevel,
+                                 self.app.conf.worker_hijack_root_logger)
+            self.options.apply_time_limits(self.app.conf)
+            code = Supervisor(self.app, self.options, parent_fd=parent_r,
+                              ready_fd=ready_w).run()
         except BaseException as exc:  # noqa: BLE001 - report to the parent, never unwind
             try:
                 os.write(ready_w, f"error: {exc}\n".encode())

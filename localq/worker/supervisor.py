@@ -40,6 +40,7 @@ from .upkeep import RECOVERY_EVERY, Checkpointer, Upkeep, safely
 
 if TYPE_CHECKING:
     from ..app import Localq
+    from .options import WorkerOptions
 
 log = logging.getLogger("localq.worker")
 
@@ -89,15 +90,13 @@ def _unstorable(outcome: Outcome, exc: BaseException) -> Outcome:
 
 
 class Supervisor:
-    def __init__(self, app: Localq, *, concurrency: int, queues: list[str],
-                 max_tasks_per_child: int | None = None,
-                 max_memory_per_child: int | None = None,
-                 parent_fd: int | None = None, ready_fd: int | None = None) -> None:
+    def __init__(self, app: Localq, options: WorkerOptions, *, parent_fd: int | None = None,
+                 ready_fd: int | None = None) -> None:
         self.app = app
-        self.concurrency = max(1, int(concurrency))
-        self.queues = queues
-        self.max_tasks = max_tasks_per_child or None
-        self.max_memory = max_memory_per_child or None
+        self.concurrency = max(1, int(options.concurrency))
+        self.queues = options.queues
+        self.max_tasks = options.max_tasks_per_child or None
+        self.max_memory = options.max_memory_per_child or None
         self.parent_fd = parent_fd
         self.ready_fd = ready_fd
         self.children: dict[int, Child] = {}
