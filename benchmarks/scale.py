@@ -46,7 +46,8 @@ from _common import WORKERS, BenchError, Worker  # noqa: E402
 
 import localq  # noqa: E402  (after _common put this checkout first on sys.path)
 from localq.ids import format_id, new_id, parse_id  # noqa: E402
-from localq.store import NewJob  # noqa: E402
+from localq.store import JobRow  # noqa: E402
+from localq.store.records import split_id  # noqa: E402
 
 BASE = 10_000          # the baseline depth, and the size of every measured window
 STREAM = 20_000        # jobs sent by the streaming figure
@@ -139,14 +140,18 @@ class Scale(c.TempBench):
             entry["note"] = note
 
     def new_rows(self, start: int, count: int, created: float | None = None,
-                 ids: list[str] | None = None) -> list[NewJob]:
+                 ids: list[str] | None = None) -> list[JobRow]:
         """Jobs with payload ``[[i,i],{}]``, as delay() would write them."""
         now = time.time() if created is None else created
         task = self.add.name
-        return [NewJob(id=(ids[k] if ids else new_id()), task=task, queue="default", lane=None,
-                       priority=0, serializer="json", payload=f"[[{i},{i}],{{}}]",
-                       options=None, eta=0.0, expires=None, created=now)
-                for k, i in enumerate(range(start, start + count))]
+        rows = []
+        for k, i in enumerate(range(start, start + count)):
+            seq, custom_id = split_id(ids[k] if ids else new_id())
+            rows.append(JobRow(seq=seq, custom_id=custom_id, task=task, queue="default",
+                               lane=None, priority=0, serializer="json",
+                               payload=f"[[{i},{i}],{{}}]", options=None, eta=0.0,
+                               expires=None, created=now))
+        return rows
 
     def start_worker(self, db: str, ro: sqlite3.Connection,
                      extra_env: dict[str, str] | None = None) -> tuple[Worker, float]:
@@ -225,7 +230,7 @@ class Scale(c.TempBench):
         if how == "rows":
             for start in range(0, bulk, CHUNK):
                 rows = self.new_rows(start, min(CHUNK, bulk - start))
-                ids.update((p, rows[p - start][0]) for p in positions
+                ids.update((p, rows[p - start].id) for p in positions
                            if start <= p < start + len(rows))
                 self.app.store.enqueue_rows(rows)
             first = bulk
@@ -398,7 +403,7 @@ class Scale(c.TempBench):
                         for i in range(start, start + size)]
                 rows = self.new_rows(start, size, created=0.0,
                                      ids=[format_id(s) for s in seqs])
-                rows = [r[:10] + ((seq >> 21) / 1000,) + r[11:] for r, seq in zip(rows, seqs)]
+                rows = [r._replace(created=(seq >> 21) / 1000) for r, seq in zip(rows, seqs)]
                 self.app.store.enqueue_rows(rows)
                 rw.execute("UPDATE jobs SET state = 'SUCCESS', started = created, "
                            "done = created, result = CAST(2 * json_extract(payload, "
@@ -425,7 +430,7 @@ class Scale(c.TempBench):
         last = ""
         for start in range(0, backlog, CHUNK):
             rows = self.new_rows(start, min(CHUNK, backlog - start))
-            last = rows[-1][0]
+            last = rows[-1].id
             self.app.store.enqueue_rows(rows)
         checkpoint(db)
         ro = c.read_only(db)

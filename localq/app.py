@@ -23,7 +23,8 @@ from .ids import format_id, new_id, new_seq
 from .limits import lane_for
 from .result import AsyncResult as Result  # the method AsyncResult shadows the class
 from .serializer import check_serializer, encode_call
-from .store import JobRow, NewJob, Store
+from .store import JobRow, Store
+from .store.records import split_id
 from .task import (
     P,
     R,
@@ -216,7 +217,7 @@ class Localq:
         expires = None if d.expires is None else expires_at(d.expires, now)
         store = self.store
         seq = new_seq()
-        while not store.insert_row(JobRow(seq, None, task.name, d.queue, d.lane, d.priority,
+        while not store.enqueue(JobRow(seq, None, task.name, d.queue, d.lane, d.priority,
                                           d.serializer, payload, d.options, 0.0, expires,
                                           now)):
             seq = new_seq()              # two producers drew the same row number
@@ -239,7 +240,7 @@ class Localq:
             from .worker.execute import run_eager
             return run_eager(task, args, kwargs, {"task_id": task_id, "serializer": serializer})
         while not self.store.enqueue(job) and task_id is None:
-            job = job._replace(id=new_id())   # two producers drew the same row number
+            job = job._replace(seq=new_seq())   # two producers drew the same row number
         self.nudge_workers()
         return Result(job.id, self)
 
@@ -249,7 +250,7 @@ class Localq:
                 task_id: str | None = None, time_limit: float | None = None,
                 soft_time_limit: float | None = None, serializer: str | None = None,
                 group_id: str | None = None, group_index: int | None = None,
-                now: float | None = None) -> NewJob:
+                now: float | None = None) -> JobRow:
         """Encode a call into a row, checking everything before anything is stored.
 
         A past ``eta`` or a negative ``countdown`` means "run now", as in Celery; a
@@ -291,7 +292,7 @@ class Localq:
             check_name(task_id, "task_id", where)
         if queue is not None:
             check_name(queue, "queue", where)
-        return NewJob(task_id or new_id(), task.name, queue or d.queue, d.lane,
+        return JobRow(*split_id(task_id or new_id()), task.name, queue or d.queue, d.lane,
                       d.priority if priority is None else check_priority(priority, where),
                       serializer, payload, options, when,
                       None if expires is None else expires_at(expires, now), now,

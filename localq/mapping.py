@@ -43,7 +43,6 @@ from .store.records import FINAL_STATES, JobRow
 
 if TYPE_CHECKING:
     from .app import Localq
-    from .store import NewJob
     from .task import Task
 
 CHUNK = 2_000       # jobs per enqueue transaction: long enough to be cheap, short
@@ -165,7 +164,7 @@ def _digest(task_name: str, serializer: str, payloads: list) -> str:
     return h.hexdigest()
 
 
-def _enqueue(app: Localq, t: NewJob, group: str, serializer: str, payloads: list,
+def _enqueue(app: Localq, t: JobRow, group: str, serializer: str, payloads: list,
              resumable: bool) -> None:
     # A resumable map's items have fixed ids, so a rerun finds them; a one-off map's
     # items get generated ids, which cost no index write. ``t``: the fixed part of a row.
@@ -179,13 +178,13 @@ def _enqueue(app: Localq, t: NewJob, group: str, serializer: str, payloads: list
                        t.task, t.queue, t.lane, t.priority, serializer, payloads[i], t.options,
                        0.0, t.expires, now, group, i)
                 for seq, i in zip(seqs, range(start, end))]
-        inserted = app.store.insert_rows(rows)
+        inserted = app.store.enqueue_rows(rows)
         while not resumable and inserted < len(rows):
             # Another producer drew the same row number in the same millisecond (rare):
             # send the items that are missing again, with fresh ids.
             present = app.store.group_indexes(group, start, end)
             rows = [r._replace(seq=new_seq()) for r in rows if r.group_index not in present]
-            inserted = app.store.insert_rows(rows)
+            inserted = app.store.enqueue_rows(rows)
         if start == 0:
             app.nudge_workers()     # let the workers start on the first chunk
     if total > CHUNK:

@@ -12,6 +12,6 @@
 | ``facade.py`` | ``Store`` (one method per transaction) and ``Transaction`` |
 """
 from .facade import Store, Transaction
-from .records import Claimed, JobRow, NewJob, Outcome
+from .records import Claimed, JobRow, Outcome
 
-__all__ = ["Claimed", "JobRow", "NewJob", "Outcome", "Store", "Transaction"]
+__all__ = ["Claimed", "JobRow", "Outcome", "Store", "Transaction"]

@@ -16,7 +16,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 from . import flow, jobs, maps, workers
 from .connection import Database
-from .records import INSERT_JOB, Claimed, JobRow, NewJob, Outcome
+from .records import INSERT_JOB, Claimed, JobRow, Outcome
 
 
 class Transaction:
@@ -103,21 +103,13 @@ class Store:
 
     # -------------------------------------------------------------- producers
 
-    def enqueue(self, job: NewJob) -> bool:
+    def enqueue(self, job: JobRow) -> bool:
         """Insert one job in its own transaction; False when its id already exists."""
-        return self.insert_row(JobRow.of(job))
+        return self.db.write(INSERT_JOB, job).rowcount == 1
 
-    def insert_row(self, row: JobRow) -> bool:
-        """The same with a row as the table takes it (delay()'s shortest path)."""
-        return self.db.write(INSERT_JOB, row).rowcount == 1
-
-    def enqueue_rows(self, rows: Iterable[NewJob]) -> int:
+    def enqueue_rows(self, rows: Iterable[JobRow]) -> int:
         """Insert jobs in one transaction; returns how many were new (a job whose id
         exists already is skipped)."""
-        return self.insert_rows(JobRow.of(j) for j in rows)
-
-    def insert_rows(self, rows: Iterable[JobRow]) -> int:
-        """The same with rows as the table takes them."""
         return self.db.write_many(INSERT_JOB, rows)
 
     def job(self, job_id: str) -> dict | None:

@@ -3,9 +3,8 @@
 A layout read or written by position in two places is a silent corruption
 waiting for a reordered field, so each has one owner here:
 
-- ``NewJob``: a call encoded for the queue, with its public id (``app.new_job``);
-- ``JobRow``: a new job as the INSERT takes it (``_INSERT``'s columns are its
-  fields); ``JobRow.of(NewJob)`` is the one conversion;
+- ``JobRow``: a new job, as ``app.new_job`` makes it and the INSERT takes it
+  (``INSERT_JOB``'s columns are its fields; ``split_id`` says how an id is stored);
 - ``Claimed``: a claimed job, in the order of the claim's RETURNING clause
   (``CLAIM_RETURNING`` is made from its fields);
 - ``Outcome``: a finished attempt as a child reports it and the store writes it,
@@ -36,28 +35,23 @@ JOB_COLUMNS = ("seq, id, task, queue, priority, state, serializer, payload, opti
 
 # ------------------------------------------------------------------ new jobs
 
-class NewJob(NamedTuple):
-    """A call encoded for the queue, before it is stored."""
-    id: str                      # the public id: generated (carries the seq) or chosen
-    task: str
-    queue: str
-    lane: str | None
-    priority: int
-    serializer: str
-    payload: Any
-    options: str | None          # see encode_options
-    eta: float                   # 0: due now
-    expires: float | None
-    created: float
-    group_id: str | None = None
-    group_index: int | None = None
+def _columns(fields: tuple[str, ...]) -> str:
+    """The columns of a layout's fields, in order (``custom_id`` is the ``id`` column)."""
+    return ", ".join("id" if f == "custom_id" else f for f in fields)
+
+
+def split_id(job_id: str) -> tuple[int | None, str | None]:
+    """How a public id is stored: (seq, None) for a generated id, which carries its row
+    number; (None, id) for an id a user chose."""
+    seq = parse_id(job_id)
+    return (seq, None) if seq is not None else (None, job_id)
 
 
 class JobRow(NamedTuple):
-    """A new job as the jobs table's INSERT takes it (the INSERT names these fields as
-    its columns, in this order). A generated id is stored as the row number alone."""
+    """A new job, encoded and checked, as the jobs table's INSERT takes it (INSERT_JOB
+    names these fields as its columns, in this order)."""
     seq: int | None              # the row number of a generated id; None for a chosen id
-    id: str | None               # a chosen id; None for a generated one
+    custom_id: str | None        # a chosen id; None for a generated one
     task: str
     queue: str
     lane: str | None
@@ -71,15 +65,13 @@ class JobRow(NamedTuple):
     group_id: str | None = None
     group_index: int | None = None
 
-    @classmethod
-    def of(cls, j: NewJob) -> JobRow:
-        seq = parse_id(j.id)
-        return cls(seq, None if seq is not None else j.id, j.task, j.queue, j.lane,
-                   j.priority, j.serializer, j.payload, j.options, j.eta, j.expires,
-                   j.created, j.group_id, j.group_index)
+    @property
+    def id(self) -> str:
+        """The job's public id."""
+        return self.custom_id or format_id(self.seq or 0)
 
 
-INSERT_JOB = (f"INSERT INTO jobs (state, {', '.join(JobRow._fields)}) "
+INSERT_JOB = (f"INSERT INTO jobs (state, {_columns(JobRow._fields)}) "
               f"VALUES ('PENDING', {', '.join('?' * len(JobRow._fields))}) "
               "ON CONFLICT DO NOTHING")
 
@@ -105,7 +97,7 @@ class Claimed(NamedTuple):
         return self.custom_id or format_id(self.seq)
 
 
-CLAIM_RETURNING = ", ".join("id" if f == "custom_id" else f for f in Claimed._fields)
+CLAIM_RETURNING = _columns(Claimed._fields)
 
 
 # ------------------------------------------------------------------ outcomes
