@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import random
 import re
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, NamedTuple
 
 from .exceptions import ConfigurationError
 
@@ -117,8 +117,14 @@ def limits_in_force(app: Localq) -> list[dict]:
     """Every rate limit and concurrency cap in force, and where each comes from: the
     app's tasks (declared, annotations, settings) and the run-time overrides stored in
     the file (which win over the declared rate limit until reset with ``None``)."""
+    return limits_of(app.tasks, app.store.rate_overrides())
+
+
+def limits_of(tasks: Mapping[str, Task],
+              overrides: Iterable[tuple[str, str, float | None]]) -> list[dict]:
+    """limits_in_force() from the tasks and the stored (task, override, set) rows."""
     found: dict[tuple[str, str], dict] = {}
-    for name, task in app.tasks.items():
+    for name, task in tasks.items():
         for key in LIMITS:
             value = task.option(key)
             if key == "rate_limit":
@@ -127,11 +133,11 @@ def limits_in_force(app: Localq) -> list[dict]:
             if value:
                 found[(name, key)] = {"task": name, "limit": key, "value": value,
                                       "source": limit_source(task, key), "set": None}
-    for name, override, when in app.store.rate_overrides():
+    for name, override, when in overrides:
         row: dict[str, Any] = {"task": name, "limit": "rate_limit",
                                "value": None if override == "0" else override,
                                "source": "run-time override", "set": when}
-        if name in app.tasks:     # what it stands in for: the app's own limit, or none
+        if name in tasks:     # what it stands in for: the app's own limit, or none
             own = found.get((name, "rate_limit"))
             row["replaces"] = {"value": own["value"], "source": own["source"]} if own else None
         found[(name, "rate_limit")] = row

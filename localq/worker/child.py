@@ -29,7 +29,7 @@ from .execute import LimitCache, execute, install_soft_limit_handler, revoked_ou
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
 
-    from ..app import Localq
+    from .options import WorkerApp
 
 FAST = 0.0005          # a task averaging under this many seconds is batched
 FLUSH_AFTER = 0.002    # never hold an outcome longer than this between fast jobs
@@ -56,7 +56,7 @@ def resident_kib() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
-def child_main(app: Localq, conn: Connection, slot: mmap.mmap, max_tasks: int | None,
+def child_main(app: WorkerApp, conn: Connection, slot: mmap.mmap, max_tasks: int | None,
                max_memory_kib: int | None) -> None:
     """Run jobs until told to stop or recycled. Called in a fresh fork; never returns."""
     code = 0
@@ -84,7 +84,7 @@ def child_main(app: Localq, conn: Connection, slot: mmap.mmap, max_tasks: int | 
         os._exit(code)   # never run the parent's atexit handlers or finalizers
 
 
-def _loop(app: Localq, conn: Connection, running: memoryview, max_tasks: int | None,
+def _loop(app: WorkerApp, conn: Connection, running: memoryview, max_tasks: int | None,
           max_memory_kib: int | None) -> None:
     pid = os.getpid()
     speed: dict[str, float] = {}     # task name -> moving average of its duration

@@ -21,13 +21,13 @@ from ..log import setup_worker_logging
 from .options import resolve
 
 if TYPE_CHECKING:
-    from ..app import Localq
+    from .options import WorkerApp
 
 START_TIMEOUT = 30.0
 
 
 class EmbeddedWorker:
-    def __init__(self, app: Localq, concurrency: int | None = None,
+    def __init__(self, app: WorkerApp, concurrency: int | None = None,
                  queues: Iterable[str] | str | None = None, *,
                  max_tasks_per_child: int | None = None,
                  max_memory_per_child: int | None = None, time_limit: float | None = None,

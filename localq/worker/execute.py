@@ -45,8 +45,9 @@ from ..store.records import Outcome
 from ..task import ExceptionInfo, Request
 
 if TYPE_CHECKING:
-    from ..app import Localq
     from ..task import Task
+    from .options import WorkerApp
+
 
 log = logging.getLogger("localq.worker")
 
@@ -58,7 +59,7 @@ def install_soft_limit_handler() -> None:
     signal.signal(signal.SIGALRM, _soft_limit_handler)
 
 
-def execute(app: Localq, seq: int, job_id: str, task_name: str, serializer: str, payload: Any,
+def execute(app: WorkerApp, seq: int, job_id: str, task_name: str, serializer: str, payload: Any,
             options: dict | None, retries: int, pid: int, soft_limit: float | None,
             is_eager: bool = False) -> Outcome:
     """Run one job and return its outcome tuple. Never raises for task errors."""
@@ -96,7 +97,7 @@ def execute(app: Localq, seq: int, job_id: str, task_name: str, serializer: str,
         task.pop_request()
 
 
-def _run(app: Localq, task: Task, seq: int, serializer: str, args: tuple | list, kwargs: dict,
+def _run(app: WorkerApp, task: Task, seq: int, serializer: str, args: tuple | list, kwargs: dict,
          soft_limit: float | None, started: float, pid: int
          ) -> tuple[Outcome, Any, BaseException | None, str | None]:
     """Call the task: (outcome, its value, the exception that ended it, its traceback)."""
@@ -223,7 +224,7 @@ class LimitCache:
     """job_limits() for jobs without per-call options, remembered per task until the
     app's settings change: the supervisor and the children ask for every job."""
 
-    def __init__(self, app: Localq) -> None:
+    def __init__(self, app: WorkerApp) -> None:
         self.app = app
         self.version = -1
         self.by_task: dict[str, tuple[dict, float | None, float | None]] = {}

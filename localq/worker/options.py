@@ -9,13 +9,32 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Iterable, Mapping, Protocol
 
 from ..exceptions import ConfigurationError
 from ..log import check_level
 
 if TYPE_CHECKING:
     from ..config import Settings
+    from ..task import Task
+
+
+class WorkerApp(Protocol):
+    """What the worker uses of the app it serves (``Localq`` is one): its name, its
+    file, its settings and its tasks. The worker layer is typed against this, not
+    against the app module, which imports the worker to start one."""
+
+    @property
+    def main_name(self) -> str: ...
+
+    @property
+    def path(self) -> str: ...
+
+    @property
+    def conf(self) -> Settings: ...
+
+    @property
+    def tasks(self) -> Mapping[str, Task]: ...
 
 
 @dataclass(frozen=True)

@@ -43,9 +43,9 @@ from .child import child_main
 from .execute import revoked_outcome
 
 if TYPE_CHECKING:
-    from ..app import Localq
     from ..store import Claimed
     from ..task import Task
+    from .options import WorkerApp
 
 log = logging.getLogger("localq.worker")
 
@@ -252,7 +252,7 @@ def _signal(pid: int, sig: int) -> None:
         pass
 
 
-def fork_child(app: Localq, siblings: list[Connection], close_fds: list[int],
+def fork_child(app: WorkerApp, siblings: list[Connection], close_fds: list[int],
                max_tasks: int | None, max_memory_kib: int | None,
                before_run: Callable[[], None] | None = None) -> Child:
     ours, theirs = Pipe(duplex=True)

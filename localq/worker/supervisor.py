@@ -39,8 +39,7 @@ from .throttle import FlowControl
 from .upkeep import RECOVERY_EVERY, Checkpointer, Upkeep, safely
 
 if TYPE_CHECKING:
-    from ..app import Localq
-    from .options import WorkerOptions
+    from .options import WorkerApp, WorkerOptions
 
 log = logging.getLogger("localq.worker")
 
@@ -90,7 +89,7 @@ def _unstorable(outcome: Outcome, exc: BaseException) -> Outcome:
 
 
 class Supervisor:
-    def __init__(self, app: Localq, options: WorkerOptions, *, parent_fd: int | None = None,
+    def __init__(self, app: WorkerApp, options: WorkerOptions, *, parent_fd: int | None = None,
                  ready_fd: int | None = None) -> None:
         self.app = app
         self.concurrency = max(1, int(options.concurrency))

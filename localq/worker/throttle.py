@@ -24,12 +24,12 @@ import math
 import time
 from typing import TYPE_CHECKING
 
-from ..limits import Rate, limits_in_force, next_token_at, parse_rate, refill
+from ..limits import Rate, limits_of, next_token_at, parse_rate, refill
 from ..status import age
 from ..store import Claimed, Store, Transaction
 
 if TYPE_CHECKING:
-    from ..app import Localq
+    from .options import WorkerApp
 
 
 log = logging.getLogger("localq.worker")
@@ -42,7 +42,7 @@ CLOCK_SLACK = 1.0
 
 
 class FlowControl:
-    def __init__(self, app: Localq, store: Store) -> None:
+    def __init__(self, app: WorkerApp, store: Store) -> None:
         self.app = app
         self.store = store
         self._refill_at: float | None = None
@@ -57,7 +57,7 @@ class FlowControl:
         """Say at the worker's start which run-time overrides, kept in the file, win
         over a rate limit of this app's code: they may be long forgotten."""
         now = time.time()
-        for row in limits_in_force(self.app):
+        for row in limits_of(self.app.tasks, self.store.rate_overrides()):
             if "replaces" not in row:
                 continue                      # not an override, or not this app's task
             own = row["replaces"]
