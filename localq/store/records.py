@@ -103,7 +103,7 @@ CLAIM_RETURNING = _columns(Claimed._fields)
 # ------------------------------------------------------------------ outcomes
 
 class Outcome(NamedTuple):
-    """A finished attempt as a worker reports it (children send these as they are)."""
+    """A finished attempt as a worker reports it (over the wire: see worker/protocol.py)."""
     seq: int
     state: str                   # SUCCESS, FAILURE, RETRY, REVOKED, or PENDING (put back)
     result: Any = None           # encoded value, or encoded exception
