@@ -103,14 +103,17 @@ class Store:
 
     # -------------------------------------------------------------- producers
 
+    # The rows are bound as plain tuples: sqlite3 binds a tuple subclass (a NamedTuple)
+    # through the generic sequence protocol, ~1 us more per delay() (~4 %).
+
     def enqueue(self, job: JobRow) -> bool:
         """Insert one job in its own transaction; False when its id already exists."""
-        return self.db.write(INSERT_JOB, job).rowcount == 1
+        return self.db.write(INSERT_JOB, tuple(job)).rowcount == 1
 
     def enqueue_rows(self, rows: Iterable[JobRow]) -> int:
         """Insert jobs in one transaction; returns how many were new (a job whose id
         exists already is skipped)."""
-        return self.db.write_many(INSERT_JOB, rows)
+        return self.db.write_many(INSERT_JOB, map(tuple, rows))
 
     def job(self, job_id: str) -> dict | None:
         with self.db.read() as conn:
