@@ -270,7 +270,8 @@ def database_error(path: str, exc: sqlite3.Error) -> DatabaseError:
     if isinstance(exc, sqlite3.OperationalError):
         if "locked" in str(exc) or "busy" in str(exc):
             return DatabaseError(
-                f"{path} stayed locked by another process for over a minute ({exc}). "
+                f"{path} stayed locked by another process longer than localq waits "
+                f"(a minute for a call, half a second for a worker's turn) ({exc}). "
                 f"Nothing was lost; find the process holding it (fuser {path}) and retry.")
         reason = unwritable(path)
         if reason:
