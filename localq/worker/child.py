@@ -25,6 +25,7 @@ from ..log import log, log_outcome, now_running, per_job_lines
 from ..profiling import run_profiled
 from . import protocol
 from .execute import LimitCache, execute, install_soft_limit_handler, revoked_outcome
+from .protocol import FIRST_SKIP, RUNNING, SKIPS
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
@@ -66,7 +67,7 @@ def child_main(app: WorkerApp, conn: Connection, slot: mmap.mmap, max_tasks: int
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         install_soft_limit_handler()
-        run_profiled("child", _loop, app, conn, memoryview(slot).cast("q"), max_tasks,
+        run_profiled("child", _loop, app, conn, protocol.slot_words(slot), max_tasks,
                      max_memory_kib)
     except BaseException:    # noqa: BLE001 - a child must never unwind into the caller
         code = 1
@@ -112,13 +113,14 @@ def _loop(app: WorkerApp, conn: Connection, running: memoryview, max_tasks: int 
                 log.info("Task %s[%s] received", task_name, job_id)
             now_running(task_name, job_id)
             t0 = time.perf_counter()
-            running[0] = seq
-            if running[1] and seq in running[2:2 + running[1]]:    # revoked since handed over
+            running[RUNNING] = seq
+            skips = running[SKIPS]
+            if skips and seq in running[FIRST_SKIP:FIRST_SKIP + skips]:   # revoked meanwhile
                 outcome = revoked_outcome(seq, serializer, "revoked", time.time(), pid)
             else:
                 outcome = execute(app, seq, job_id, task_name, serializer,
                                   payload, opts, retries, pid, soft)
-            running[0] = 0
+            running[RUNNING] = 0
             elapsed = time.perf_counter() - t0
             now_running(None, None)
             if info:

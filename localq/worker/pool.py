@@ -29,7 +29,6 @@ import mmap
 import os
 import select
 import signal
-import struct
 import time
 from collections import deque
 from multiprocessing import Pipe
@@ -39,6 +38,7 @@ from typing import TYPE_CHECKING, Callable, Iterable
 from ..exceptions import TimeLimitExceeded, WorkerLostError
 from ..serializer import encode_exception, exception_type_name
 from ..store import Outcome, records
+from . import protocol
 from .child import child_main
 from .execute import revoked_outcome
 
@@ -56,11 +56,6 @@ KILL_GRACE = 0.1      # seconds between SIGTERM and SIGKILL for a child we stop
 # behind a slow one is not a crowd.
 PREFETCH_MAX = 512
 DIED = "died"         # the selector's tag of a child's sentinel: (DIED, child)
-
-
-# The slot shared with each child: [0] the seq of the job it runs (0: none), [1] how many
-# seqs follow, [2:] jobs it must not start (revoked after they were handed over).
-SKIP_MAX = mmap.PAGESIZE // 8 - 2
 
 
 class Inflight:
@@ -92,7 +87,8 @@ class Child:
     def __init__(self, pid: int, conn: Connection, slot: mmap.mmap) -> None:
         self.pid = pid
         self.conn = conn
-        self.slot = slot              # shared with the child: see SKIP_MAX
+        self.slot = slot              # shared with the child: see protocol.py
+        self.words = protocol.slot_words(slot)
         try:                          # readable when the process has exited
             self.sentinel: int | None = os.pidfd_open(pid)
         except (AttributeError, OSError):     # Linux before 5.3: the channel's EOF only
@@ -143,16 +139,16 @@ class Child:
 
     def running_seq(self) -> int:
         """The seq of the job the child is running (0: none), as the child wrote it."""
-        return int(struct.unpack_from("q", self.slot)[0])
+        return int(self.words[protocol.RUNNING])
 
     def skip(self, seq: int) -> bool:
         """Tell the child not to start this job (revoked after it was handed over): it
         reports it REVOKED instead. False if the slot's list is full."""
-        count = struct.unpack_from("q", self.slot, 8)[0]
-        if count >= SKIP_MAX:
+        words, count = self.words, self.words[protocol.SKIPS]
+        if count >= protocol.SKIP_MAX:
             return False
-        struct.pack_into("q", self.slot, 16 + 8 * count, seq)    # the seq, then the count:
-        struct.pack_into("q", self.slot, 8, count + 1)           # the child reads them so
+        words[protocol.FIRST_SKIP + count] = seq     # the seq first, then the count
+        words[protocol.SKIPS] = count + 1
         return True
 
     def close(self) -> None:
@@ -162,6 +158,7 @@ class Child:
         if self.sentinel is not None:
             os.close(self.sentinel)
             self.sentinel = None
+        self.words.release()
         self.slot.close()
 
     def running_since(self) -> float:
@@ -256,7 +253,7 @@ def fork_child(app: WorkerApp, siblings: list[Connection], close_fds: list[int],
                max_tasks: int | None, max_memory_kib: int | None,
                before_run: Callable[[], None] | None = None) -> Child:
     ours, theirs = Pipe(duplex=True)
-    slot = mmap.mmap(-1, mmap.PAGESIZE)      # anonymous and shared with the child
+    slot = protocol.new_slot()
     pid = os.fork()
     if pid == 0:    # the child: drop everything that belongs to the supervisor
         try:

@@ -18,15 +18,36 @@ Plain tuples and lists, the cheapest things to pickle: an outcome travels as a
 plain tuple in ``Outcome``'s field order (a NamedTuple pickles at about three
 times the cost, and most messages carry one outcome while jobs stream in);
 ``read`` gives the supervisor ``Outcome``s again and, for an exit, an ``Exit``.
+
+Beside the channel, each child shares one page of memory with its supervisor, its
+slot, mapped before the fork (``new_slot``) and read as 8-byte words
+(``slot_words``): ``RUNNING`` holds the seq of the job the child is running (0
+between jobs), so that a crash is blamed on that job alone; ``SKIPS`` counts the
+seqs from ``FIRST_SKIP`` on: jobs revoked after they were handed over, which the
+child reports REVOKED instead of starting. The supervisor writes a seq before the
+count that covers it.
 """
 from __future__ import annotations
 
+import mmap
 from typing import Any, Iterable, NamedTuple
 
 from ..store.records import Claimed, Outcome
 
 STOP = None
 _OUTCOMES, _EXIT = "o", "x"
+RUNNING, SKIPS, FIRST_SKIP = 0, 1, 2          # the slot's words
+SKIP_MAX = mmap.PAGESIZE // 8 - FIRST_SKIP
+
+
+def new_slot() -> mmap.mmap:
+    """A child's slot: anonymous memory, shared with the child forked after it."""
+    return mmap.mmap(-1, mmap.PAGESIZE)
+
+
+def slot_words(slot: mmap.mmap) -> memoryview:
+    """The slot as 8-byte words (release the view before closing the slot)."""
+    return memoryview(slot).cast("q")
 
 
 class ChildJob(NamedTuple):
