@@ -29,7 +29,6 @@ import mmap
 import os
 import select
 import signal
-import time
 from collections import deque
 from multiprocessing import Pipe
 from multiprocessing.connection import Connection
@@ -84,18 +83,16 @@ class ChildState(enum.Enum):
 class Child:
     """One child process as the supervisor sees it."""
 
-    def __init__(self, pid: int, conn: Connection, slot: mmap.mmap) -> None:
+    def __init__(self, pid: int, conn: Connection, slot: mmap.mmap,
+                 sentinel: int | None) -> None:
         self.pid = pid
         self.conn = conn
         self.slot = slot              # shared with the child: see protocol.py
         self.words = protocol.slot_words(slot)
-        try:                          # readable when the process has exited
-            self.sentinel: int | None = os.pidfd_open(pid)
-        except (AttributeError, OSError):     # Linux before 5.3: the channel's EOF only
-            self.sentinel = None
+        self.sentinel = sentinel      # readable when the process has exited
         self.inflight: deque[Inflight] = deque()   # change it through hand/pop/keep_only
         self.queued_bytes = 0         # the arguments' size of what is in flight
-        self.last_report = time.monotonic()
+        self.last_report = 0.0        # monotonic time of its last outcomes
         self.avg_duration: float | None = None
         self.handed = 0               # jobs handed over in its life (for max_tasks)
         self.state = ChildState.ACTIVE
@@ -168,6 +165,28 @@ class Child:
         head = self.inflight[0]
         return max(self.last_report, head.sent)
 
+    def deadline(self) -> float | None:
+        """Monotonic time of the next thing to do to this child, if any: SIGKILL once
+        the grace of a stop is over, or a stop at the hard time limit of its job."""
+        if self.state is ChildState.STOPPING:
+            return self.sigkill_at
+        head = self.inflight[0] if self.inflight else None
+        if head is None or not head.hard:
+            return None
+        return max(self.last_report, head.sent) + head.hard
+
+    def run_deadline(self, mono: float) -> bool:
+        """Do what ``deadline`` said, if it has come; True if the child was just stopped
+        at its job's hard time limit (its successor is to be started now)."""
+        at = self.deadline()
+        if at is None or mono < at:
+            return False
+        if self.state is ChildState.STOPPING:
+            self.escalate()
+            return False
+        self.stop("time_limit", self.inflight[0].job.seq, mono)
+        return True
+
     def prefetch(self) -> int:
         """How many jobs to keep queued in the child: about 5 ms of work."""
         if self.avg_duration is None:
@@ -210,11 +229,11 @@ class Child:
             self.kill_reason = reason
             self.kill_job = job_seq
 
-    def stop(self, reason: str, job_seq: int | None) -> None:
+    def stop(self, reason: str, job_seq: int | None, mono: float) -> None:
         """SIGTERM now, SIGKILL after a short grace (a task may ignore SIGTERM)."""
         self._stopping(reason, job_seq)
-        self.sigkill_at = time.monotonic() + KILL_GRACE
-        _signal(self.pid, signal.SIGTERM)
+        self.sigkill_at = mono + KILL_GRACE
+        self.send_signal(signal.SIGTERM)
 
     def kill(self, reason: str) -> None:
         """SIGKILL now; no job is blamed: whatever it was running runs again."""
@@ -224,7 +243,13 @@ class Child:
 
     def escalate(self) -> None:
         self.sigkill_at = None
-        _signal(self.pid, signal.SIGKILL)
+        self.send_signal(signal.SIGKILL)
+
+    def send_signal(self, sig: int) -> None:
+        try:
+            os.kill(self.pid, sig)
+        except ProcessLookupError:
+            pass
 
     def reap(self) -> str:
         """Wait for the exited child; describe how it ended (Celery's wording)."""
@@ -240,13 +265,6 @@ class Child:
                 name = str(sig)
             return f"signal {sig} ({name})"
         return f"exitcode {os.WEXITSTATUS(status)}"
-
-
-def _signal(pid: int, sig: int) -> None:
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def fork_child(app: WorkerApp, siblings: list[Connection], close_fds: list[int],
@@ -273,7 +291,11 @@ def fork_child(app: WorkerApp, siblings: list[Connection], close_fds: list[int],
         child_main(app, theirs, slot, max_tasks, max_memory_kib)   # never returns
         os._exit(70)
     theirs.close()
-    return Child(pid, ours, slot)
+    try:
+        sentinel: int | None = os.pidfd_open(pid)
+    except (AttributeError, OSError):     # Linux before 5.3: the channel's EOF only
+        sentinel = None
+    return Child(pid, ours, slot, sentinel)
 
 
 def death_outcome(child: Child, head: Inflight, task: Task | None, how: str,

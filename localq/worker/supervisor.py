@@ -1,19 +1,36 @@
 """The supervisor: one event loop that claims jobs, feeds children, writes outcomes.
 
-It is the only process that claims jobs and writes their outcomes. It sleeps
-in one epoll selector (kept for its whole life, not rebuilt every turn) over
-the children's channels, its
-doorbell (rung by producers), a signal pipe and, when embedded, a pipe from
-its parent, with a timeout equal to the nearest deadline: a hard time limit,
-a delayed job's ETA, a rate-limit refill, the heartbeat, or a slow fallback
-check of ``PRAGMA data_version`` in case a ring was lost.
+It is the only process that claims jobs and writes their outcomes. Its loop is
+a few named steps, in the manner of ``concurrent.futures``' process pool
+manager::
 
-Each turn of the loop writes every outcome that arrived and claims work for
-the free slots in one transaction, then rings the waiters' doorbells. While
-jobs stream in (several rings since the last write), it writes at most once
-per COALESCE and sleeps deaf in between: a stream of single enqueues then
-meets one claim per millisecond, not one per job, and the producers find the
-write lock free far more often. A lone job (a round trip) is never held back.
+    while not done:
+        turn(events):  handle events  ->  run due timers  ->  write and claim  ->  dispatch
+        events = wait():  until the nearest timer, or an event
+
+- **handle events**: outcomes and exit notices from children, a child's death,
+  the doorbell (rung by producers, by ``revoke`` and by run-time rate limits),
+  signals, the parent's pipe when embedded;
+- **run due timers**: ``self.timers`` (timers.py) is the one list of deadlines:
+  the children's time limits, the retry of a failed write, a rate limit's next
+  token, the next delayed job's ETA, a fallback check of ``PRAGMA data_version``
+  in case a ring was lost, the heartbeat, recovery of dead workers, result expiry;
+- **write and claim**: every outcome that arrived and a claim for the free slots,
+  in one transaction, then the waiters' doorbells are rung;
+- **dispatch**: claimed jobs to children with room;
+- **wait**: one epoll selector (kept for the supervisor's whole life) over the
+  children's channels and sentinels, the doorbell, a signal pipe and the parent's
+  pipe, with a timeout to the nearest deadline (0 when there is work to write).
+
+Time is read from ``clock`` (given at construction, ``timers.system_clock`` in
+production) at the start of a turn and after a write (which may wait for the
+lock), and passed down as ``now``: tests drive ``turn`` with fake children and a
+fake clock (tests/test_supervisor_turns.py).
+
+While jobs stream in (several rings since the last write), it writes at most once
+per COALESCE and sleeps deaf in between: a stream of single enqueues then meets
+one claim per millisecond, not one per job, and the producers find the write lock
+free far more often. A lone job (a round trip) is never held back.
 """
 from __future__ import annotations
 
@@ -24,7 +41,7 @@ import signal
 import sqlite3
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from ..exceptions import DatabaseError
 from ..profiling import run_profiled
@@ -36,10 +53,18 @@ from . import protocol
 from .execute import LimitCache, revoked_outcome
 from .pool import DIED, Child, Inflight, death_outcome, fork_child
 from .throttle import FlowControl
+from .timers import Clock, Now, Timers, system_clock
 from .upkeep import RECOVERY_EVERY, Checkpointer, Upkeep, safely
 
 if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
+
     from .options import WorkerApp, WorkerOptions
+
+    # fork_child's signature: (app, siblings' channels, fds to close, max_tasks,
+    # max_memory) -> a started Child
+    ForkChild = Callable[[WorkerApp, list[Connection], list[int], int | None, int | None],
+                         Child]
 
 log = logging.getLogger("localq.worker")
 
@@ -90,7 +115,8 @@ def _unstorable(outcome: Outcome, exc: BaseException) -> Outcome:
 
 class Supervisor:
     def __init__(self, app: WorkerApp, options: WorkerOptions, *, parent_fd: int | None = None,
-                 ready_fd: int | None = None) -> None:
+                 ready_fd: int | None = None, clock: Clock = system_clock,
+                 fork: ForkChild = fork_child) -> None:
         self.app = app
         self.concurrency = max(1, int(options.concurrency))
         self.queues = options.queues
@@ -98,6 +124,8 @@ class Supervisor:
         self.max_memory = options.max_memory_per_child or None
         self.parent_fd = parent_fd
         self.ready_fd = ready_fd
+        self.clock = clock
+        self._fork = fork
         self.children: dict[int, Child] = {}
         self.ready: deque[Claimed] = deque()      # claimed, not yet handed to a child
         self.outcomes: list[Outcome] = []
@@ -106,45 +134,25 @@ class Supervisor:
         self.checkpointer: Checkpointer | None = None
         self.rings = 0                            # producers' rings since the last write
         self.last_write = 0.0                     # monotonic time of the last transaction
-        self.next_due: float | None = None        # wall-clock ETA of the next delayed job
         self.stopping = False
         self.cold = False
         self.exit_code = 0
         self._signals: list[int] = []
+        self._signal_pipe: tuple[int, int] | None = None
         self.limits = LimitCache(app)
         self.write_failures = 0                   # failed writes in a row
         self.stranded = 0                         # jobs whose outcome could not be stored
         self.write_again_at = 0.0                 # monotonic time of the next attempt
+        self.timers = Timers()
 
     # -------------------------------------------------------------- lifecycle
 
     def run(self) -> int:
-        app = self.app
-        self.store = Store(app.path, app.conf.database_synchronous)
-        self.flow = FlowControl(app, self.store)
-        self.upkeep = Upkeep(self.store, app.conf, self.queues, self.concurrency)
-        now = time.time()
-        self.worker_id = self.upkeep.register(now)
-        if self.upkeep.recover(self.worker_id, now):
-            self.want_work = True
-        self.store.patience = WRITE_PATIENCE
-        self.bell = Doorbell(wake_folder(app.path), supervisor_name())
-        self.waiters = Ringer(wake_folder(app.path), "g")
-        self._sig_r, self._sig_w = os.pipe()
-        os.set_blocking(self._sig_r, False)
-        os.set_blocking(self._sig_w, False)
-        signal.set_wakeup_fd(self._sig_w)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
-            signal.signal(sig, self._on_signal)
-        self.selector = selectors.DefaultSelector()
-        self.selector.register(self.bell, selectors.EVENT_READ, "bell")
-        self.selector.register(self._sig_r, selectors.EVENT_READ, "signal")
-        if self.parent_fd is not None:
-            self.selector.register(self.parent_fd, selectors.EVENT_READ, "parent")
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        self.open()
         try:
-            for _ in range(self.concurrency):
-                self._start_child()
+            self._catch_signals()
+            self._keep_pool_whole()
+            app = self.app
             self.checkpointer = Checkpointer(Store(app.path, app.conf.database_synchronous))
             self._banner()
             if self.ready_fd is not None:
@@ -153,8 +161,55 @@ class Supervisor:
                 self.ready_fd = None
             run_profiled("supervisor", self._loop)
         finally:
-            self._finish()
+            self.close()
         return self.exit_code
+
+    def open(self) -> None:
+        """Register this worker and open what the loop uses (not yet the children, the
+        signal handlers or the checkpoint thread: ``run`` adds those)."""
+        app = self.app
+        now = self.clock()
+        self.store = Store(app.path, app.conf.database_synchronous)
+        self.flow = FlowControl(app, self.store)
+        self.upkeep = Upkeep(self.store, app.conf, self.queues, self.concurrency)
+        self.worker_id = self.upkeep.register(now.wall)
+        if self.upkeep.recover(self.worker_id, now.wall):
+            self.want_work = True
+        self.store.patience = WRITE_PATIENCE
+        self.bell = Doorbell(wake_folder(app.path), supervisor_name())
+        self.waiters = Ringer(wake_folder(app.path), "g")
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(self.bell, selectors.EVENT_READ, "bell")
+        if self.parent_fd is not None:
+            self.selector.register(self.parent_fd, selectors.EVENT_READ, "parent")
+        self._version = self.store.data_version()
+        self._add_timers(now)
+
+    def _add_timers(self, now: Now) -> None:
+        """Every deadline of the loop, in the order they run when due together. One more
+        (beat's, say) is one more ``self.timers.add(...)`` here: see timers.py."""
+        timers = self.timers
+        timers.add("time limits", self._next_time_limit, self._run_time_limits)
+        timers.add("write retry", self._next_write_retry, lambda now: None)
+        timers.add("rate limits", self.flow.next_due, self.flow.run_due, wall=True)
+        self.next_eta = timers.once("delayed jobs", wall=True)
+        timers.every("fallback check", FALLBACK_CHECK, self._fallback_check, now)
+        timers.every("heartbeat", self.app.conf.worker_heartbeat_interval, self._heartbeat,
+                     now)
+        timers.every("recovery", RECOVERY_EVERY, self._recover, now)
+        timers.add("result expiry", lambda now: self.upkeep.next_expiry, self._expire)
+
+    def _catch_signals(self) -> None:
+        """SIGTERM/SIGINT (warm, then cold shutdown) and SIGQUIT (cold), through a pipe
+        the loop waits on."""
+        sig_r, sig_w = self._signal_pipe = os.pipe()
+        os.set_blocking(sig_r, False)
+        os.set_blocking(sig_w, False)
+        signal.set_wakeup_fd(sig_w)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+            signal.signal(sig, self._on_signal)
+        self.selector.register(sig_r, selectors.EVENT_READ, "signal")
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
 
     def _banner(self) -> None:
         log.info("localq worker ready: app=%s database=%s queues=%s concurrency=%d pid=%d",
@@ -165,14 +220,14 @@ class Supervisor:
         self._signals.append(signum)
 
     def _start_child(self) -> Child:
-        close = [self.bell.fileno(), self._sig_r, self._sig_w, self.selector.fileno()]
+        close = [self.bell.fileno(), self.selector.fileno(), *(self._signal_pipe or ())]
         close.extend(c.sentinel for c in self.children.values() if c.sentinel is not None)
         if self.parent_fd is not None:
             close.append(self.parent_fd)
         if self.checkpointer is not None:
             self.checkpointer.pause()        # fork with one thread only
         try:
-            child = fork_child(self.app, [c.conn for c in self.children.values()], close,
+            child = self._fork(self.app, [c.conn for c in self.children.values()], close,
                                self.max_tasks, self.max_memory)
         finally:
             if self.checkpointer is not None:
@@ -196,48 +251,46 @@ class Supervisor:
     # -------------------------------------------------------------- the loop
 
     def _loop(self) -> None:
-        last_check = last_heartbeat = last_recovery = time.monotonic()
-        version = self.store.data_version()
-        while self.children or not self.stopping:
-            self._turn()
+        events: list[Any] = []
+        while True:
+            self.turn(events)
             if self.stopping and not self.children:
                 break
-            timeout, coalescing = self._timeout(last_check, last_heartbeat)
-            if coalescing:
-                # Sleep out the (sub-millisecond) window deaf: rings and outcomes that
-                # come meanwhile are read all at once after it, not one wake-up each.
-                time.sleep(timeout)
-                timeout = 0.0
-            for key, _ in self.selector.select(timeout):
-                self._handle(key.data)
-            self._handle_signals()
-            mono = time.monotonic()
-            self._enforce_deadlines(mono)
-            now = time.time()
-            if self.flow.due(now):
-                self.want_work = True
-            if self.next_due is not None and now >= self.next_due:
-                self.next_due = None
-                self.want_work = True
-            if mono - last_check >= FALLBACK_CHECK:
-                last_check = mono
-                new_version = safely(self.store.data_version)
-                if new_version is not None and new_version != version:
-                    version = new_version
-                    self.want_work = True
-                    self._check_revokes()
-            if mono - last_heartbeat >= self.app.conf.worker_heartbeat_interval:
-                last_heartbeat = mono
-                if safely(self.upkeep.heartbeat, self.worker_id) is False:
-                    safely(self._rejoin)
-            if mono - last_recovery >= RECOVERY_EVERY:
-                last_recovery = mono
-                if safely(self.upkeep.recover, self.worker_id, time.time()):
-                    self.want_work = True
-            if mono >= self.upkeep.next_expiry:
-                busy = bool(self.outcomes or self.ready or self.want_work or
-                            any(c.inflight for c in self.children.values()))
-                self.upkeep.expiry_step(mono, busy, self.stopping)
+            events = self._wait()
+
+    def turn(self, events: Iterable[Any] = ()) -> None:
+        """One turn of the loop: handle the events the wait returned (selector keys'
+        data), run the timers that are due, write and claim, hand work out."""
+        now = self.clock()
+        for what in events:
+            self._handle(what, now)
+        self._handle_signals()
+        if self.timers.run_due(now):
+            self.want_work = True
+        now = self._write_and_claim(now)
+        self._dispatch(now)
+
+    def _wait(self) -> list[Any]:
+        """Wait for an event, at most until the nearest deadline; the events' data."""
+        timeout, coalescing = self._wait_time(self.clock())
+        if coalescing and timeout:
+            # Sleep out the (sub-millisecond) window deaf: rings and outcomes that
+            # come meanwhile are read all at once after it, not one wake-up each.
+            time.sleep(timeout)
+            timeout = 0.0
+        return [key.data for key, _ in self.selector.select(timeout)]
+
+    def _wait_time(self, now: Now) -> tuple[float | None, bool]:
+        """How long to wait for events (None: until one comes), and whether that is a
+        coalescing window (to be slept through deaf) rather than an ordinary wait that
+        any event ends. No wait while there is something to write, unless a failed
+        write waits for its retry (a timer)."""
+        if (self.outcomes or self._should_claim(self._free_slots())) \
+                and now.mono >= self.write_again_at:
+            if self._streaming(now.mono):
+                return max(0.0, self.last_write + COALESCE - now.mono), True
+            return 0.0, False
+        return self.timers.wait(now), False
 
     def _should_claim(self, slots: int) -> bool:
         """Claim now? Only if there may be work and room for it, and either outcomes are
@@ -256,37 +309,57 @@ class Supervisor:
         writing again, so that a stream of jobs is claimed in batches."""
         return self.rings > 1 and mono - self.last_write < COALESCE and not self.stopping
 
-    def _timeout(self, last_check: float, last_heartbeat: float) -> tuple[float, bool]:
-        """How long to wait for events, and whether that is a coalescing window (to be
-        slept through deaf) rather than an ordinary wait that any event ends."""
-        mono = time.monotonic()
-        deadline = min(last_check + FALLBACK_CHECK, self.upkeep.next_expiry,
-                       last_heartbeat + self.app.conf.worker_heartbeat_interval)
-        if self.outcomes or self._should_claim(self._free_slots()):
-            if mono < self.write_again_at:       # a failed write: wait for its next try
-                deadline = min(deadline, self.write_again_at)
-            elif self._streaming(mono):
-                return max(0.0, self.last_write + COALESCE - mono), True
-            else:
-                return 0.0, False
-        for child in self.children.values():
-            if child.sigkill_at is not None:
-                deadline = min(deadline, child.sigkill_at)
-            head = child.running()
-            if head is not None and head.hard and not child.stopping:
-                deadline = min(deadline, child.running_since() + head.hard)
-        if self.next_due is not None and not self.stopping:
-            deadline = min(deadline, mono + max(0.0, self.next_due - time.time()))
-        flow_at = self.flow.next_refill()
-        if flow_at is not None and not self.stopping:
-            deadline = min(deadline, mono + max(0.0, flow_at - time.time()))
-        return max(0.0, deadline - mono), False
+    # -------------------------------------------------------------- timers
 
-    def _handle(self, what: Any) -> None:
+    def _next_time_limit(self, now: Now) -> float | None:
+        nearest = None
+        for child in self.children.values():
+            at = child.deadline()
+            if at is not None and (nearest is None or at < nearest):
+                nearest = at
+        return nearest
+
+    def _run_time_limits(self, now: Now) -> None:
+        for child in list(self.children.values()):
+            if child.run_deadline(now.mono):
+                self._keep_pool_whole()      # the replacement starts now, not after death
+
+    def _next_write_retry(self, now: Now) -> float | None:
+        """A failed write is tried again at ``write_again_at`` (by the write step), if
+        there is still something to write."""
+        if self.write_failures and (self.outcomes or self._should_claim(self._free_slots())):
+            return self.write_again_at
+        return None
+
+    def _fallback_check(self, now: Now) -> bool:
+        """Has the file changed without a ring reaching this worker? Then claim, and look
+        for revokes."""
+        version = safely(self.store.data_version)
+        if version is None or version == self._version:
+            return False
+        self._version = version
+        self._check_revokes(now)
+        return True
+
+    def _heartbeat(self, now: Now) -> None:
+        if safely(self.upkeep.heartbeat, self.worker_id, now.wall) is False:
+            safely(self._rejoin, now)
+
+    def _recover(self, now: Now) -> bool:
+        return bool(safely(self.upkeep.recover, self.worker_id, now.wall))
+
+    def _expire(self, now: Now) -> None:
+        busy = bool(self.outcomes or self.ready or self.want_work or
+                    any(c.inflight for c in self.children.values()))
+        self.upkeep.expiry_step(now, busy, self.stopping)
+
+    # -------------------------------------------------------------- events
+
+    def _handle(self, what: Any, now: Now) -> None:
         if what == "bell":
             for message in self.bell.drain_messages():
                 if message == b"R":
-                    self._check_revokes()
+                    self._check_revokes(now)
                 elif message == b"L":
                     self.flow.refresh()
                 else:
@@ -294,7 +367,7 @@ class Supervisor:
             self.want_work = True
         elif what == "signal":
             try:
-                os.read(self._sig_r, 512)
+                os.read(self._signal_pipe[0] if self._signal_pipe else -1, 512)
             except OSError:
                 pass
         elif what == "parent":
@@ -306,9 +379,9 @@ class Supervisor:
             self._shutdown(cold=True)
         elif type(what) is tuple:                  # (DIED, child): its process has exited
             if self._current(what[1]):
-                self._child_died(what[1])
+                self._child_died(what[1], now)
         elif self._current(what):
-            self._read_child(what)
+            self._read_child(what, now)
 
     def _handle_signals(self) -> None:
         while self._signals:
@@ -324,12 +397,12 @@ class Supervisor:
 
     # -------------------------------------------------------------- children
 
-    def _read_child(self, child: Child) -> None:
+    def _read_child(self, child: Child, now: Now) -> None:
         conn = child.conn
         try:
             while True:
                 outcomes, leaves = protocol.read(conn.recv())
-                self._take_outcomes(child, outcomes)
+                self._take_outcomes(child, outcomes, now)
                 if leaves is not None:                 # it leaves on its own
                     child.leave()
                     leftover = set(leaves.not_started)
@@ -341,13 +414,13 @@ class Supervisor:
                 if not child.has_more():
                     break
         except (EOFError, OSError):
-            self._child_exited(child)
+            self._child_exited(child, now)
 
     def _current(self, child: Child) -> bool:
         """Is this child still one of ours (not already cleaned up)?"""
         return self.children.get(child.pid) is child
 
-    def _rejoin(self) -> None:
+    def _rejoin(self, now: Now) -> None:
         """This worker was presumed dead (its row is gone) and its jobs were put back
         for others, who may be running them already: it drops every job it held, kills
         the children running them (their outcomes would be dropped anyway: every write
@@ -362,24 +435,24 @@ class Supervisor:
         self.ready.clear()
         self.outcomes = []
         self.want_work = True
-        self.worker_id = self.upkeep.register(time.time())
+        self.worker_id = self.upkeep.register(now.wall)
         self._keep_pool_whole()
 
-    def _child_died(self, child: Child) -> None:
+    def _child_died(self, child: Child, now: Now) -> None:
         """Its process exited: read what it sent before dying, without waiting for an EOF
         that a grandchild holding the channel open would withhold, then clean up."""
         try:
             os.set_blocking(child.conn.fileno(), False)
             if child.has_more():
-                self._read_child(child)    # a message cut short raises: it is dropped
+                self._read_child(child, now)    # a message cut short raises: it is dropped
         except OSError:
             pass
         if self._current(child):
-            self._child_exited(child)
+            self._child_exited(child, now)
 
-    def _take_outcomes(self, child: Child, outcomes: list[Outcome]) -> None:
+    def _take_outcomes(self, child: Child, outcomes: list[Outcome], now: Now) -> None:
         """Outcomes from a child."""
-        child.last_report = time.monotonic()
+        child.last_report = now.mono
         busy = 0.0
         pop = child.pop
         stale = None
@@ -400,7 +473,7 @@ class Supervisor:
             child.note_duration(max(0.0, busy / len(outcomes)))
         self.final_outcomes = True
 
-    def _child_exited(self, child: Child) -> None:
+    def _child_exited(self, child: Child, now: Now) -> None:
         unexpected = child.exits_unexpectedly()
         how = child.reap()
         running = child.running_seq()
@@ -409,7 +482,6 @@ class Supervisor:
         if child.sentinel is not None:
             self.selector.unregister(child.sentinel)
         child.close()
-        now = time.time()
         # Only the job it was running when it died is blamed (or run again). The others
         # on its list go to another child: those after it never started; those before
         # it finished, but their outcomes died with the child, so they run again.
@@ -420,7 +492,7 @@ class Supervisor:
         for item in child.inflight:
             if item.job.seq == running or item.job.seq == revoked:
                 self.outcomes.append(death_outcome(child, item, self.app.tasks.get(item.job.task),
-                                                   how, now))
+                                                   how, now.wall))
                 self.final_outcomes = True
             else:
                 again.append(item.job)
@@ -432,17 +504,7 @@ class Supervisor:
             log.warning("child %d exited unexpectedly (%s); starting a new one", child.pid, how)
         self._keep_pool_whole()
 
-    def _enforce_deadlines(self, mono: float) -> None:
-        for child in list(self.children.values()):
-            if child.sigkill_at is not None and mono >= child.sigkill_at:
-                child.escalate()
-            head = child.running()
-            if (head is not None and head.hard and not child.stopping
-                    and mono >= child.running_since() + head.hard):
-                child.stop("time_limit", head.job.seq)
-                self._keep_pool_whole()      # the replacement starts now, not after death
-
-    def _check_revokes(self) -> None:
+    def _check_revokes(self, now: Now) -> None:
         """Act on revokes of jobs this worker holds: one claimed but not handed out ends
         REVOKED here; one handed to a child but not started is skipped by the child; one
         running is killed if the revoke says terminate, else it finishes (as in Celery)."""
@@ -452,12 +514,11 @@ class Supervisor:
         if not requests:
             return
         if self.ready:
-            now = time.time()
             kept: deque[Claimed] = deque()
             for job in self.ready:
                 if job.seq in requests:
                     self.outcomes.append(revoked_outcome(job.seq, job.serializer, "revoked",
-                                                         now))
+                                                         now.wall))
                     self.final_outcomes = True
                 else:
                     kept.append(job)
@@ -473,7 +534,7 @@ class Supervisor:
                 if child.running_seq() != seq:
                     child.skip(seq)          # harmless if it already finished
                 if how == 2 and child.running_seq() == seq:    # (it may have just started)
-                    child.stop("revoke", seq)
+                    child.stop("revoke", seq, now.mono)
                     self._keep_pool_whole()
                     break
 
@@ -481,24 +542,30 @@ class Supervisor:
         free = sum(self._room(child) for child in self.children.values())
         return max(0, free - len(self.ready))
 
-    def _turn(self) -> None:
-        """Write outcomes and claim work in one transaction, then hand work out."""
+    # -------------------------------------------------------------- write and claim
+
+    def _write_and_claim(self, now: Now) -> Now:
+        """Write outcomes and claim work in one transaction, if there is either to do and
+        neither coalescing nor a failed write's pause says wait. Returns the time after
+        the write (it may have waited for the lock)."""
         slots = 0 if self.stopping else min(self._free_slots(), CLAIM_MAX)
         claim = self._should_claim(slots)
-        mono = time.monotonic()
+        mono = now.mono
         if (self.outcomes or claim) and not self._streaming(mono) and mono >= self.write_again_at:
             # The outcomes stay in self.outcomes until the transaction that writes them
             # commits: a write that fails loses nothing and is tried again.
             outcomes = self.outcomes
             try:
-                claimed, revoked, drained, due = self._write(outcomes, claim, slots)
+                claimed, revoked, drained, due = self._write(outcomes, claim, slots, now)
             except _PresumedDead:
-                safely(self._rejoin)
-                return
+                now = self.clock()
+                safely(self._rejoin, now)
+                return now
             except Exception as exc:  # noqa: BLE001 - the worker outlives any failed write
-                self._write_failed(exc)
-                self._dispatch()
-                return
+                now = self.clock()
+                self._write_failed(exc, now)
+                return now
+            now = self.clock()
             if self.write_failures:
                 log.warning("writing to the database works again after %d failed attempt(s)",
                             self.write_failures)
@@ -512,19 +579,19 @@ class Supervisor:
             if self.checkpointer is not None:
                 self.checkpointer.poke()
             self.rings = 0
-            self.last_write = time.monotonic()
+            self.last_write = now.mono
             if claim:
                 self.ready.extend(claimed)
             if drained:                  # every claimable job is claimed: sleep till told
                 self.want_work = False
-                self.next_due = due
-        self._dispatch()
+                self.next_eta.at = due
+        return now
 
-    def _write(self, outcomes: list[Outcome], claim: bool,
-               slots: int) -> tuple[list[Claimed], list[Claimed], bool, float | None]:
+    def _write(self, outcomes: list[Outcome], claim: bool, slots: int,
+               when: Now) -> tuple[list[Claimed], list[Claimed], bool, float | None]:
         """One transaction: the outcomes, then the claim. Raises _PresumedDead, without
         writing anything, when another worker has taken this one's jobs back."""
-        now = time.time()
+        now = when.wall
         with self.store.transaction() as tx:
             if not tx.is_registered(self.worker_id):
                 raise _PresumedDead
@@ -542,7 +609,7 @@ class Supervisor:
             due = tx.next_due(self.queues) if drained else None
         return claimed, revoked, drained, due
 
-    def _write_failed(self, exc: Exception) -> None:
+    def _write_failed(self, exc: Exception, now: Now) -> None:
         """A transaction of outcomes (and claims) failed and was rolled back: the next
         comes after a growing pause. A passing fault (the write lock held elsewhere, a
         full disk, an I/O error) just waits for it. Otherwise one outcome is likely at
@@ -550,7 +617,7 @@ class Supervisor:
         one that still fails is written as a FAILURE that says why."""
         self.write_failures += 1
         pause = min(WRITE_BACKOFF_MAX, 0.05 * 2 ** min(self.write_failures, 10))
-        self.write_again_at = time.monotonic() + pause
+        self.write_again_at = now.mono + pause
         (log.warning if self.write_failures == 1 else log.debug)(
             "cannot write to the database (%s); %d outcome(s) kept, trying again in %.0f ms",
             exc, len(self.outcomes), pause * 1000)
@@ -573,7 +640,7 @@ class Supervisor:
                 self.outcomes.pop(0)
                 self.final_outcomes = True
         except _Passing as fault:
-            self._write_failed(fault.error)
+            self._write_failed(fault.error, self.clock())
 
     def _refused(self, outcome: Outcome) -> Exception | None:
         """Write one outcome alone: None once written, the error if SQLite refuses it.
@@ -595,17 +662,19 @@ class Supervisor:
             room = min(room, self.max_tasks - child.handed)
         return max(0, room)
 
-    def _dispatch(self) -> None:
+    # -------------------------------------------------------------- dispatch
+
+    def _dispatch(self, now: Now) -> None:
         # A child found dead while handing out work gives its jobs back at once, and
         # its successor (started meanwhile) is handed them in the next pass.
         for _ in range(self.concurrency + 1):
-            if not self.ready or not self._dispatch_once():
+            if not self.ready or not self._dispatch_once(now):
                 return
 
-    def _dispatch_once(self) -> bool:
+    def _dispatch_once(self, now: Now) -> bool:
         """Hand ready jobs to children with room; True if a child was found dead."""
         lost_child = False
-        mono = time.monotonic()
+        mono = now.mono
         ready = self.ready
         for child in list(self.children.values()):
             if not ready:
@@ -632,7 +701,7 @@ class Supervisor:
             try:
                 child.conn.send(protocol.jobs_message(item.job for item in items))
             except OSError:          # it died: what it was handed goes to the others
-                self._child_exited(child)
+                self._child_exited(child, now)
                 lost_child = True
                 continue
             child.handed += len(items)
@@ -660,10 +729,12 @@ class Supervisor:
                 except OSError:
                     pass
 
-    def _finish(self) -> None:
+    def close(self) -> None:
+        """Stop what is left, write back every job still held, unregister, close."""
         for child in list(self.children.values()):
             child.escalate()
             child.reap()
+            child.close()
             self.outcomes.extend(records.put_back(i.job.seq) for i in child.inflight)
         self.children.clear()
         self.outcomes.extend(records.put_back(j.seq) for j in self.ready)
@@ -690,5 +761,9 @@ class Supervisor:
             self.waiters.close()
             self.store.close()
             self.selector.close()
-            signal.set_wakeup_fd(-1)
+            if self._signal_pipe is not None:
+                signal.set_wakeup_fd(-1)
+                for fd in self._signal_pipe:
+                    os.close(fd)
+                self._signal_pipe = None
             log.info("localq worker stopped (pid %d)", os.getpid())

@@ -30,6 +30,7 @@ from ..store import Claimed, Store, Transaction
 
 if TYPE_CHECKING:
     from .options import WorkerApp
+    from .timers import Now
 
 
 log = logging.getLogger("localq.worker")
@@ -72,17 +73,17 @@ class FlowControl:
         """A limit changed at run time: look at the overrides at the next claim."""
         self._next_sweep = 0.0
 
-    def next_refill(self) -> float | None:
+    # The supervisor's timer (timers.py), on the wall clock.
+
+    def next_due(self, now: Now) -> float | None:
         """Wall-clock time at which a throttled task with waiting jobs gets a token, or
         a sweep is due after a claim that came up short."""
         return self._refill_at
 
-    def due(self, now: float) -> bool:
+    def run_due(self, now: Now) -> bool:
         """A token has dripped in (or a sweep is due) since the last claim: claim again
         (once; the claim sets the next wake-up, so a time in the past never becomes a
         busy loop)."""
-        if self._refill_at is None or now < self._refill_at:
-            return False
         self._refill_at = None
         return True
 

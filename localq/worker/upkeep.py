@@ -22,6 +22,7 @@ from ..serializer import encode_exception
 if TYPE_CHECKING:
     from ..config import Settings
     from ..store import Store
+    from .timers import Now
 
 log = logging.getLogger("localq.worker")
 T = TypeVar("T")
@@ -147,9 +148,9 @@ class Upkeep:
         return self.store.register_worker(pid, process_start_time(pid), socket.gethostname(),
                                           self.queues, self.concurrency, now)
 
-    def heartbeat(self, worker_id: int) -> bool:
+    def heartbeat(self, worker_id: int, now: float) -> bool:
         """False when this worker's row is gone: another presumed it dead."""
-        return self.store.heartbeat(worker_id, time.time())
+        return self.store.heartbeat(worker_id, now)
 
     def recover(self, worker_id: int, now: float) -> int:
         """Take back the jobs of dead workers; how many were put back or failed."""
@@ -166,22 +167,23 @@ class Upkeep:
                         "%d failed (acks_late=False)", back + failed, len(gone), back, failed)
         return back + failed
 
-    def _expire_results(self, scan: int, stopping: bool) -> bool:
+    def _expire_results(self, scan: int, stopping: bool, now: float) -> bool:
         """One bounded step of result expiry; True when there is more to look at now."""
         expires = self.conf.result_expires
         if not expires or stopping:
             return False
         seconds = expires.total_seconds() if hasattr(expires, "total_seconds") else expires
-        _, self.expiry_cursor = self.store.expire_results(time.time() - float(seconds),
+        _, self.expiry_cursor = self.store.expire_results(now - float(seconds),
                                                           self.expiry_cursor, scan)
         return self.expiry_cursor != 0
 
-    def expiry_step(self, mono: float, busy: bool, stopping: bool) -> None:
+    def expiry_step(self, now: Now, busy: bool, stopping: bool) -> None:
         """One bounded step of the sweep (``busy``: jobs are flowing). While jobs flow,
         steps are small and spaced so that sweeping takes about a twentieth of the
-        loop's time; idle, it goes on at full speed. Sets ``next_expiry``."""
+        loop's time (measured on the real clock); idle, it goes on at full speed.
+        Sets ``next_expiry``."""
         t0 = time.monotonic()
-        more = bool(safely(self._expire_results, 1000 if busy else 5000, stopping))
+        more = bool(safely(self._expire_results, 1000 if busy else 5000, stopping, now.wall))
         took = time.monotonic() - t0
-        self.next_expiry = mono + (RECOVERY_EVERY if not more else
-                                   max(0.02, 19 * took) if busy else 0)
+        self.next_expiry = now.mono + (RECOVERY_EVERY if not more else
+                                       max(0.02, 19 * took) if busy else 0)
