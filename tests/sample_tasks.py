@@ -74,8 +74,14 @@ def flaky(self, fails, path=None):
 
 
 @app.task(bind=True, max_retries=1)
-def retry_once_after(self, countdown):
+def retry_once_when_told(self, folder, countdown):
+    """The first attempt says it runs (``folder/running``), waits for ``folder/go``, then
+    asks for a retry after ``countdown``; the second returns 1."""
     if self.request.retries == 0:
+        open(os.path.join(folder, "running"), "w").close()
+        deadline = time.monotonic() + 60
+        while not os.path.exists(os.path.join(folder, "go")) and time.monotonic() < deadline:
+            time.sleep(0.005)
         raise self.retry(countdown=countdown)
     return self.request.retries
 

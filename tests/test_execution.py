@@ -46,11 +46,15 @@ def test_autoretry_for_with_backoff(app):
             auto.delay(10).get(timeout=30)
 
 
-def test_a_waiting_retry_survives_a_worker_restart(app):
-    from sample_tasks import retry_once_after
-    with app.worker(concurrency=1):
-        # A retry a second away: long enough for the poll below to see it waiting.
-        r = retry_once_after.delay(1.0)
+def test_a_waiting_retry_survives_a_worker_restart(app, tmp_path):
+    from sample_tasks import retry_once_when_told
+    with app.worker(concurrency=1) as worker:
+        r = retry_once_when_told.delay(str(tmp_path), 0.01)
+        wait_for(lambda: (tmp_path / "running").exists(), what="the first attempt to run")
+        # Warm shutdown before the retry is asked for: the worker writes it, and claims
+        # nothing more, however soon the retry is due and however slow this test is.
+        os.kill(worker.pid, signal.SIGTERM)
+        (tmp_path / "go").touch()
         wait_for(lambda: r.state == "RETRY", what="the first attempt to ask for a retry")
     # the worker is gone; the retry waits in the database
     assert r.state == "RETRY"

@@ -144,14 +144,14 @@ class Supervisor:
         self.stranded = 0                         # jobs whose outcome could not be stored
         self.write_again_at = 0.0                 # monotonic time of the next attempt
         self.timers = Timers()
+        self.selector = selectors.DefaultSelector()
 
     # -------------------------------------------------------------- lifecycle
 
     def run(self) -> int:
+        self._catch_signals()
         self.open()
         try:
-            self._catch_signals()
-            self._keep_pool_whole()
             app = self.app
             self.checkpointer = Checkpointer(Store(app.path, app.conf.database_synchronous))
             self._banner()
@@ -165,8 +165,8 @@ class Supervisor:
         return self.exit_code
 
     def open(self) -> None:
-        """Register this worker and open what the loop uses (not yet the children, the
-        signal handlers or the checkpoint thread: ``run`` adds those)."""
+        """Register this worker, open what the loop uses and start the children (``run``
+        adds the signal handlers and the checkpoint thread)."""
         app = self.app
         now = self.clock()
         self.store = Store(app.path, app.conf.database_synchronous)
@@ -178,12 +178,16 @@ class Supervisor:
         self.store.patience = WRITE_PATIENCE
         self.bell = Doorbell(wake_folder(app.path), supervisor_name())
         self.waiters = Ringer(wake_folder(app.path), "g")
-        self.selector = selectors.DefaultSelector()
         self.selector.register(self.bell, selectors.EVENT_READ, "bell")
         if self.parent_fd is not None:
             self.selector.register(self.parent_fd, selectors.EVENT_READ, "parent")
         self._version = self.store.data_version()
         self._add_timers(now)
+        try:
+            self._keep_pool_whole()
+        except BaseException:
+            self.close()
+            raise
 
     def _add_timers(self, now: Now) -> None:
         """Every deadline of the loop, in the order they run when due together. One more
