@@ -25,7 +25,7 @@ from localq.store import records
 from localq.worker import protocol
 from localq.worker.options import resolve
 from localq.worker.pool import KILL_GRACE, Child
-from localq.worker.supervisor import Supervisor
+from localq.worker.supervisor import FALLBACK_CHECK, Supervisor
 from localq.worker.timers import Now, Timers
 
 
@@ -206,8 +206,7 @@ def test_a_delayed_job_is_handed_out_at_its_eta_not_before(app, clock, turns):
 
 def test_the_loop_sleeps_until_the_nearest_deadline(app, clock, turns):
     turns.settle()
-    idle = turns.wait()                 # the fallback check of the file, every 0.5 s
-    assert idle == 0.5
+    assert turns.wait() == FALLBACK_CHECK       # idle: the fallback check of the file
     app.tasks["plain"].apply_async((1,), eta=clock.wall + 0.25)
     turns.settle()
     assert turns.wait() == 0.25
@@ -295,6 +294,38 @@ def test_a_hard_time_limit_stops_the_child_at_its_deadline(app, clock, turns):
     assert r.state == "FAILURE"
     with pytest.raises(TimeLimitExceeded):
         r.get(timeout=0)
+
+
+class Every5s:
+    """A periodic component as beat would be: it sends a job when due."""
+
+    def __init__(self, app: Localq, start: float) -> None:
+        self.app = app
+        self.at = start + 5
+        self.sent: list[Any] = []
+
+    def next_due(self, now: Now) -> float:
+        return self.at
+
+    def run_due(self, now: Now) -> bool:
+        self.sent.append(self.app.tasks["plain"].delay(len(self.sent)))
+        self.at += 5
+        return True
+
+
+def test_a_component_with_a_deadline_plugs_into_the_turn(app, clock, turns):
+    component = Every5s(app, clock.wall)
+    turns.sup.timers.add("every 5 s", component.next_due, component.run_due, wall=True)
+    turns.settle()
+    assert turns.sup.timers.deadlines(clock())["every 5 s"] == 5
+    clock.advance(4.75)
+    assert turns.settle() == [] and component.sent == []
+    clock.advance(0.25)
+    turns.sup.turn([])                  # one turn, without the doorbell's event: it sends,
+    [job] = [job for c in turns.children for job in c.received()]   # claims and hands out
+    assert [job.seq] == [records.split_id(r.id)[0] for r in component.sent]
+    turns.settle()
+    assert turns.sup.timers.deadlines(clock())["every 5 s"] == 5
 
 
 def test_timers_run_in_order_and_say_when_jobs_may_be_claimable():
