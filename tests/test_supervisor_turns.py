@@ -32,9 +32,9 @@ from localq.worker.timers import Now, Timers
 class FakeClock:
     def __init__(self) -> None:
         self.mono = 1000.0
-        # A whole second ahead of the producers' clock (whose past ETAs mean "now"), so
+        # A minute ahead of the producers' clock (whose past ETAs mean "now"), so
         # that an ETA the test takes from this clock is in the future for them too.
-        self.wall = float(int(time.time()) + 2)
+        self.wall = float(int(time.time()) + 60)
 
     def __call__(self) -> Now:
         return Now(self.mono, self.wall)
