@@ -85,8 +85,20 @@ def full_app(tmp_path: Path) -> tuple[Localq, list[str]]:
             calls.append(f"{self.label()} {type(exc).__name__} {task_id}")
             super().on_failure(exc, task_id, args, kwargs, einfo)
 
+        @classmethod
+        def family(cls) -> str:
+            return "audited"
+
     class Strict(Audited):
         max_retries = 0
+
+        @property
+        def label_twice(self) -> str:
+            return f"{super().label()} twice"
+
+        @classmethod
+        def family(cls) -> str:
+            return super().family() + "+strict"
 
     @app.task(name="proj.plain")
     def plain(x, y):
@@ -202,6 +214,7 @@ def test_every_task_is_registered_with_its_options(with_celery, tmp_path):
         7, 20, 0, 5)
     strict.on_failure(ValueError("x"), "job-1", (), {}, None)    # super() reaches Celery's
     assert calls == ["strict proj.strict ValueError job-1"]
+    assert (strict.label_twice, strict.family()) == ("strict proj.strict twice", "audited+strict")
 
     # forward=False: the localq app still sends to its file.
     assert type(app.AsyncResult("x")).__module__ == "localq.result"
@@ -391,6 +404,16 @@ def run_cases(tasks: Any, folder: Path) -> dict[str, Any]:
     return got
 
 
+def check_progress(tasks: Any, folder: Path) -> None:
+    """``self.update_state(state="PROGRESS", meta=...)`` read from this process."""
+    go = folder / "go"
+    result = tasks.progress.delay(str(go))
+    wait_for(lambda: result.state == "PROGRESS", what="the PROGRESS state")
+    assert result.info == {"done": 1}
+    go.touch()
+    assert result.get(timeout=30) == "finished"
+
+
 @pytest.mark.slow
 def test_the_same_tasks_run_on_localq_and_on_celery_with_redis(with_celery, redis_url,
                                                                tmp_path):
@@ -402,16 +425,21 @@ def test_the_same_tasks_run_on_localq_and_on_celery_with_redis(with_celery, redi
     on_celery.mkdir()
     worker = CeleryWorker(redis_url, on_celery)      # starts while localq runs
     saved = [(obj, dict(vars(obj))) for obj in (tasks.app, *tasks.app.tasks.values())]
+    tasks.app.path = tmp_path / "jobs.db"      # imported in this test: the plugin's too late
     try:
         with tasks.app.worker(concurrency=2, queues=["default", "other"]):
             local = run_cases(tasks, on_localq)
+            if hasattr(Task, "update_state"):     # localq's comes with issue 15's idioms
+                check_progress(tasks, on_localq)
         worker.ready()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")       # the per-worker rate limit, said above
             make_celery(tasks.app, broker=redis_url, backend=redis_url)   # the one line
         remote = run_cases(tasks, on_celery)
+        check_progress(tasks, on_celery)
     finally:
         worker.stop()
+        tasks.app.close()
         for obj, attributes in saved:     # the localq app and tasks as they were
             vars(obj).clear()
             vars(obj).update(attributes)
