@@ -253,7 +253,8 @@ def test_forwarded_app_sends_through_celery(with_celery, tmp_path):
     assert job.get() == "my-id"
     assert app.map(square, range(4)) == [0, 1, 4, 9]           # a Celery group
     assert app.starmap(square, [(5,)]) == [25]
-    assert celery.group(square.s(2), square.s(3))().get() == [4, 9]
+    assert celery.group(square.s(2), square.s(3))().get() == [4, 9]      # canvas: Celery's
+    assert celery.chain(square.s(2), square.s(), square.si(3))().get() == 9
     assert app.control is capp.control
     with pytest.raises(ConfigurationError, match=r"app.map\(resume=...\) needs localq's"):
         app.map(square, [1], resume="nightly")
