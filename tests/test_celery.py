@@ -424,17 +424,16 @@ def test_the_same_tasks_run_on_localq_and_on_celery_with_redis(with_celery, redi
     on_localq, on_celery = tmp_path / "localq", tmp_path / "celery"
     on_localq.mkdir()
     on_celery.mkdir()
-    worker = CeleryWorker(redis_url, on_celery)      # starts while localq runs
     saved = [(obj, dict(vars(obj))) for obj in (tasks.app, *tasks.app.tasks.values())]
     tasks.app.path = tmp_path / "jobs.db"      # imported in this test: the plugin's too late
+    worker = CeleryWorker(redis_url, on_celery)      # starts while localq runs
     try:
         with tasks.app.worker(concurrency=2, queues=["default", "other"]):
             local = run_cases(tasks, on_localq)
             if hasattr(Task, "update_state"):     # localq's comes with issue 15's idioms
                 check_progress(tasks, on_localq)
         worker.ready()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")       # the per-worker rate limit, said above
+        with pytest.warns(UserWarning, match="per Celery worker.*celery_tasks.limited"):
             make_celery(tasks.app, broker=redis_url, backend=redis_url)   # the one line
         remote = run_cases(tasks, on_celery)
         check_progress(tasks, on_celery)
