@@ -342,16 +342,16 @@ def redis_url(tmp_path: Path) -> Iterator[str]:
 class CeleryWorker:
     """``celery -A celery_tasks:celery_app worker`` as a real subprocess."""
 
-    def __init__(self, broker: str, folder: Path) -> None:
-        self.log = folder / "celery-worker.log"
+    def __init__(self, broker: str, folder: Path, name: str = "worker", *options: str) -> None:
+        self.log = folder / f"celery-{name}.log"
         env = dict(os.environ, CELERY_TASKS_BROKER=broker, LOCALQ_DB=str(folder / "unused.db"),
                    PYTHONPATH=os.pathsep.join([str(HERE), str(ROOT)]))
         with open(self.log, "w") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "celery", "-A", "celery_tasks:celery_app", "worker",
-                 "--pool=prefork", "-c", "2", "-Q", "default,other", "-l", "INFO",
-                 "-n", f"localq-test-{os.getpid()}@%h", "--without-gossip", "--without-mingle",
-                 "--without-heartbeat"],
+                 *(options or ("--pool=prefork", "-c", "2", "-Q", "default,other")),
+                 "-l", "INFO", "-n", f"localq-test-{os.getpid()}-{name}@%h",
+                 "--without-gossip", "--without-mingle", "--without-heartbeat"],
                 cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True)
 
@@ -415,6 +415,23 @@ def check_progress(tasks: Any, folder: Path) -> None:
     assert result.get(timeout=30) == "finished"
 
 
+PRIORITIES = [("p0", 0), ("p9", 9), ("p5", 5), ("p0 again", 0), ("p9 again", 9)]
+
+
+def queue_by_priority(tasks: Any, folder: Path) -> Path:
+    """Jobs of several priorities, in a queue that no worker serves yet."""
+    path = folder / "order.txt"
+    for label, priority in PRIORITIES:
+        tasks.note.apply_async((str(path), label), queue="held", priority=priority)
+    return path
+
+
+def run_order(path: Path) -> list[str]:
+    wait_for(lambda: path.exists() and len(path.read_text().splitlines()) == len(PRIORITIES),
+             what="every job of the queue 'held' to run")
+    return path.read_text().splitlines()
+
+
 @pytest.mark.slow
 def test_the_same_tasks_run_on_localq_and_on_celery_with_redis(with_celery, redis_url,
                                                                tmp_path):
@@ -432,11 +449,21 @@ def test_the_same_tasks_run_on_localq_and_on_celery_with_redis(with_celery, redi
             local = run_cases(tasks, on_localq)
             if hasattr(Task, "update_state"):     # localq's comes with issue 15's idioms
                 check_progress(tasks, on_localq)
+        order = queue_by_priority(tasks, on_localq)
+        with tasks.app.worker(concurrency=1, queues=["held"]):
+            local["priority"] = run_order(order)
         worker.ready()
         with pytest.warns(UserWarning, match="per Celery worker.*celery_tasks.limited"):
             make_celery(tasks.app, broker=redis_url, backend=redis_url)   # the one line
         remote = run_cases(tasks, on_celery)
         check_progress(tasks, on_celery)
+        order = queue_by_priority(tasks, on_celery)
+        one_by_one = CeleryWorker(redis_url, on_celery, "held", "--pool=solo", "-Q", "held",
+                                  "--prefetch-multiplier=1")
+        try:
+            remote["priority"] = run_order(order)
+        finally:
+            one_by_one.stop()
     finally:
         worker.stop()
         tasks.app.close()
@@ -457,6 +484,7 @@ def test_the_same_tasks_run_on_localq_and_on_celery_with_redis(with_celery, redi
         "sends": 5,
         "limited": [i * i for i in range(8)],
         "map": [0, 1, 4, 9, 16],
+        "priority": ["p9", "p9 again", "p5", "p0", "p0 again"],     # 9 first, on Redis too
         "hooks": ["failure celery_tasks.hooked ValueError negative: -1",
                   "success celery_tasks.hooked 3"],
     }
