@@ -21,7 +21,9 @@ What is translated rather than copied, and why:
 - **Task classes**: their methods are copied onto a Celery task class, and a method's
   ``super()`` is pointed at the new class, so that ``super().on_failure(...)`` works.
 - **Options as declared**, not as resolved: Celery resolves annotations, then the decorator,
-  then the class, then the settings, in the same order as localq.
+  then the class, then the settings, in the same order as localq. Except the queue and the
+  priority: Celery 5.7 deprecates them as task attributes, so each task's, as localq
+  resolves them, goes in ``task_routes``.
 
 What does not carry over warns once, naming the tasks: ``max_concurrency`` (no Celery
 counterpart) and rate limits, which hold for every worker on the file in localq but per
@@ -147,7 +149,8 @@ def _routes(app: Localq, priority: Callable[[int], int] | None) -> list:
         queue, _, prio = task.send_defaults()[:3]
         own[task.name] = {"queue": queue, "priority": prio if priority is None
                           else priority(prio)}
-    return [own] + ([app.conf.task_routes] if app.conf.task_routes else [])
+    routes = app.conf.task_routes
+    return [own, *(routes if isinstance(routes, (list, tuple)) else [routes] if routes else [])]
 
 
 def _accepted(app: Localq, capp: celery.Celery) -> tuple[list[str], list[str]]:
