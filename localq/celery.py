@@ -293,7 +293,8 @@ def _rebound(value: Any, old: type, new: type) -> Any:
 def _soft_limit_as_localq(sender: Any = None, **_: Any) -> None:
     """In a prefork child, before a translated task: billiard's soft-time-limit handler
     raises Celery's SoftTimeLimitExceeded; ours raises the class that both localq's and
-    Celery's ``except`` catch. Nothing changes for other apps' tasks or other pools."""
+    Celery's ``except`` catch (so other tasks that child runs later lose nothing). Other
+    pools, which have no billiard handler, are left alone."""
     if not getattr(sender, "_localq_bridge", False):
         return
     try:
