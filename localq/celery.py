@@ -95,6 +95,9 @@ def make_celery(app: Localq, broker: str | None = None, backend: str | None = No
     go through Celery, in producers and inside tasks alike. ``forward=False`` leaves
     ``app`` as it was.
     """
+    finalize = getattr(app, "finalize", None)
+    if finalize is not None:    # autodiscovered tasks, on_after_configure's periodic tasks
+        finalize()
     capp = celery.Celery(app.main_name, broker=broker, backend=backend)
     priority = _priority_mapping(broker or settings.get("broker_url") or capp.conf.broker_url)
     capp.conf.update(_settings(app, priority))
