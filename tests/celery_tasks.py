@@ -10,10 +10,13 @@ from __future__ import annotations
 import os
 import time
 
-from localq import Localq, MaxRetriesExceededError, SoftTimeLimitExceeded, Task
+from localq import Localq, MaxRetriesExceededError, SoftTimeLimitExceeded, Task, schedule
 
 app = Localq()      # the path: the pytest plugin's temporary file, or $LOCALQ_DB
 app.conf.task_annotations = {"celery_tasks.runaway": {"time_limit": 1}}
+if os.environ.get("CELERY_TASKS_TICKS"):     # a periodic task, for the test's beat
+    app.conf.beat_schedule = {"tick": {"task": "celery_tasks.note", "schedule": schedule(0.2),
+                                       "args": (os.environ["CELERY_TASKS_TICKS"], "tick")}}
 
 
 @app.task

@@ -2,8 +2,9 @@
 
 The fast tests read the Celery app and its task objects, with no broker. The slow one runs
 one task module (celery_tasks.py) on a localq worker, then on a real Celery worker
-(``celery -A celery_tasks:celery_app worker --pool=prefork -c 2``) against a real Redis
-server that it starts, and compares what came back.
+(``celery -A celery_tasks:celery_app worker --pool=prefork -c 2 -B``, its beat sending the
+module's periodic task) against a real Redis server that it starts, and compares what came
+back.
 
 Without redis-server (or Celery) these skip, saying what to install; with ``CI`` set in
 the environment they fail instead, so that CI never passes without running them.
@@ -344,12 +345,15 @@ class CeleryWorker:
 
     def __init__(self, broker: str, folder: Path, name: str = "worker", *options: str) -> None:
         self.log = folder / f"celery-{name}.log"
+        self.ticks = folder / f"ticks-{name}.txt"
         env = dict(os.environ, CELERY_TASKS_BROKER=broker, LOCALQ_DB=str(folder / "unused.db"),
+                   CELERY_TASKS_TICKS=str(self.ticks),
                    PYTHONPATH=os.pathsep.join([str(HERE), str(ROOT)]))
         with open(self.log, "w") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "celery", "-A", "celery_tasks:celery_app", "worker",
-                 *(options or ("--pool=prefork", "-c", "2", "-Q", "default,other")),
+                 *(options or ("--pool=prefork", "-c", "2", "-Q", "default,other",
+                               "-B", "-s", str(folder / "celerybeat-schedule"))),
                  "-l", "INFO", "-n", f"localq-test-{os.getpid()}-{name}@%h",
                  "--without-gossip", "--without-mingle", "--without-heartbeat"],
                 cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -457,6 +461,9 @@ def test_the_same_tasks_run_on_localq_and_on_celery_with_redis(with_celery, redi
             make_celery(tasks.app, broker=redis_url, backend=redis_url)   # the one line
         remote = run_cases(tasks, on_celery)
         check_progress(tasks, on_celery)
+        # beat_schedule with localq's schedule(0.2), sent by Celery's beat (worker -B)
+        wait_for(lambda: worker.ticks.exists() and worker.ticks.read_text().count("tick") >= 2,
+                 what="Celery's beat to send the periodic task twice")
         order = queue_by_priority(tasks, on_celery)
         one_by_one = CeleryWorker(redis_url, on_celery, "held", "--pool=solo", "-Q", "held",
                                   "--prefetch-multiplier=1")
