@@ -3,7 +3,9 @@
 The public names, nothing else.
 """
 from .app import Localq
+from .canvas import GroupResult, Signature, chain, chord, group, maybe_signature, signature
 from .exceptions import (
+                         ChordError,
                          ConfigurationError,
                          ContentDisallowed,
                          DatabaseError,
@@ -27,7 +29,9 @@ from .task import Task
 
 __version__ = "0.1.0"
 __all__ = [
-    "AsyncResult", "ConfigurationError", "ContentDisallowed", "DatabaseError", "EagerResult",
+    "AsyncResult", "ChordError", "ConfigurationError", "GroupResult", "Signature", "chain",
+    "chord", "group", "maybe_signature", "signature",
+    "ContentDisallowed", "DatabaseError", "EagerResult",
     "EncodeError",
     "Localq", "LocalqError", "MaxRetriesExceededError", "NotRegistered", "Retry",
     "SoftTimeLimitExceeded", "Task", "TaskError", "TaskRevokedError", "TimeLimitExceeded",

@@ -14,7 +14,7 @@ import sqlite3
 from contextlib import contextmanager
 from typing import Any, Iterable, Iterator, Sequence
 
-from . import flow, jobs, maps, workers
+from . import canvas, flow, jobs, maps, workers
 from .connection import Database
 from .records import INSERT_JOB, Claimed, JobRow, Outcome
 
@@ -223,6 +223,36 @@ class Store:
     def map_results(self, group: str, lo: int, hi: int) -> list[tuple]:
         with self.db.read() as conn:
             return maps.map_results(conn, group, lo, hi)
+
+    # -------------------------------------------------------------- the canvas
+
+    def send_workflow(self, rows: Iterable[JobRow], specs: Iterable[tuple[int, str]],
+                      groups: Sequence[tuple]) -> int:
+        """Insert a workflow (jobs, what their outcomes set off, groups and chords) in
+        one transaction; returns how many jobs were new."""
+        with self.db.transaction() as conn:
+            return canvas.insert(conn, rows, specs, groups)
+
+    def canvas_group(self, group_id: str) -> tuple | None:
+        """(total, remaining, body seq) of a group or chord; None when unknown."""
+        with self.db.read() as conn:
+            return canvas.group(conn, group_id)
+
+    def group_members(self, group_id: str) -> list[tuple[int, str | None]]:
+        with self.db.read() as conn:
+            return canvas.members(conn, group_id)
+
+    def group_progress(self, group_id: str) -> tuple[int, int, int | None]:
+        with self.db.read() as conn:
+            return canvas.progress(conn, group_id)
+
+    def group_results(self, group_id: str) -> list[tuple]:
+        with self.db.read() as conn:
+            return canvas.results(conn, group_id)
+
+    def children(self, job_id: str) -> list[tuple[int, str | None]]:
+        with self.db.read() as conn:
+            return canvas.children(conn, job_id)
 
     # -------------------------------------------------------------- flow control
 
