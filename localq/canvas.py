@@ -406,8 +406,9 @@ def _normal(sig: Signature) -> Signature:
                 steps.append(t)
         merged: list[Signature] = []
         for t in steps:
-            if merged and isinstance(merged[-1], group):
-                header = merged.pop()
+            header = merged[-1] if merged else None
+            if isinstance(header, group):
+                merged.pop()
                 t = chord(header.tasks, t, **header.options)
             merged.append(t)
         if len(merged) == 1:
@@ -426,6 +427,7 @@ def send(sig: Signature) -> Any:
     app = sig.app
     sig = _normal(sig)
     if app.conf.task_always_eager:
+        _Build(app).node(sig, waiting=False, parent=None, member=None)   # the same checks
         return _Eager(app).run(sig, None)
     if sig.subtask_type is None and not any(k in sig.options for k in CANVAS_OPTIONS):
         # A lone task: the ordinary send path (Celery's apply_async).
@@ -601,6 +603,7 @@ class _Build:
         body_sig = _normal(sig.body)
         if not header:      # Celery runs the body at once with []
             body_sig = body_sig.clone(([],))
+            self.fixed_args = True
         body = self.node(body_sig, True if header else waiting, None, member)
         if len(body.entries) != 1:
             raise ConfigurationError(f"{sig!r}: a chord's body must start with one task "

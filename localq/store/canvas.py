@@ -52,17 +52,20 @@ def insert(conn: sqlite3.Connection, rows: Iterable[JobRow], specs: Iterable[tup
     return inserted
 
 
-def settle(conn: sqlite3.Connection, seqs: Sequence[int]) -> None:
+def settle(conn: sqlite3.Connection, seqs: Sequence[int]) -> int:
     """Fire the follow-ups of those of ``seqs`` that are final now (in the caller's
-    transaction). Jobs with no canvas row cost one index probe per chunk."""
+    transaction); returns how many jobs became ready. Jobs with no canvas row cost
+    one index probe per chunk."""
     found: list[tuple[int, str]] = []
     for start in range(0, len(seqs), _CHUNK):
         chunk = seqs[start:start + _CHUNK]
         found.extend(conn.execute(
             f"SELECT seq, spec FROM canvas WHERE seq IN ({','.join('?' * len(chunk))})",
             chunk).fetchall())
+    before = conn.total_changes
     for seq, _ in found:
         _fire(conn, seq)
+    return conn.total_changes - before      # an upper bound: any change may release
 
 
 def _fire(conn: sqlite3.Connection, seq: int) -> None:

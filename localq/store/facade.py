@@ -31,9 +31,10 @@ class Transaction:
         """Is this worker still registered (not presumed dead by another)?"""
         return workers.is_registered(self._conn, worker_id)
 
-    def finish(self, owner: int, outcomes: Sequence[Outcome]) -> None:
-        """Write outcomes, each guarded by ``owner``."""
-        jobs.finish(self._conn, owner, outcomes)
+    def finish(self, owner: int, outcomes: Sequence[Outcome]) -> int:
+        """Write outcomes, each guarded by ``owner``; returns how many jobs the canvas
+        made ready because of them (0: none)."""
+        return jobs.finish(self._conn, owner, outcomes)
 
     def claim(self, owner: int, queue: str, limit: int, now: float, lane: str | None = None,
               exclude: Sequence[str] = ()) -> list[Claimed]:

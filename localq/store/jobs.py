@@ -138,7 +138,9 @@ def revoke_requests(conn: sqlite3.Connection, owner: int) -> list[tuple[int, int
                         "owner = ? AND revoke > 0", (owner,)).fetchall()
 
 
-def finish(conn: sqlite3.Connection, owner: int, outcomes: Sequence[Outcome]) -> None:
+def finish(conn: sqlite3.Connection, owner: int, outcomes: Sequence[Outcome]) -> int:
+    """Write outcomes, each guarded by ``owner``; returns how many jobs they made ready
+    (the canvas's follow-ups: 0 means none)."""
     success, done, retry, back = [], [], [], []
     for o in outcomes:
         st = o.state
@@ -176,7 +178,7 @@ def finish(conn: sqlite3.Connection, owner: int, outcomes: Sequence[Outcome]) ->
                          "WHERE seq = ? AND state = 'STARTED' AND owner = ?", back)
     # What these outcomes set off (a chain's next step, a chord's body), in this
     # same transaction: written exactly when the outcome is.
-    canvas.settle(conn, [o.seq for o in outcomes])
+    return canvas.settle(conn, [o.seq for o in outcomes])
 
 
 def record_attempt(conn: sqlite3.Connection, seq: int, started: float | None, ended: float,

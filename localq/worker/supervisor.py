@@ -513,8 +513,7 @@ class Supervisor:
                 self.checkpointer.poke()
             self.rings = 0
             self.last_write = time.monotonic()
-            if claim:
-                self.ready.extend(claimed)
+            self.ready.extend(claimed)
             if drained:                  # every claimable job is claimed: sleep till told
                 self.want_work = False
                 self.next_due = due
@@ -528,7 +527,9 @@ class Supervisor:
         with self.store.transaction() as tx:
             if not tx.is_registered(self.worker_id):
                 raise _PresumedDead
-            tx.finish(self.worker_id, outcomes)
+            if tx.finish(self.worker_id, outcomes):   # the canvas made jobs ready
+                self.want_work = True
+                claim = slots > 0
             claimed = self.flow.claim(tx, self.worker_id, self.queues, slots, now) \
                 if claim else []
             revoked = [c for c in claimed if c.revoke or (c.expires and c.expires < now)]
