@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator
 from .exceptions import ChordError, ConfigurationError, NotRegistered, TimeoutError
 from .ids import format_id, new_seq
 from .result import AsyncResult, EagerResult, Waiter, result_content
-from .serializer import check_accepted, decode_value, encode_exception
+from .serializer import check_accepted, decode_value, encode_call, encode_exception
 from .store.canvas import WAITING
 from .store.records import JobRow, decode_options
-from .task import Task, check_call
+from .task import Task, check_call, expires_at
 
 if TYPE_CHECKING:
     from .app import Localq
@@ -461,11 +461,14 @@ class _Build:
         self.groups: list[tuple] = []
         self.root_id: str | None = None
         self.fixed_args = False     # the next task built gets no parent's result
+        self.types: dict[str, Task] = {}
+        self.fixed_specs: list[tuple[int, str]] = []
 
     def spec(self, seq: int) -> dict[str, list]:
         return self._specs.setdefault(seq, {"ok": [], "err": []})
 
     def specs(self) -> Iterator[tuple[int, str]]:
+        yield from self.fixed_specs
         for seq, spec in self._specs.items():
             yield seq, json.dumps({k: v for k, v in spec.items() if v}, separators=(",", ":"))
 
@@ -575,13 +578,35 @@ class _Build:
         gid = sig.options.get("group_id") or str(uuid.uuid4())
         entries: list[tuple[int, bool]] = []
         results = []
-        members = self._members(sig.tasks)
-        for i, member in enumerate(members):
+        count = 0
+        for i, member in enumerate(self._members(sig.tasks)):
+            count += 1
+            if not waiting and parent is None and _plain(member):     # the bulk send's path
+                results.append(format_id(self.plain(member, gid, i)))
+                continue
             node = self.node(member, waiting, parent, (gid, i))
             entries.extend(node.entries)
             results.append(node.result)
-        self.groups.append((gid, len(members), None, None, 0, self.now))
+        self.groups.append((gid, count, None, None, 0, self.now))
         return _Node(entries, None, None, GroupResult(gid, results, app=self.app), None)
+
+    def plain(self, sig: Signature, gid: str, index: int) -> int:
+        """The row of a group member with no options and nothing before it: a job like
+        any delay()'s, plus its place in the group. Returns its seq."""
+        task = self.types.get(sig["task"])
+        if task is None:
+            task = self.types[sig["task"]] = sig.type
+        args, kwargs = sig["args"], sig["kwargs"]
+        task.check_arguments(args, kwargs)
+        d = task.send_defaults()
+        seq = new_seq()
+        if self.root_id is None:
+            self.root_id = format_id(seq)
+        self.rows.append(JobRow(seq, None, task.name, d.queue, d.lane, d.priority, d.serializer,
+                                encode_call(d.serializer, task.name, args, kwargs), d.options,
+                                0.0, None if d.expires is None else
+                                expires_at(d.expires, self.now), self.now, gid, index))
+        return seq
 
     def _members(self, tasks: list[Signature]) -> list[Signature]:
         out: list[Signature] = []
@@ -611,7 +636,13 @@ class _Build:
         body_seq, body_splice = body.entries[0]
         entries: list[tuple[int, bool]] = []
         results = []
+        counted = json.dumps({"ok": [["chord", gid]], "err": [["chord", gid]]})
         for i, h in enumerate(header):
+            if not waiting and parent is None and _plain(h):     # the bulk send's path
+                seq = self.plain(h, gid, i)
+                self.fixed_specs.append((seq, counted))
+                results.append(format_id(seq))
+                continue
             node = self.node(h, waiting, parent, (gid, i))
             assert node.tail is not None
             if body_splice:
@@ -627,6 +658,10 @@ class _Build:
         if not header:
             entries = [(body_seq, False)]
         return _Node(entries, body.tail, body.tail_id, body.result, body.tail_task)
+
+
+def _plain(sig: Signature) -> bool:
+    return type(sig) is Signature and not sig["options"] and sig["subtask_type"] is None
 
 
 def _listed(value: Any) -> list:
@@ -669,11 +704,15 @@ class GroupResult:
     (or ``app.GroupResult(id)``) finds a stored one from any process."""
 
     def __init__(self, id: str, results: list | None = None, app: Localq | None = None,
-                 parent: Any = None) -> None:
+                 parent: Any = None, eager: bool = False) -> None:
         self.id = id
+        # AsyncResults, or ids (made AsyncResults when asked for: a bulk send of 100,000
+        # jobs does not build 100,000 objects nobody looks at); None: read from the file
         self._results = results
+        self._ids = results is not None and any(isinstance(r, str) for r in results)
         self._app = app
         self.parent = parent
+        self._eager_run = eager
 
     def __repr__(self) -> str:
         return f"<GroupResult: {self.id}>"
@@ -686,8 +725,8 @@ class GroupResult:
 
     @property
     def app(self) -> Localq:
-        if self._app is None:
-            self._app = self.results[0].app if self.results else None
+        if self._app is None and self._results and not isinstance(self._results[0], str):
+            self._app = self._results[0].app
         if self._app is None:
             raise ConfigurationError("GroupResult: pass app=")
         return self._app
@@ -711,22 +750,22 @@ class GroupResult:
         return self
 
     @property
-    def _eager(self) -> bool:
-        return self._results is not None and all(isinstance(r, EagerResult)
-                                                 for r in self._results)
-
-    @property
     def results(self) -> list:
         if self._results is None:
             app = self.app
             self._results = [AsyncResult(custom or format_id(seq), app)
                              for seq, custom in app.store.group_members(self.id)]
+        elif self._ids:
+            app = self.app
+            self._results = [AsyncResult(r, app) if isinstance(r, str) else r
+                             for r in self._results]
+            self._ids = False
         return self._results
 
     children = results
 
     def __len__(self) -> int:
-        return len(self.results)
+        return len(self._results) if self._results is not None else len(self.results)
 
     def __iter__(self) -> Iterator:
         return iter(self.results)
@@ -735,7 +774,7 @@ class GroupResult:
         return self.results[index]
 
     def _stored(self) -> bool:
-        return not self._eager and self._app is not None
+        return not self._eager_run and self._app is not None
 
     def completed_count(self) -> int:
         """How many succeeded (Celery's)."""
@@ -810,10 +849,6 @@ class GroupResult:
         return out
 
 
-def eager_group_result(gid: str, results: list, app: Localq) -> GroupResult:
-    return GroupResult(gid, results, app=app)
-
-
 # ------------------------------------------------------------------ eager mode
 
 class _Eager:
@@ -843,7 +878,7 @@ class _Eager:
             return result
         if isinstance(sig, chord):
             members = [self.run(h, parent, has_parent) for h in sig.tasks]
-            header = GroupResult(str(uuid.uuid4()), members, app=self.app)
+            header = GroupResult(str(uuid.uuid4()), members, app=self.app, eager=True)
             failed = next((r for r in members if not r.successful()), None)
             assert sig.body is not None
             if failed is not None:
@@ -858,7 +893,7 @@ class _Eager:
         if isinstance(sig, group):
             return GroupResult(str(uuid.uuid4()),
                                [self.run(m, parent, has_parent) for m in sig.tasks],
-                               app=self.app)
+                               app=self.app, eager=True)
         task = sig.type
         args = sig.args if (sig.immutable or not has_parent) else (parent, *sig.args)
         send = {k: sig.options[k] for k in ("task_id", "serializer") if k in sig.options}

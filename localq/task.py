@@ -82,7 +82,7 @@ class Request:
         self.options = options or {}
         # The canvas: the job whose outcome sent this one, and the first of its workflow.
         self.parent_id = self.options.get("parent_id")
-        self.root_id = self.options.get("root_id")
+        self.root_id = self.options.get("root_id") or id
         self.__dict__.update(extra)
 
     def __repr__(self) -> str:
