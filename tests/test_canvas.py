@@ -341,3 +341,23 @@ def test_signature_type_names_an_unknown_task(app):
     sig = Signature("sample_tasks.nope", app=app)
     with pytest.raises(NotRegistered, match="nope"):
         sig.delay()
+
+
+def test_show_a_group_and_a_chord(app):
+    cli = [sys.executable, "-m", "localq", "show", "--app", "sample_tasks:app"]
+    env = {**os.environ, "LOCALQ_DB": app.path,
+           "PYTHONPATH": os.pathsep.join([os.path.dirname(__file__),
+                                          os.path.dirname(os.path.dirname(__file__))])}
+    with app.worker(concurrency=2):
+        res = chord([t.add.s(1, 1), t.add.s(2, 2)], t.tsum.s()).apply_async()
+        assert res.get(timeout=20) == 6
+    pending = group(t.add.s(i, i) for i in range(3)).apply_async()
+    pending.revoke()
+    out = subprocess.run([*cli, res.parent.id], capture_output=True, text=True, env=env,
+                         check=True).stdout
+    assert "kind:     chord" in out and "done:     2 of 2 (2 SUCCESS)" in out
+    assert f"body:     {res.id} SUCCESS" in out
+    data = json.loads(subprocess.run([*cli, pending.id, "--json"], capture_output=True,
+                                     text=True, env=env, check=True).stdout)
+    assert data["kind"] == "group" and data["total"] == 3 and data["states"] == {"REVOKED": 3}
+    assert data["members"] == [r.id for r in pending.results]

@@ -216,6 +216,18 @@ def progress(conn: sqlite3.Connection, group_id: str) -> tuple[int, int, int | N
     return done, ok, first
 
 
+def states(conn: sqlite3.Connection, group_id: str) -> dict[str, int]:
+    """How many members of a group are in each state."""
+    return dict(conn.execute("SELECT state, count(*) FROM jobs WHERE group_id = ? "
+                             "GROUP BY state", (group_id,)).fetchall())
+
+
+def chord_of(conn: sqlite3.Connection, body: int) -> str | None:
+    """The header group of the chord whose body is this job."""
+    row = conn.execute("SELECT id FROM canvas_groups WHERE body = ?", (body,)).fetchone()
+    return None if row is None else row[0]
+
+
 def results(conn: sqlite3.Connection, group_id: str) -> list[tuple]:
     """(state, serializer, result, exc_type, traceback, task, seq, id) per member, in order."""
     return conn.execute("SELECT state, serializer, result, exc_type, traceback, task, seq, id "

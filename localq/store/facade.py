@@ -247,6 +247,15 @@ class Store:
         with self.db.read() as conn:
             return canvas.progress(conn, group_id)
 
+    def group_states(self, group_id: str) -> dict[str, int]:
+        with self.db.read() as conn:
+            return canvas.states(conn, group_id)
+
+    def chord_of(self, body_seq: int) -> str | None:
+        """The header group of the chord whose body is this job, if it is one."""
+        with self.db.read() as conn:
+            return canvas.chord_of(conn, body_seq)
+
     def group_results(self, group_id: str) -> list[tuple]:
         with self.db.read() as conn:
             return canvas.results(conn, group_id)
