@@ -3,7 +3,18 @@
 The public names, nothing else.
 """
 from .app import Localq
-from .canvas import GroupResult, Signature, chain, chord, group, maybe_signature, signature
+from .canvas import (
+    GroupResult,
+    Signature,
+    chain,
+    chord,
+    chunks,
+    group,
+    maybe_signature,
+    signature,
+    xmap,
+    xstarmap,
+)
 from .exceptions import (
                          ChordError,
                          ConfigurationError,
@@ -30,7 +41,7 @@ from .task import Task
 __version__ = "0.1.0"
 __all__ = [
     "AsyncResult", "ChordError", "ConfigurationError", "GroupResult", "Signature", "chain",
-    "chord", "group", "maybe_signature", "signature",
+    "chord", "chunks", "group", "maybe_signature", "signature", "xmap", "xstarmap",
     "ContentDisallowed", "DatabaseError", "EagerResult",
     "EncodeError",
     "Localq", "LocalqError", "MaxRetriesExceededError", "NotRegistered", "Retry",

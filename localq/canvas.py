@@ -20,6 +20,7 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
+from .builtins import builtin
 from .exceptions import ChordError, ConfigurationError, NotRegistered, TimeoutError
 from .ids import format_id, new_seq
 from .result import AsyncResult, EagerResult, Waiter, result_content
@@ -93,7 +94,7 @@ class Signature(dict):
     @property
     def type(self) -> Task:
         """The task this signature calls (NotRegistered when its app has none)."""
-        task = self.app.tasks.get(self.name)
+        task = self.app.tasks.get(self.name) or builtin(self.app, self.name)
         if task is None:
             raise NotRegistered(f"signature of task {self.name!r}: no task of that name is "
                                 f"registered in {self.app!r}: define it (@app.task) or "
@@ -201,6 +202,9 @@ def signature(varies: Any, *args: Any, app: Localq | None = None, **kwargs: Any)
         elif kind == "chord":
             sig = chord([signature(t, app=app) for t in varies["kwargs"]["header"]],
                         signature(varies["kwargs"]["body"], app=app))
+        elif kind == "chunks":
+            kw = varies["kwargs"]
+            sig = chunks(signature(kw["task"], app=app), kw["it"], kw["n"])
         elif kind is None:
             if not isinstance(varies.get("task"), str):
                 raise TypeError(f"signature({varies!r:.80}): not a signature: a dict with "
@@ -390,12 +394,49 @@ class chord(Signature):  # noqa: N801 - Celery's name
         return self._app
 
 
+class xmap(Signature):  # noqa: N801 - Celery's name
+    """``task.map(it)``: one job that returns ``[task(item) for item in it]``."""
+    name_of = "localq.map"
+
+    def __init__(self, task: Signature, it: Iterable, **options: Any) -> None:
+        super().__init__(self.name_of, (), {"task": dict(task), "it": list(it)}, options,
+                         immutable=True, app=task._app)
+
+
+class xstarmap(xmap):  # noqa: N801 - Celery's name
+    """``task.starmap(it)``: one job that returns ``[task(*args) for args in it]``."""
+    name_of = "localq.starmap"
+
+
+class chunks(Signature):  # noqa: N801 - Celery's name
+    """``task.chunks(it, n)``: the items in jobs of ``n`` (xstarmap each); sent, a
+    GroupResult whose members are lists."""
+
+    def __init__(self, task: Signature, it: Iterable, n: int, **options: Any) -> None:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"chunks(..., n={n!r}): n must be a positive integer")
+        super().__init__("localq.chunks", (), {"task": dict(task), "it": list(it), "n": n},
+                         options, "chunks", app=task._app)
+
+    def group(self) -> group:
+        task = signature(self["kwargs"]["task"], app=self._app)
+        items, n = self["kwargs"]["it"], self["kwargs"]["n"]
+        return group([xstarmap(task, items[i:i + n]) for i in range(0, len(items), n)],
+                     **self.options)
+
+    def apply_async(self, args: Iterable | None = None, kwargs: dict | None = None,
+                    **options: Any) -> Any:
+        return self.group().apply_async(args, kwargs, **options)
+
+
 def _normal(sig: Signature) -> Signature:
     """The one shape of each kind: a Signature rebuilt as chain/group/chord when it came
     from a dict; a group followed by more steps in a chain becomes a chord (Celery's)."""
     kind = sig.subtask_type
-    if kind is not None and not isinstance(sig, (chain, group, chord)):
+    if kind is not None and not isinstance(sig, (chain, group, chord, chunks)):
         sig = signature(dict(sig), app=sig._app)
+    if isinstance(sig, chunks):
+        return sig.group()
     if isinstance(sig, chain):
         steps: list[Signature] = []
         for t in sig.tasks:

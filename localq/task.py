@@ -364,6 +364,21 @@ class Task(Generic[P, R]):
 
     subtask = signature
 
+    def map(self, it: Any) -> Signature:
+        """Celery's ``task.map(it)``: one job that returns ``[task(x) for x in it]``."""
+        from .canvas import xmap
+        return xmap(self.s(), it)
+
+    def starmap(self, it: Any) -> Signature:
+        """Celery's ``task.starmap(it)``: one job, ``[task(*args) for args in it]``."""
+        from .canvas import xstarmap
+        return xstarmap(self.s(), it)
+
+    def chunks(self, it: Any, n: int) -> Signature:
+        """Celery's ``task.chunks(it, n)``: the items in jobs of ``n``."""
+        from .canvas import chunks
+        return chunks(self.s(), it, n)
+
     def AsyncResult(self, task_id: str) -> AsyncResult[R]:  # noqa: N802 - Celery's name
         return self.app.AsyncResult(task_id)
 

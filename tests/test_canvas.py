@@ -361,3 +361,17 @@ def test_show_a_group_and_a_chord(app):
                                      text=True, env=env, check=True).stdout)
     assert data["kind"] == "group" and data["total"] == 3 and data["states"] == {"REVOKED": 3}
     assert data["members"] == [r.id for r in pending.results]
+
+
+def test_map_starmap_and_chunks(app):
+    with app.worker(concurrency=2):
+        assert t.mul.starmap([(1, 2), (3, 4)]).delay().get(timeout=20) == [2, 12]
+        assert t.noop.map([]).delay().get(timeout=20) == []
+        res = t.add.chunks([(i, i) for i in range(10)], 4).apply_async()
+        assert isinstance(res, GroupResult) and len(res) == 3
+        assert res.get(timeout=20) == [[0, 2, 4, 6], [8, 10, 12, 14], [16, 18]]
+        assert (t.listed.map([1, 2]) | t.listed.s()).apply_async().get(timeout=20) == [[[1], [2]]]
+        assert chord(t.add.chunks([(1, 1), (2, 2)], 1).group(),
+                     t.listed.s()).apply_async().get(timeout=20) == [[[2], [4]]]
+    back = signature(json.loads(json.dumps(t.add.chunks([(1, 1)], 1))))
+    assert back.group().tasks[0]["kwargs"]["it"] == [[1, 1]]

@@ -22,6 +22,7 @@ import time
 import traceback as tb_module
 from typing import TYPE_CHECKING, Any
 
+from ..builtins import builtin
 from ..exceptions import (
     ConfigurationError,
     EncodeError,
@@ -64,7 +65,7 @@ def execute(app: WorkerApp, seq: int, job_id: str, task_name: str, serializer: s
             is_eager: bool = False) -> Outcome:
     """Run one job and return its outcome tuple. Never raises for task errors."""
     started = time.time()
-    task = app.tasks.get(task_name)
+    task = app.tasks.get(task_name) or builtin(app, task_name)
     if task is None:
         exc: BaseException = NotRegistered(
             f"task {task_name!r} is not registered in the worker's app {app.main_name!r}: "
