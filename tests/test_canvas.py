@@ -375,3 +375,23 @@ def test_map_starmap_and_chunks(app):
                      t.listed.s()).apply_async().get(timeout=20) == [[[2], [4]]]
     back = signature(json.loads(json.dumps(t.add.chunks([(1, 1)], 1))))
     assert back.group().tasks[0]["kwargs"]["it"] == [[1, 1]]
+
+
+def strip_canvas(con: sqlite3.Connection) -> None:
+    """Make a database what localq wrote before the canvas (schema 2)."""
+    for statement in ("DROP INDEX jobs_parent", "ALTER TABLE jobs DROP COLUMN parent_id",
+                      "ALTER TABLE jobs DROP COLUMN root_id", "DROP TABLE canvas",
+                      "DROP TABLE canvas_groups"):
+        con.execute(statement)
+
+
+def test_a_database_of_schema_2_gets_the_canvas(app):
+    t.add.delay(1, 1)
+    app.close()
+    con = sqlite3.connect(app.path)
+    strip_canvas(con)
+    con.execute("UPDATE localq_meta SET value = '2' WHERE key = 'schema_version'")
+    con.commit()
+    con.close()
+    with app.worker(concurrency=1):
+        assert (t.add.s(1, 1) | t.add.s(1)).apply_async().get(timeout=20) == 3
