@@ -41,12 +41,16 @@ CHORD_ERROR = "localq.exceptions.ChordError"
 _CHUNK = 500
 
 
-def insert(conn: sqlite3.Connection, rows: Iterable[JobRow], specs: Iterable[tuple[int, str]],
+def insert(conn: sqlite3.Connection,
+           batches: Iterable[tuple[Sequence[JobRow], Sequence[tuple[int, str]]]],
            groups: Sequence[tuple]) -> int:
-    """Insert a workflow's jobs, canvas rows and groups; returns how many jobs were new."""
-    cur = conn.executemany(INSERT_JOB, map(tuple, rows))
-    inserted = cur.rowcount
-    conn.executemany("INSERT INTO canvas (seq, spec) VALUES (?, ?)", specs)
+    """Insert a workflow's jobs and canvas rows, batch by batch (they may be built as
+    they go), then its groups (complete once the batches are); returns how many jobs
+    were new."""
+    inserted = 0
+    for rows, specs in batches:
+        inserted += conn.executemany(INSERT_JOB, map(tuple, rows)).rowcount
+        conn.executemany("INSERT INTO canvas (seq, spec) VALUES (?, ?)", specs)
     conn.executemany("INSERT INTO canvas_groups (id, total, remaining, body, splice, created) "
                      "VALUES (?, ?, ?, ?, ?, ?)", groups)
     return inserted
@@ -84,7 +88,8 @@ def _fire(conn: sqlite3.Connection, seq: int) -> None:
         for action in actions.get("ok", ()):
             kind = action[0]
             if kind == "go":
-                _release(conn, action[1], result if action[2] else None)
+                # ignore_result stores no result: the next step gets None
+                _release(conn, action[1], (result or "null") if action[2] else None)
             elif kind == "chord":
                 _count(conn, action[1], now)
         for action in actions.get("err", ()):

@@ -227,12 +227,12 @@ class Store:
 
     # -------------------------------------------------------------- the canvas
 
-    def send_workflow(self, rows: Iterable[JobRow], specs: Iterable[tuple[int, str]],
+    def send_workflow(self, batches: Iterable[tuple[Sequence[JobRow], Sequence[tuple[int, str]]]],
                       groups: Sequence[tuple]) -> int:
-        """Insert a workflow (jobs, what their outcomes set off, groups and chords) in
-        one transaction; returns how many jobs were new."""
+        """Insert a workflow (batches of jobs and of what their outcomes set off, then
+        its groups and chords) in one transaction; returns how many jobs were new."""
         with self.db.transaction() as conn:
-            return canvas.insert(conn, rows, specs, groups)
+            return canvas.insert(conn, batches, groups)
 
     def canvas_group(self, group_id: str) -> tuple | None:
         """(total, remaining, body seq) of a group or chord; None when unknown."""
