@@ -28,9 +28,11 @@ receives a result, and the step that sends it, use JSON.
 """
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 import time
+from collections import Counter
 from typing import Any, Iterable, Sequence
 
 from ..ids import format_id
@@ -56,33 +58,53 @@ def insert(conn: sqlite3.Connection,
     return inserted
 
 
+_FINAL = "('SUCCESS', 'FAILURE', 'REVOKED')"
+_parse = functools.lru_cache(maxsize=1024)(json.loads)   # a chord's members share one spec
+
+
 def settle(conn: sqlite3.Connection, seqs: Sequence[int]) -> int:
     """Fire the follow-ups of those of ``seqs`` that are final now (in the caller's
-    transaction); returns how many jobs became ready. Jobs with no canvas row cost
-    one index probe per chunk."""
-    found: list[tuple[int, str]] = []
+    transaction); returns how many jobs became ready (an upper bound). Jobs with no
+    canvas row cost one index probe per chunk; a batch of a chord's members counts
+    them with one UPDATE."""
+    found: list[tuple] = []
     for start in range(0, len(seqs), _CHUNK):
         chunk = seqs[start:start + _CHUNK]
         found.extend(conn.execute(
-            f"SELECT seq, spec FROM canvas WHERE seq IN ({','.join('?' * len(chunk))})",
-            chunk).fetchall())
+            "SELECT c.seq, c.spec, j.state, j.result, j.exc_type, j.traceback, j.id "
+            "FROM canvas c JOIN jobs j ON j.seq = c.seq WHERE c.seq IN "
+            f"({','.join('?' * len(chunk))}) AND j.state IN {_FINAL}", chunk).fetchall())
+    if not found:
+        return 0
     before = conn.total_changes
-    for seq, _ in found:
-        _fire(conn, seq)
-    return conn.total_changes - before      # an upper bound: any change may release
+    conn.executemany("DELETE FROM canvas WHERE seq = ?", [(row[0],) for row in found])
+    counts: Counter[str] = Counter()
+    for seq, spec, state, result, exc_type, traceback, custom_id in found:
+        _follow(conn, seq, _parse(spec), state, result, exc_type, traceback, custom_id, counts)
+    now = time.time()
+    for group_id, succeeded in counts.items():
+        _count(conn, group_id, succeeded, now)
+    return conn.total_changes - before
 
 
 def _fire(conn: sqlite3.Connection, seq: int) -> None:
-    row = conn.execute("SELECT state, result, exc_type, traceback, id FROM jobs WHERE seq = ?",
-                       (seq,)).fetchone()
-    if row is None or row[0] not in ("SUCCESS", "FAILURE", "REVOKED"):
+    """Fire one job's follow-ups, if it is final and they have not fired."""
+    row = conn.execute(f"SELECT state, result, exc_type, traceback, id FROM jobs WHERE seq = ? "
+                       f"AND state IN {_FINAL}", (seq,)).fetchone()
+    if row is None:
         return
     spec = conn.execute("DELETE FROM canvas WHERE seq = ? RETURNING spec", (seq,)).fetchone()
-    if spec is None:
-        return
-    state, result, exc_type, traceback, custom_id = row
-    job_id = custom_id or format_id(seq)
-    actions = json.loads(spec[0])
+    if spec is not None:
+        state, result, exc_type, traceback, custom_id = row
+        _follow(conn, seq, _parse(spec[0]), state, result, exc_type, traceback, custom_id,
+                None)
+
+
+def _follow(conn: sqlite3.Connection, seq: int, actions: dict, state: str, result: Any,
+            exc_type: str | None, traceback: str | None, custom_id: str | None,
+            counts: Counter[str] | None) -> None:
+    """What a final job sets off (its canvas row already deleted). Successes of a
+    chord's members are added to ``counts`` (counted by the caller), or counted now."""
     now = time.time()
     if state == "SUCCESS":
         for action in actions.get("ok", ()):
@@ -91,11 +113,14 @@ def _fire(conn: sqlite3.Connection, seq: int) -> None:
                 # ignore_result stores no result: the next step gets None
                 _release(conn, action[1], (result or "null") if action[2] else None)
             elif kind == "chord":
-                _count(conn, action[1], now)
+                if counts is None:
+                    _count(conn, action[1], 1, now)
+                else:
+                    counts[action[1]] += 1
         for action in actions.get("err", ()):
             _drop_target(conn, action)
         return
-    failure = (result, exc_type, traceback, job_id)
+    failure = (result, exc_type, traceback, custom_id or format_id(seq))
     for action in actions.get("err", ()):
         kind = action[0]
         if kind == "fail":
@@ -157,11 +182,12 @@ def _drop(conn: sqlite3.Connection, seq: int) -> None:
             _drop(conn, action[1])
 
 
-def _count(conn: sqlite3.Connection, group_id: str, now: float) -> None:
-    """One header member of a chord succeeded; the last one releases the body."""
-    row = conn.execute("UPDATE canvas_groups SET remaining = remaining - 1 WHERE id = ? AND "
+def _count(conn: sqlite3.Connection, group_id: str, succeeded: int, now: float) -> None:
+    """Header members of a chord succeeded; the last one releases the body. (A failed
+    member never counts, so a chord that failed never reaches 0.)"""
+    row = conn.execute("UPDATE canvas_groups SET remaining = remaining - ? WHERE id = ? AND "
                        "remaining > 0 RETURNING remaining, body, splice",
-                       (group_id,)).fetchone()
+                       (succeeded, group_id)).fetchone()
     if row is None or row[0] != 0 or row[1] is None:
         return
     _, body, splice = row
