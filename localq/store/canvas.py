@@ -238,12 +238,11 @@ def members(conn: sqlite3.Connection, group_id: str) -> list[tuple[int, str | No
 
 def progress(conn: sqlite3.Connection, group_id: str) -> tuple[int, int, int | None]:
     """(finished, succeeded, index of the first member not SUCCESS) of a group."""
-    done, ok = conn.execute(
-        "SELECT count(*) FILTER (WHERE state IN ('SUCCESS', 'FAILURE', 'REVOKED')), "
-        "count(*) FILTER (WHERE state = 'SUCCESS') FROM jobs WHERE group_id = ?",
+    done, ok, first = conn.execute(
+        f"SELECT count(*) FILTER (WHERE state IN {_FINAL}), "
+        "count(*) FILTER (WHERE state = 'SUCCESS'), "
+        "min(group_index) FILTER (WHERE state <> 'SUCCESS') FROM jobs WHERE group_id = ?",
         (group_id,)).fetchone()
-    first = conn.execute("SELECT min(group_index) FROM jobs WHERE group_id = ? AND "
-                         "state <> 'SUCCESS'", (group_id,)).fetchone()[0]
     return done, ok, first
 
 
