@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from .builtins import builtin
 from .exceptions import ChordError, ConfigurationError, NotRegistered, TimeoutError
-from .ids import format_id, new_seq
+from .ids import format_id, new_seq, new_seqs
 from .result import AsyncResult, EagerResult, Waiter, result_content
 from .serializer import check_accepted, decode_value, encode_call, encode_exception
-from .store.canvas import WAITING
+from .store.canvas import WAITING, RowClash
 from .store.records import JobRow, decode_options
 from .task import Task, check_call, expires_at
 
@@ -521,9 +521,20 @@ def send(sig: Signature) -> Any:
     if sig.subtask_type is None and not any(k in sig.options for k in CANVAS_OPTIONS):
         # A lone task: the ordinary send path (Celery's apply_async).
         return sig.type.apply_async(sig.args, sig.kwargs, **sig.options)
-    build = _Build(app)
-    node = build.node(sig, waiting=False, parent=None, member=None)
-    app.store.send_workflow(build.batches(), build.groups)
+    lazy = isinstance(sig, (group, chord)) and \
+        isinstance(sig["kwargs"]["tasks" if isinstance(sig, group) else "header"], _Lazy)
+    for attempt in range(3):
+        build = _Build(app)
+        node = build.node(sig, waiting=False, parent=None, member=None)
+        try:
+            app.store.send_workflow(build.batches(), build.groups)
+            break
+        except RowClash as clash:
+            # Two senders drew the same row numbers (rare), or a task_id is taken.
+            if lazy or attempt == 2:
+                raise ConfigurationError(
+                    f"{clash}. Send it again (built from a list, a workflow is sent again "
+                    f"by itself; from an iterator it cannot be)") from None
     app.nudge_workers()
     return node.result
 
@@ -550,7 +561,8 @@ class _Build:
         self.groups: list[tuple] = []
         self.root_id: str | None = None
         self.fixed_args = False     # the next task built gets no parent's result
-        self.types: dict[str, Task] = {}
+        self.types: dict[str, tuple[Task, Any]] = {}
+        self.seqs: Iterator[int] = iter(())
         self.fixed_specs: list[tuple[int, str]] = []
         self.pending: list[Iterator[None]] = []    # members read while they are inserted
 
@@ -712,19 +724,24 @@ class _Build:
     def plain(self, sig: Signature, gid: str, index: int) -> int:
         """The row of a group member with no options and nothing before it: a job like
         any delay()'s, plus its place in the group. Returns its seq."""
-        task = self.types.get(sig["task"])
-        if task is None:
-            task = self.types[sig["task"]] = sig.type
+        known = self.types.get(sig["task"])
+        if known is None:
+            task = sig.type
+            known = self.types[sig["task"]] = (task, task.send_defaults())
+        task, d = known
         args, kwargs = sig["args"], sig["kwargs"]
         task.check_arguments(args, kwargs)
-        d = task.send_defaults()
-        seq = new_seq()
+        seq = next(self.seqs, None)
+        if seq is None:         # row numbers a block at a time: one lock per 1,000 jobs
+            self.seqs = iter(new_seqs(1000))
+            seq = next(self.seqs)
         if self.root_id is None:
             self.root_id = format_id(seq)
-        self.rows.append(JobRow(seq, None, task.name, d.queue, d.lane, d.priority, d.serializer,
-                                encode_call(d.serializer, task.name, args, kwargs), d.options,
-                                0.0, None if d.expires is None else
-                                expires_at(d.expires, self.now), self.now, gid, index))
+        # JobRow's fields as a plain tuple: what the INSERT binds, without the NamedTuple
+        self.rows.append((seq, None, task.name, d.queue, d.lane, d.priority,  # type: ignore[arg-type]
+                          d.serializer, encode_call(d.serializer, task.name, args, kwargs),
+                          d.options, 0.0, None if d.expires is None else
+                          expires_at(d.expires, self.now), self.now, gid, index, None, None))
         return seq
 
     def _members(self, tasks: Iterable[Signature]) -> list[Signature]:
@@ -750,7 +767,7 @@ class _Build:
             if bulk and _plain(h):     # the bulk send's path
                 seq = self.plain(h, gid, i)
                 if body_splice:
-                    _json_result(self.app, self.types[h["task"]])
+                    _json_result(self.app, self.types[h["task"]][0])
                 self.fixed_specs.append((seq, counted))
                 yield None
                 continue

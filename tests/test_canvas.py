@@ -395,3 +395,10 @@ def test_a_database_of_schema_2_gets_the_canvas(app):
     con.close()
     with app.worker(concurrency=1):
         assert (t.add.s(1, 1) | t.add.s(1)).apply_async().get(timeout=20) == 3
+
+
+def test_a_taken_task_id_stores_nothing_and_says_so(app):
+    t.add.apply_async((1, 1), task_id="taken")
+    with pytest.raises(ConfigurationError, match="taken"):
+        (t.add.s(1, 1) | t.add.s(2).set(task_id="taken")).apply_async()
+    assert sum(n for *_, n in app.store.counts()) == 1

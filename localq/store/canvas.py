@@ -43,6 +43,11 @@ CHORD_ERROR = "localq.exceptions.ChordError"
 _CHUNK = 500
 
 
+class RowClash(Exception):
+    """A job of a workflow could not be inserted: its row number or id exists. The
+    transaction is rolled back; the sender may build the workflow again."""
+
+
 def insert(conn: sqlite3.Connection,
            batches: Iterable[tuple[Sequence[JobRow], Sequence[tuple[int, str]]]],
            groups: Sequence[tuple]) -> int:
@@ -51,7 +56,12 @@ def insert(conn: sqlite3.Connection,
     were new."""
     inserted = 0
     for rows, specs in batches:
-        inserted += conn.executemany(INSERT_JOB, map(tuple, rows)).rowcount
+        added = conn.executemany(INSERT_JOB, map(tuple, rows)).rowcount
+        if added != len(rows):
+            raise RowClash(f"{len(rows) - added} of the workflow's row numbers or ids are "
+                           f"taken (another sender drew the same numbers, or a task_id "
+                           f"exists): nothing was stored")
+        inserted += added
         conn.executemany("INSERT INTO canvas (seq, spec) VALUES (?, ?)", specs)
     conn.executemany("INSERT INTO canvas_groups (id, total, remaining, body, splice, created) "
                      "VALUES (?, ?, ?, ?, ?, ?)", groups)
