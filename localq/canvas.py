@@ -594,7 +594,7 @@ class _Build:
 
     def node(self, sig: Signature, waiting: bool, parent: str | None,
              member: tuple[str, int] | None) -> _Node:
-        sig = _normal(sig)
+        sig = _push_options(_normal(sig))
         if isinstance(sig, chain):
             return self.chain(sig, waiting, parent, member)
         if isinstance(sig, chord):
@@ -818,6 +818,46 @@ class _Build:
         if first is None:
             entries = [(body_seq, False)]
         return _Node(entries, body.tail, body.tail_id, body.result, body.tail_task)
+
+
+# Options given to a chain, group or chord that its tasks take (as in Celery): a chain's
+# go to its first task (its links to its last), a group's to every member, a chord's to
+# its header (its links to its body). A task's own options win.
+PUSHED = ("countdown", "eta", "expires", "queue", "priority", "time_limit", "soft_time_limit",
+          "serializer")
+
+
+def _push_options(sig: Signature) -> Signature:
+    if not isinstance(sig, (chain, group, chord)):
+        return sig
+    pushed = {k: v for k, v in sig.options.items() if k in PUSHED}
+    links = {k: _listed(sig.options[k]) for k in ("link", "link_error") if k in sig.options}
+    if not pushed and not links:
+        return sig
+    rest = {k: v for k, v in sig.options.items() if k not in PUSHED and k not in links}
+
+    def given(member: Signature, options: dict) -> Signature:
+        extra = {k: v for k, v in options.items() if k not in member.options}
+        for key, more in links.items() if options is not pushed else ():
+            extra[key] = _listed(member.options.get(key)) + more
+        return member.clone(**extra) if extra else member
+
+    if isinstance(sig, chain):
+        tasks = list(sig.tasks)
+        tasks[0] = given(tasks[0], pushed)
+        tasks[-1] = given(tasks[-1], {})
+        out: Signature = chain(*tasks, **rest)
+    elif isinstance(sig, chord):
+        body = sig.body if sig.body is None else given(sig.body, {})
+        out = chord(_Lazy((given(m, pushed) for m in _iter_members(sig, "header")),
+                          "chord header"), body, **rest)
+    else:
+        members = (given(given(m, pushed), {}) for m in _iter_members(sig, "tasks"))
+        out = group(**rest)
+        out["kwargs"]["tasks"] = _Lazy(members, "group")
+    out._app = sig._app
+    out["immutable"] = sig.immutable
+    return out
 
 
 def _plain(sig: Signature) -> bool:

@@ -153,7 +153,31 @@ def test_chord_header_failure_never_runs_the_body(app, tmp_path):
         assert culprit in str(info.value) and "ValueError('header broke')" in str(info.value)
         assert res.state == "FAILURE"
         wait_for(res.parent.ready, what="the header to finish")
+        # a chain in the header that fails halfway: its last step fails, so the chord
+        res = chord([t.add.s(1, 1) | t.boom.si("halfway") | t.add.s(1), t.add.s(2, 2)],
+                    t.body_record.s(path)).apply_async()
+        with pytest.raises(ChordError, match="halfway"):
+            res.get(timeout=20)
+    # revoking a header task before it runs fails the chord too
+    res = chord([t.add.s(1, 1), t.add.s(2, 2)], t.body_record.s(path)).apply_async()
+    res.parent.results[1].revoke()
+    with app.worker(concurrency=2):
+        with pytest.raises(ChordError, match="TaskRevokedError"):
+            res.get(timeout=20)
     assert not os.path.exists(path)
+
+
+def test_options_of_a_chain_group_or_chord_go_to_their_tasks(app, tmp_path):
+    res = group(t.add.s(1, 1), t.add.s(2, 2).set(queue="own")).apply_async(queue="elsewhere")
+    assert [app.store.job(r.id)["queue"] for r in res.results] == ["elsewhere", "own"]
+    res = chord([t.add.s(1, 1)], t.tsum.s()).apply_async(countdown=60)
+    assert app.store.job(res.parent.results[0].id)["eta"] > 0
+    res = (t.add.s(1, 1) | t.add.s(1)).apply_async(priority=7, link=t.mul.s(10))
+    assert app.store.job(res.parent.id)["priority"] == 7
+    with app.worker(concurrency=2):
+        assert res.get(timeout=20) == 3
+        wait_for(lambda: res.children, what="the chain's link")
+        assert res.children[0].get(timeout=20) == 30
 
 
 def test_nested_workflows(app):
