@@ -284,7 +284,10 @@ def job_data(app: Localq, job_id: str) -> dict[str, Any] | None:
     elif row["state"] in ("FAILURE", "REVOKED"):
         error = repr(result.result)
     return {"id": row["id"], "task": row["task"], "state": row["state"], "queue": row["queue"],
-            "priority": row["priority"], "created": row["created"], "eta": row["eta"] or None,
+            "priority": row["priority"], "created": row["created"],
+            "eta": row["eta"] if row["eta"] and row["eta"] > 0 else None,
+            "waiting": row["eta"] < 0,      # the canvas: for the job before it (parent_id)
+            "parent_id": row["parent_id"], "root_id": row["root_id"],
             "started": row["started"], "done": row["done"], "retries": row["retries"],
             "result": value, "error": error, "exc_type": row["exc_type"],
             "traceback": row["traceback"],
@@ -312,6 +315,11 @@ def cmd_show(args: argparse.Namespace) -> int:
           f"retries:  {job['retries']}")
     if job["eta"]:
         print(f"eta:      {stamp(job['eta'])} ({_ago(job['eta'], now)})")
+    if job["parent_id"]:
+        print(f"parent:   {job['parent_id']}")
+    if job["waiting"]:
+        print("waiting:  for the job before it in its workflow (a chain's step, a chord's "
+              "body, a link)")
     if job["state"] == "SUCCESS":
         print(f"result:   {job['result']!r}")
     elif job["error"] is not None:
