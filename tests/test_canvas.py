@@ -261,7 +261,10 @@ def _workflows() -> st.SearchStrategy:
         return st.one_of(
             st.tuples(st.just("chain"), st.lists(inner, min_size=1, max_size=3)),
             st.tuples(st.just("chord"), st.lists(inner, min_size=0, max_size=3), LEAF))
-    return st.recursive(LEAF.map(lambda leaf: ("leaf", leaf)), extend, max_leaves=6)
+    inner = st.recursive(LEAF.map(lambda leaf: ("leaf", leaf)), extend, max_leaves=6)
+    # a group of workflows, at the top (its result is a list): "chains of groups of chords"
+    return st.one_of(inner, st.tuples(st.just("group"), st.lists(inner, min_size=1,
+                                                                   max_size=3)))
 
 
 def _build(node, first: bool):
@@ -273,6 +276,8 @@ def _build(node, first: bool):
         return task.s(k, k) if first else task.s(k)
     if kind == "chain":
         return chain(*[_build(n, first and i == 0) for i, n in enumerate(node[1])])
+    if kind == "group":
+        return group([_build(n, first) for n in node[1]])
     header, (name, k) = node[1], node[2]
     task = t.add if name == "add" else t.mul
     body = t.tsum.s(extra=k)
@@ -290,19 +295,24 @@ def _evaluate(node, value):
         for n in node[1]:
             value = _evaluate(n, value)
         return value
+    if kind == "group":
+        return [_evaluate(n, value) for n in node[1]]
     header, (_, k) = node[1], node[2]
     return sum(_evaluate(n, value) for n in header) + k
 
 
 def test_nested_workflows_match_plain_python(app):
     with app.worker(concurrency=2):
-        @settings(max_examples=25, deadline=None,
+        @settings(max_examples=40, deadline=None,
                   suppress_health_check=list(HealthCheck))
         @given(_workflows())
         def check(workflow):
+            seen.append(workflow)
             expected = _evaluate(workflow, None)
             assert _build(workflow, True).apply_async().get(timeout=30) == expected
+        seen: list = []
         check()
+        assert len(seen) >= 20 and any(w[0] != "leaf" for w in seen)
 
 
 # ------------------------------------------------------------------ kill -9
