@@ -27,7 +27,7 @@ from .ids import format_id, new_seq, new_seqs
 from .result import AsyncResult, EagerResult, Waiter, result_content
 from .serializer import check_accepted, decode_value, encode_call, encode_exception
 from .store.canvas import WAITING, RowClash
-from .store.records import JobRow, decode_options
+from .store.records import FINAL_STATES, JobRow, decode_options
 from .task import Task, check_call, expires_at
 
 if TYPE_CHECKING:
@@ -1015,8 +1015,16 @@ class GroupResult:
         app = self.app
         total = len(self)
         waiter: Waiter | None = None
+        # Members mostly finish in order: while the last one is not final, one lookup by
+        # key per wake-up instead of a pass over the group (the caller shares the CPU).
+        last = self.results[-1] if total else None
         try:
             while True:
+                if last is not None and last.state not in FINAL_STATES and waiter is not None:
+                    if not waiter.wait():
+                        raise TimeoutError(f"the operation timed out: group {self.id} is not "
+                                           f"done after {timeout}s")
+                    continue
                 done, ok, first = app.store.group_progress(self.id)
                 if ok >= total:
                     return self._values()
