@@ -192,6 +192,8 @@ class Lab:
         self._ro: sqlite3.Connection | None = None
         self._app: Localq | None = None
         self._producers = 0
+        self.sent: dict[str, str] = {}      # key -> id of jobs the harness sent itself
+        self.once: list[str] = []           # keys that must complete exactly once
 
     # ---------------------------------------------------------- processes
 
@@ -454,6 +456,7 @@ def verify(lab: Lab) -> Row:
     for proc in lab.procs:
         if proc.kind == "producer":
             ids.update((p[0], p[1]) for p in read_pairs(proc.ids_path) if len(p) == 2)
+    ids.update(lab.sent)
     runs: dict[str, list[tuple[str, str]]] = {}
     last_line: dict[str, tuple[str, str]] = {}      # pid -> (job key, start/end)
     for parts in read_pairs(lab.run_log):
@@ -581,6 +584,12 @@ def verify(lab: Lab) -> Row:
             counts = [n for label, n in per_kill if label.split(" ")[0] == kind]
             row.notes.append(f"  {kind}: mean {sum(counts) / len(counts):.0f} per kill, "
                              f"max {max(counts)}, over {len(counts)} kill(s)")
+
+    for key in lab.once:
+        ends = sum(1 for _, what in runs.get(key, []) if what == "end")
+        if ends != 1:
+            lab.problems.append(f"{key} completed {ends} time(s), not once")
+            row.notes.append(f"problem: {key} completed {ends} time(s), not once")
 
     failures = []
     if row.exits:
@@ -869,6 +878,34 @@ def write_lock(lab: Lab) -> None:
     lab.notes.append(note)
 
 
+def kill_chord(lab: Lab) -> None:
+    """A chord of 2,000 header jobs (quick: 500) and a body; kill -9 of the worker at
+    random points while the header runs, a new worker each time. The body must run
+    exactly once, with every header's result in header order (it checks, and fails
+    otherwise); no kill lands once the header is nearly done, so that the body's own
+    re-run window (the README's, for any job) is not what this measures."""
+    import chaos_tasks
+
+    from localq import chord
+    n = 500 if lab.quick else 2000
+    chaos_tasks.app.path = lab.db
+    lab.wait_registered(lab.start_worker())
+    res = chord((chaos_tasks.work.s(f"h{i}", 0.003) for i in range(n)),
+                chaos_tasks.chord_body.s("body", "h", n)).apply_async()
+    lab.sent.update((f"h{i}", r.id) for i, r in enumerate(res.parent.results))
+    lab.sent["body"] = res.id
+    lab.once.append("body")
+    chaos_tasks.app.close()
+    for _ in range(3 if lab.quick else 8):
+        lab.wait(lab.rng.uniform(0.05, 0.3))
+        if lab.count("state = 'SUCCESS' AND task = 'chaos.work'") > n - 200:
+            break
+        workers = lab.alive()
+        if workers and lab.kill9(workers[0], "chord header"):
+            lab.faults += 1
+        lab.wait_registered(lab.start_worker())
+
+
 SCENARIOS: dict[str, Callable[[Lab], None]] = {
     "kill-supervisor": kill_supervisor,
     "kill-child": kill_child,
@@ -879,6 +916,7 @@ SCENARIOS: dict[str, Callable[[Lab], None]] = {
     "child-crash": child_crash,
     "full-disk": full_disk,
     "write-lock": write_lock,
+    "kill-chord": kill_chord,
 }
 
 

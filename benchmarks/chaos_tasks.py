@@ -56,6 +56,20 @@ def work(key: str, sleep: float = 0.0, crash: bool = False, pad: str = "") -> st
     return key
 
 
+@app.task(name="chaos.chord_body")
+def chord_body(results: list, key: str, prefix: str, count: int) -> str:
+    """A chord's body (the kill-chord scenario): every header result, in order."""
+    log_run(key, "start")
+    expected = [f"{prefix}{i}" for i in range(count)]
+    if results != expected:
+        wrong = next(i for i, (a, b) in enumerate(zip(results, expected)) if a != b) \
+            if len(results) == count else None
+        raise ValueError(f"the body got {len(results)} results, not in header order "
+                         f"(first wrong at {wrong})")
+    log_run(key, "end")
+    return key
+
+
 def produce(prefix: str, ids_path: str, sleep_every: int, sleep: float, crash_every: int,
             pad: int, rate: float) -> None:
     """Send jobs one ``delay()`` at a time until SIGTERM, at ``rate`` jobs/s at most

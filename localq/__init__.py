@@ -3,7 +3,20 @@
 The public names, nothing else.
 """
 from .app import Localq
+from .canvas import (
+    GroupResult,
+    Signature,
+    chain,
+    chord,
+    chunks,
+    group,
+    maybe_signature,
+    signature,
+    xmap,
+    xstarmap,
+)
 from .exceptions import (
+                         ChordError,
                          ConfigurationError,
                          ContentDisallowed,
                          DatabaseError,
@@ -27,7 +40,9 @@ from .task import Task
 
 __version__ = "0.1.0"
 __all__ = [
-    "AsyncResult", "ConfigurationError", "ContentDisallowed", "DatabaseError", "EagerResult",
+    "AsyncResult", "ChordError", "ConfigurationError", "GroupResult", "Signature", "chain",
+    "chord", "chunks", "group", "maybe_signature", "signature", "xmap", "xstarmap",
+    "ContentDisallowed", "DatabaseError", "EagerResult",
     "EncodeError",
     "Localq", "LocalqError", "MaxRetriesExceededError", "NotRegistered", "Retry",
     "SoftTimeLimitExceeded", "Task", "TaskError", "TaskRevokedError", "TimeLimitExceeded",

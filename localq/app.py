@@ -203,6 +203,16 @@ class Localq:
     def AsyncResult(self, task_id: str) -> Result:  # noqa: N802 - Celery's name
         return Result(task_id, self)
 
+    def GroupResult(self, group_id: str) -> Any:  # noqa: N802 - Celery's name
+        """The stored group (or chord header) with this id: see localq.canvas."""
+        from .canvas import GroupResult
+        return GroupResult(group_id, None, self)
+
+    def signature(self, *args: Any, **kwargs: Any) -> Any:
+        """Celery's ``app.signature``: a Signature of a task of this app."""
+        from .canvas import signature
+        return signature(*args, app=self, **kwargs)
+
     def send_plain(self, task: Task, args: tuple, kwargs: dict) -> Result:
         """``delay()``: a call with no per-call options, on the shortest path (the row's
         fixed part comes from the task's cache; the id is the row number)."""

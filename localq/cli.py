@@ -18,8 +18,10 @@ from typing import Any, Callable, NoReturn, Sequence
 
 from .app import Localq
 from .exceptions import LocalqError
+from .ids import format_id
 from .log import check_level, setup_worker_logging
 from .status import age
+from .store.records import FINAL_STATES
 from .task import Task
 
 EPILOG = "Docs: README.md. Celery users: the worker flags follow `celery worker`."
@@ -282,7 +284,10 @@ def job_data(app: Localq, job_id: str) -> dict[str, Any] | None:
     elif row["state"] in ("FAILURE", "REVOKED"):
         error = repr(result.result)
     return {"id": row["id"], "task": row["task"], "state": row["state"], "queue": row["queue"],
-            "priority": row["priority"], "created": row["created"], "eta": row["eta"] or None,
+            "priority": row["priority"], "created": row["created"],
+            "eta": row["eta"] if row["eta"] and row["eta"] > 0 else None,
+            "waiting": row["eta"] < 0,      # the canvas: for the job before it (parent_id)
+            "parent_id": row["parent_id"], "root_id": row["root_id"],
             "started": row["started"], "done": row["done"], "retries": row["retries"],
             "result": value, "error": error, "exc_type": row["exc_type"],
             "traceback": row["traceback"],
@@ -295,6 +300,8 @@ def job_data(app: Localq, job_id: str) -> dict[str, Any] | None:
 def cmd_show(args: argparse.Namespace) -> int:
     app = _existing_app(args)
     job = job_data(app, args.id)
+    if job is None and app.store.canvas_group(args.id) is not None:
+        return _show_group(app, args.id, args.json)
     if job is None:
         _fail(f"no job {args.id} in {app.path}", 1)
     if args.json:
@@ -308,6 +315,11 @@ def cmd_show(args: argparse.Namespace) -> int:
           f"retries:  {job['retries']}")
     if job["eta"]:
         print(f"eta:      {stamp(job['eta'])} ({_ago(job['eta'], now)})")
+    if job["parent_id"]:
+        print(f"parent:   {job['parent_id']}")
+    if job["waiting"]:
+        print("waiting:  for the job before it in its workflow (a chain's step, a chord's "
+              "body, a link)")
     if job["state"] == "SUCCESS":
         print(f"result:   {job['result']!r}")
     elif job["error"] is not None:
@@ -319,6 +331,43 @@ def cmd_show(args: argparse.Namespace) -> int:
               f"  pid {a['pid'] or '-'}  {a['exc_type'] or ''} {a['exc_message'] or ''}".rstrip())
     if job["traceback"]:
         print("traceback:\n" + job["traceback"].rstrip())
+    return 0
+
+
+def group_data(app: Localq, group_id: str) -> dict[str, Any]:
+    """A group or a chord's header as ``show --json`` prints it."""
+    total, remaining, body = app.store.canvas_group(group_id) or (0, None, None)
+    states = app.store.group_states(group_id)
+    members = [custom or format_id(seq) for seq, custom in app.store.group_members(group_id)]
+    data: dict[str, Any] = {"id": group_id, "kind": "chord" if body is not None else "group",
+                            "total": total, "done": sum(n for s, n in states.items()
+                                                         if s in FINAL_STATES),
+                            "states": states, "members": members}
+    if body is not None:
+        body_id = format_id(body)
+        row = app.store.job(body_id)
+        data["body"] = {"id": row["id"] if row else body_id,
+                        "state": row["state"] if row else "deleted"}
+    return data
+
+
+def _show_group(app: Localq, group_id: str, as_json: bool) -> int:
+    data = group_data(app, group_id)
+    if as_json:
+        print(json.dumps(data, indent=2))
+        return 0
+    states = ", ".join(f"{n} {s}" for s, n in sorted(data["states"].items()))
+    print(f"id:       {group_id}\nkind:     {data['kind']}\n"
+          f"done:     {data['done']} of {data['total']} ({states or 'none sent'})")
+    if "body" in data:
+        print(f"body:     {data['body']['id']} {data['body']['state']}")
+    shown = data["members"][:20]
+    member_states = app.store.states(shown)
+    print("members:")
+    for member in shown:
+        print(f"  {member}  {member_states.get(member, '-')}")
+    if len(data["members"]) > len(shown):
+        print(f"  ... and {len(data['members']) - len(shown)} more")
     return 0
 
 

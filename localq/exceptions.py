@@ -92,3 +92,8 @@ class TaskError(LocalqError):
         self.exc_message = exc_message
         self.remote_traceback = remote_traceback
         super().__init__(f"{exc_type}: {exc_message}")
+
+
+class ChordError(LocalqError):
+    """A chord's body did not run: a task of its header failed (Celery's name). The
+    message names the failed task's id and its exception."""

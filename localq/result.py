@@ -142,6 +142,9 @@ class Waiter:
 class AsyncResult(Generic[R]):
     """A job's state and outcome; ``AsyncResult[R]`` for type checkers, ``R`` being what
     ``get()`` returns (a task's ``delay()`` gives ``AsyncResult[<its return type>]``)."""
+
+    parent: Any = None      # the canvas: the previous step of a chain, a chord's header
+
     def __init__(self, id: str, app: Localq) -> None:
         self.id = id
         self.task_id = id
@@ -291,6 +294,13 @@ class AsyncResult(Generic[R]):
                                        f"{state} after {timeout}s")
         finally:
             waiter.close()
+
+    @property
+    def children(self) -> list[AsyncResult]:
+        """The jobs this job's outcome sent (the canvas: a chain's next step, links)."""
+        from .ids import format_id
+        return [AsyncResult(custom or format_id(seq), self.app)
+                for seq, custom in self.app.store.children(self.id)]
 
     def forget(self) -> None:
         """Delete a finished job's stored result."""

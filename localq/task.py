@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     import inspect
 
     from .app import Localq
+    from .canvas import Signature
     from .result import AsyncResult
 
 # Options a task accepts, with their defaults when neither the decorator, the
@@ -79,6 +80,9 @@ class Request:
         self.is_eager = is_eager
         self.called_directly = id is None
         self.options = options or {}
+        # The canvas: the job whose outcome sent this one, and the first of its workflow.
+        self.parent_id = self.options.get("parent_id")
+        self.root_id = self.options.get("root_id") or id
         self.__dict__.update(extra)
 
     def __repr__(self) -> str:
@@ -317,6 +321,14 @@ class Task(Generic[P, R]):
                     time_limit: float | None = None, soft_time_limit: float | None = None,
                     serializer: str | None = None, **ignored: Any) -> AsyncResult[R]:
         args, kwargs = check_call(self.name, args, kwargs)
+        if "link" in ignored or "link_error" in ignored:     # callbacks: the canvas
+            from .canvas import Signature
+            given = {"countdown": countdown, "eta": eta, "expires": expires, "queue": queue,
+                     "priority": priority, "task_id": task_id, "time_limit": time_limit,
+                     "soft_time_limit": soft_time_limit, "serializer": serializer}
+            return Signature(self, args, kwargs, {**{k: v for k, v in given.items()
+                                                     if v is not None}, **ignored}
+                             ).apply_async()
         if (countdown is None and eta is None and expires is None and queue is None
                 and priority is None and task_id is None and time_limit is None
                 and soft_time_limit is None and serializer is None and not ignored):
@@ -332,6 +344,40 @@ class Task(Generic[P, R]):
         """Run here and now, through the serializer, like eager mode."""
         from .worker.execute import run_eager
         return run_eager(self, tuple(args or ()), dict(kwargs or {}), options)
+
+    # -------------------------------------------------------------- the canvas
+
+    def s(self, *args: Any, **kwargs: Any) -> Signature:
+        """A signature of a call (Celery's ``add.s(2, 2)``): see localq.canvas."""
+        from .canvas import Signature
+        return Signature(self, args, kwargs)
+
+    def si(self, *args: Any, **kwargs: Any) -> Signature:
+        """An immutable signature: it ignores a parent's result in a chain or callback."""
+        from .canvas import Signature
+        return Signature(self, args, kwargs, immutable=True)
+
+    def signature(self, args: tuple | list | None = None, kwargs: dict | None = None,
+                  immutable: bool = False, **options: Any) -> Signature:
+        from .canvas import Signature
+        return Signature(self, args, kwargs, options, immutable=immutable)
+
+    subtask = signature
+
+    def map(self, it: Any) -> Signature:
+        """Celery's ``task.map(it)``: one job that returns ``[task(x) for x in it]``."""
+        from .canvas import xmap
+        return xmap(self.s(), it)
+
+    def starmap(self, it: Any) -> Signature:
+        """Celery's ``task.starmap(it)``: one job, ``[task(*args) for args in it]``."""
+        from .canvas import xstarmap
+        return xstarmap(self.s(), it)
+
+    def chunks(self, it: Any, n: int) -> Signature:
+        """Celery's ``task.chunks(it, n)``: the items in jobs of ``n``."""
+        from .canvas import chunks
+        return chunks(self.s(), it, n)
 
     def AsyncResult(self, task_id: str) -> AsyncResult[R]:  # noqa: N802 - Celery's name
         return self.app.AsyncResult(task_id)

@@ -196,3 +196,61 @@ def orphan_grandchild_then_die(pidfile):
 @app.task(bind=True)
 def retry_nan(self):
     raise self.retry(countdown=float("nan"))
+
+
+# ------------------------------------------------------------------ the canvas
+
+@app.task
+def tsum(values, extra=0):
+    return sum(values) + extra
+
+
+@app.task
+def mul(x, y):
+    return x * y
+
+
+@app.task
+def listed(*values):
+    """Its arguments as a list: shows what a chain or chord passed on."""
+    return list(values)
+
+
+@app.task
+def noop():
+    return None
+
+
+@app.task
+def body_record(results, path):
+    """A chord body that appends one line per run: tests count how often it ran."""
+    with open(path, "a") as f:
+        f.write(f"{len(results)} {sum(results)}\n")
+    return sum(results)
+
+
+@app.task
+def error_id(task_id, path):
+    """Celery's old-style errback: gets the failed task's id."""
+    with open(path, "a") as f:
+        f.write(f"{task_id}\n")
+    return task_id
+
+
+@app.task
+def on_error(request, exc, traceback, path):
+    """Celery's new-style errback: called in the worker with the failed job's request."""
+    with open(path, "a") as f:
+        f.write(f"{request.id} {type(exc).__name__} {exc}\n")
+
+
+@app.task
+def send_signature(sig, value):
+    """A signature passed as an argument, rebuilt and sent from inside a task."""
+    from localq import signature
+    return signature(sig, app=app).delay(value).id
+
+
+@app.task(bind=True)
+def lineage(self, *ignored):
+    return [self.request.parent_id, self.request.root_id]

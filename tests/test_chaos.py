@@ -17,7 +17,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 # every scenario of the harness: each must print a row
 SCENARIOS = ["kill-supervisor", "kill-child", "kill-producer", "sigstop",
-                   "sigstop-in-write", "many-workers", "child-crash", "full-disk", "write-lock"]
+                   "sigstop-in-write", "many-workers", "child-crash", "full-disk", "write-lock",
+             "kill-chord"]
 
 
 def _processes_mentioning(text: str) -> list[int]:

@@ -126,6 +126,8 @@ def test_a_database_of_schema_1_gets_the_override_time_column(app):
     app.close()
     con = sqlite3.connect(app.path)     # make it what localq 1 wrote
     con.execute("ALTER TABLE rate_limits DROP COLUMN override_set")
+    from test_canvas import strip_canvas
+    strip_canvas(con)
     con.execute("UPDATE localq_meta SET value = '1' WHERE key = 'schema_version'")
     con.commit()
     con.close()

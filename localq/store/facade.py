@@ -14,7 +14,7 @@ import sqlite3
 from contextlib import contextmanager
 from typing import Any, Iterable, Iterator, Sequence
 
-from . import flow, jobs, maps, workers
+from . import canvas, flow, jobs, maps, workers
 from .connection import Database
 from .records import INSERT_JOB, Claimed, JobRow, Outcome
 
@@ -31,9 +31,10 @@ class Transaction:
         """Is this worker still registered (not presumed dead by another)?"""
         return workers.is_registered(self._conn, worker_id)
 
-    def finish(self, owner: int, outcomes: Sequence[Outcome]) -> None:
-        """Write outcomes, each guarded by ``owner``."""
-        jobs.finish(self._conn, owner, outcomes)
+    def finish(self, owner: int, outcomes: Sequence[Outcome]) -> int:
+        """Write outcomes, each guarded by ``owner``; returns how many jobs the canvas
+        made ready because of them (0: none)."""
+        return jobs.finish(self._conn, owner, outcomes)
 
     def claim(self, owner: int, queue: str, limit: int, now: float, lane: str | None = None,
               exclude: Sequence[str] = ()) -> list[Claimed]:
@@ -223,6 +224,45 @@ class Store:
     def map_results(self, group: str, lo: int, hi: int) -> list[tuple]:
         with self.db.read() as conn:
             return maps.map_results(conn, group, lo, hi)
+
+    # -------------------------------------------------------------- the canvas
+
+    def send_workflow(self, batches: Iterable[tuple[Sequence[JobRow], Sequence[tuple[int, str]]]],
+                      groups: Sequence[tuple]) -> int:
+        """Insert a workflow (batches of jobs and of what their outcomes set off, then
+        its groups and chords) in one transaction; returns how many jobs were new."""
+        with self.db.transaction() as conn:
+            return canvas.insert(conn, batches, groups)
+
+    def canvas_group(self, group_id: str) -> tuple | None:
+        """(total, remaining, body seq) of a group or chord; None when unknown."""
+        with self.db.read() as conn:
+            return canvas.group(conn, group_id)
+
+    def group_members(self, group_id: str) -> list[tuple[int, str | None]]:
+        with self.db.read() as conn:
+            return canvas.members(conn, group_id)
+
+    def group_progress(self, group_id: str) -> tuple[int, int, int | None]:
+        with self.db.read() as conn:
+            return canvas.progress(conn, group_id)
+
+    def group_states(self, group_id: str) -> dict[str, int]:
+        with self.db.read() as conn:
+            return canvas.states(conn, group_id)
+
+    def chord_of(self, body_seq: int) -> str | None:
+        """The header group of the chord whose body is this job, if it is one."""
+        with self.db.read() as conn:
+            return canvas.chord_of(conn, body_seq)
+
+    def group_results(self, group_id: str) -> list[tuple]:
+        with self.db.read() as conn:
+            return canvas.results(conn, group_id)
+
+    def children(self, job_id: str) -> list[tuple[int, str | None]]:
+        with self.db.read() as conn:
+            return canvas.children(conn, job_id)
 
     # -------------------------------------------------------------- flow control
 

@@ -15,6 +15,7 @@ from operator import itemgetter
 from typing import Any, Sequence
 
 from ..ids import parse_id
+from . import canvas
 from .records import (
     CLAIM_RETURNING,
     JOB_COLUMNS,
@@ -98,9 +99,11 @@ def revoke(conn: sqlite3.Connection, job_id: str, terminate: bool, reason: Any,
         return "REVOKED"
     current = row[0]
     if current in WAITING_STATES:
-        conn.execute("UPDATE jobs SET state = 'REVOKED', done = ?, result = ?, "
-                     f"exc_type = 'TaskRevokedError', owner = NULL WHERE {where} AND "
-                     f"{READY_WHERE}", (now, reason, key))
+        seq = conn.execute("UPDATE jobs SET state = 'REVOKED', done = ?, result = ?, "
+                           f"exc_type = 'TaskRevokedError', owner = NULL WHERE {where} AND "
+                           f"{READY_WHERE} RETURNING seq", (now, reason, key)).fetchone()
+        if seq is not None:
+            canvas.settle(conn, [seq[0]])
         return "REVOKED"
     if current == "STARTED":
         conn.execute(f"UPDATE jobs SET revoke = ? WHERE {where} AND state = 'STARTED'",
@@ -135,7 +138,9 @@ def revoke_requests(conn: sqlite3.Connection, owner: int) -> list[tuple[int, int
                         "owner = ? AND revoke > 0", (owner,)).fetchall()
 
 
-def finish(conn: sqlite3.Connection, owner: int, outcomes: Sequence[Outcome]) -> None:
+def finish(conn: sqlite3.Connection, owner: int, outcomes: Sequence[Outcome]) -> int:
+    """Write outcomes, each guarded by ``owner``; returns how many jobs they made ready
+    (the canvas's follow-ups: 0 means none)."""
     success, done, retry, back = [], [], [], []
     for o in outcomes:
         st = o.state
@@ -171,6 +176,9 @@ def finish(conn: sqlite3.Connection, owner: int, outcomes: Sequence[Outcome]) ->
         conn.executemany("UPDATE jobs SET state = CASE WHEN revoke > 0 THEN 'REVOKED' "
                          "ELSE 'PENDING' END, owner = NULL, started = NULL "
                          "WHERE seq = ? AND state = 'STARTED' AND owner = ?", back)
+    # What these outcomes set off (a chain's next step, a chord's body), in this
+    # same transaction: written exactly when the outcome is.
+    return canvas.settle(conn, [o.seq for o in outcomes])
 
 
 def record_attempt(conn: sqlite3.Connection, seq: int, started: float | None, ended: float,

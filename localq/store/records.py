@@ -30,7 +30,7 @@ READY_WHERE = "state IN ('PENDING', 'RETRY')"
 
 JOB_COLUMNS = ("seq, id, task, queue, priority, state, serializer, payload, options, eta, "
                "expires, retries, owner, pid, created, started, done, result, exc_type, "
-               "traceback, revoke, group_id, group_index")
+               "traceback, revoke, group_id, group_index, parent_id, root_id")
 
 
 # ------------------------------------------------------------------ new jobs
@@ -64,6 +64,8 @@ class JobRow(NamedTuple):
     created: float
     group_id: str | None = None
     group_index: int | None = None
+    parent_id: str | None = None     # the canvas: the job whose outcome sends this one
+    root_id: str | None = None       # the first job of its workflow
 
     @property
     def id(self) -> str:

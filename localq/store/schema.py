@@ -14,7 +14,7 @@ import threading
 
 from ..exceptions import DatabaseError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT_MS = 60_000
 # Every delay() commits a table page and an index page to the WAL; at 1 KiB they
 # cost ~4 us less to checksum, copy and write than at SQLite's default 4 KiB:
@@ -54,7 +54,9 @@ CREATE TABLE jobs (
     traceback   TEXT,
     revoke      INTEGER NOT NULL DEFAULT 0,
     group_id    TEXT,
-    group_index INTEGER
+    group_index INTEGER,
+    parent_id   TEXT,
+    root_id     TEXT
 );
 -- Generated ids encode seq (ids.py): only ids a user chose are stored and indexed.
 CREATE UNIQUE INDEX jobs_custom_id ON jobs(id) WHERE id IS NOT NULL;
@@ -102,10 +104,27 @@ CREATE TABLE maps (
     created   REAL NOT NULL
 );
 """
+CANVAS_DDL = """
+CREATE INDEX jobs_parent ON jobs(parent_id) WHERE parent_id IS NOT NULL;
+-- The canvas (store/canvas.py): what a job's outcome sets off, fired and deleted in
+-- the transaction that writes the outcome, and groups and chords with their counters.
+CREATE TABLE canvas (seq INTEGER PRIMARY KEY, spec TEXT NOT NULL);
+CREATE TABLE canvas_groups (
+    id        TEXT PRIMARY KEY,
+    total     INTEGER NOT NULL,
+    remaining INTEGER,
+    body      INTEGER,
+    splice    INTEGER NOT NULL DEFAULT 0,
+    created   REAL NOT NULL
+);
+"""
+DDL += CANVAS_DDL
 
 # From version N to N+1.
 MIGRATIONS: dict[int, str] = {
     1: "ALTER TABLE rate_limits ADD COLUMN override_set REAL",   # when an override was set
+    2: ("ALTER TABLE jobs ADD COLUMN parent_id TEXT; ALTER TABLE jobs ADD COLUMN root_id TEXT;"
+        + CANVAS_DDL),      # the canvas
 }
 
 

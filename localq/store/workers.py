@@ -7,6 +7,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Any, Sequence
 
+from . import canvas
 from .jobs import record_attempt
 from .records import JOB_COLUMNS, READY_WHERE, acks_late, column_names, job_dict
 
@@ -77,6 +78,7 @@ def release_jobs(conn: sqlite3.Connection, worker_ids: Sequence[int], now: float
                              "state = 'STARTED'", (seq,))
                 back += 1
         conn.execute("DELETE FROM workers WHERE id = ?", (wid,))
+        canvas.settle(conn, [r[0] for r in rows])     # those that ended here
     return back, failed
 
 

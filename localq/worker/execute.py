@@ -22,6 +22,7 @@ import time
 import traceback as tb_module
 from typing import TYPE_CHECKING, Any
 
+from ..builtins import builtin
 from ..exceptions import (
     ConfigurationError,
     EncodeError,
@@ -64,7 +65,7 @@ def execute(app: WorkerApp, seq: int, job_id: str, task_name: str, serializer: s
             is_eager: bool = False) -> Outcome:
     """Run one job and return its outcome tuple. Never raises for task errors."""
     started = time.time()
-    task = app.tasks.get(task_name)
+    task = app.tasks.get(task_name) or builtin(app, task_name)
     if task is None:
         exc: BaseException = NotRegistered(
             f"task {task_name!r} is not registered in the worker's app {app.main_name!r}: "
@@ -92,6 +93,8 @@ def execute(app: WorkerApp, seq: int, job_id: str, task_name: str, serializer: s
         if task._hooks:     # a Task subclass's hooks, still inside the job's request
             outcome = _call_hooks(task, outcome, value, error, tb, job_id, args, kwargs,
                                   serializer, started, pid)
+        if outcome.state == "FAILURE" and options and options.get("errbacks"):
+            _call_errbacks(app, request, error, tb, options["errbacks"])
         return outcome
     finally:
         task.pop_request()
@@ -160,6 +163,19 @@ def _call_hooks(task: Task, outcome: Outcome, value: Any, exc: BaseException | N
     _logged(task.after_return, state, value if state == "SUCCESS" else exc, job_id, args,
             kwargs, None)
     return outcome
+
+
+def _call_errbacks(app: WorkerApp, request: Request, exc: BaseException | None,
+                   tb: str | None, errbacks: list) -> None:
+    """Celery's new-style errbacks (``link_error`` to a task taking request, exc,
+    traceback): called here, in the worker, with the failed job's request."""
+    for errback in errbacks:
+        task = app.tasks.get(errback.get("task"))
+        if task is None:
+            log.error("link_error %s of job %s: no such task in this worker",
+                      errback.get("task"), request.id)
+            continue
+        _logged(task, request, exc, tb, *errback.get("args", ()), **errback.get("kwargs", {}))
 
 
 def _logged(hook: Any, *args: Any) -> None:

@@ -584,8 +584,7 @@ class Supervisor:
                 self.checkpointer.poke()
             self.rings = 0
             self.last_write = now.mono
-            if claim:
-                self.ready.extend(claimed)
+            self.ready.extend(claimed)
             if drained:                  # every claimable job is claimed: sleep till told
                 self.want_work = False
                 self.next_eta.at = due
@@ -599,7 +598,9 @@ class Supervisor:
         with self.store.transaction() as tx:
             if not tx.is_registered(self.worker_id):
                 raise _PresumedDead
-            tx.finish(self.worker_id, outcomes)
+            if tx.finish(self.worker_id, outcomes):   # the canvas made jobs ready
+                self.want_work = True
+                claim = slots > 0
             claimed = self.flow.claim(tx, self.worker_id, self.queues, slots, now) \
                 if claim else []
             revoked = [c for c in claimed if c.revoke or (c.expires and c.expires < now)]

@@ -1,0 +1,281 @@
+"""The store's SQL for the canvas: sending a workflow, and what an outcome sets off.
+
+A workflow (chain, group, chord, callbacks) is sent in one transaction with
+every job it may ever run: the jobs that start it are ready, the others wait
+(``PENDING`` with ``eta = -1``: in neither the ready nor the delayed index, so
+never claimed nor released by time). Each job whose outcome sets something
+off has a row in ``canvas``: its ``spec`` says what to do on success
+(``ok``) and on failure or revoke (``err``):
+
+- ``["go", seq, splice]``: release a waiting job, its parent's result
+  prepended to its arguments when ``splice`` (a chain's next step, a link);
+- ``["fail", seq]``: end a waiting job FAILURE with its parent's exception (a
+  chain's next step after a failure, as Celery 5 does);
+- ``["drop", seq]``: delete a waiting job that will never run, and what it
+  would have set off (a link after a failure, a link_error after a success);
+- ``["chord", group_id]``: count one header member of a chord; the last one
+  releases the body with every header result in header order, and a failure
+  ends the body FAILURE with a ChordError instead.
+
+``settle`` runs inside the transaction that writes outcomes (``jobs.finish``),
+so a follow-up is written exactly when its cause is: a kill -9 at any moment
+leaves both or neither. A canvas row is deleted when it fires, so it fires
+once; nothing polls while a chord waits.
+
+Results travel as JSON text spliced into the next job's JSON payload
+(``[[args...], {kwargs}]``): the canvas checks at the call that a step that
+receives a result, and the step that sends it, use JSON.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import sqlite3
+import time
+from collections import Counter
+from typing import Any, Iterable, Sequence
+
+from ..ids import format_id
+from .records import INSERT_JOB, JobRow
+
+WAITING = -1.0        # the eta of a job that waits for its parent's outcome
+CHORD_ERROR = "localq.exceptions.ChordError"
+_CHUNK = 500
+
+
+class RowClash(Exception):
+    """A job of a workflow could not be inserted: its row number or id exists. The
+    transaction is rolled back; the sender may build the workflow again."""
+
+
+def insert(conn: sqlite3.Connection,
+           batches: Iterable[tuple[Sequence[JobRow], Sequence[tuple[int, str]]]],
+           groups: Sequence[tuple]) -> int:
+    """Insert a workflow's jobs and canvas rows, batch by batch (they may be built as
+    they go), then its groups (complete once the batches are); returns how many jobs
+    were new."""
+    inserted = 0
+    for rows, specs in batches:
+        added = conn.executemany(INSERT_JOB, map(tuple, rows)).rowcount
+        if added != len(rows):
+            raise RowClash(f"{len(rows) - added} of the workflow's row numbers or ids are "
+                           f"taken (another sender drew the same numbers, or a task_id "
+                           f"exists): nothing was stored")
+        inserted += added
+        conn.executemany("INSERT INTO canvas (seq, spec) VALUES (?, ?)", specs)
+    conn.executemany("INSERT INTO canvas_groups (id, total, remaining, body, splice, created) "
+                     "VALUES (?, ?, ?, ?, ?, ?)", groups)
+    return inserted
+
+
+_FINAL = "('SUCCESS', 'FAILURE', 'REVOKED')"
+_parse = functools.lru_cache(maxsize=1024)(json.loads)   # a chord's members share one spec
+
+
+def settle(conn: sqlite3.Connection, seqs: Sequence[int]) -> int:
+    """Fire the follow-ups of those of ``seqs`` that are final now (in the caller's
+    transaction); returns how many jobs became ready (an upper bound). Jobs with no
+    canvas row cost one index probe per chunk; a batch of a chord's members counts
+    them with one UPDATE."""
+    found: list[tuple] = []
+    for start in range(0, len(seqs), _CHUNK):
+        chunk = seqs[start:start + _CHUNK]
+        found.extend(conn.execute(
+            "SELECT c.seq, c.spec, j.state, j.result, j.exc_type, j.traceback, j.id "
+            "FROM canvas c JOIN jobs j ON j.seq = c.seq WHERE c.seq IN "
+            f"({','.join('?' * len(chunk))}) AND j.state IN {_FINAL}", chunk).fetchall())
+    if not found:
+        return 0
+    before = conn.total_changes
+    conn.executemany("DELETE FROM canvas WHERE seq = ?", [(row[0],) for row in found])
+    counts: Counter[str] = Counter()
+    for seq, spec, state, result, exc_type, traceback, custom_id in found:
+        _follow(conn, seq, _parse(spec), state, result, exc_type, traceback, custom_id, counts)
+    now = time.time()
+    for group_id, succeeded in counts.items():
+        _count(conn, group_id, succeeded, now)
+    return conn.total_changes - before
+
+
+def _fire(conn: sqlite3.Connection, seq: int) -> None:
+    """Fire one job's follow-ups, if it is final and they have not fired."""
+    row = conn.execute(f"SELECT state, result, exc_type, traceback, id FROM jobs WHERE seq = ? "
+                       f"AND state IN {_FINAL}", (seq,)).fetchone()
+    if row is None:
+        return
+    spec = conn.execute("DELETE FROM canvas WHERE seq = ? RETURNING spec", (seq,)).fetchone()
+    if spec is not None:
+        state, result, exc_type, traceback, custom_id = row
+        _follow(conn, seq, _parse(spec[0]), state, result, exc_type, traceback, custom_id,
+                None)
+
+
+def _follow(conn: sqlite3.Connection, seq: int, actions: dict, state: str, result: Any,
+            exc_type: str | None, traceback: str | None, custom_id: str | None,
+            counts: Counter[str] | None) -> None:
+    """What a final job sets off (its canvas row already deleted). Successes of a
+    chord's members are added to ``counts`` (counted by the caller), or counted now."""
+    now = time.time()
+    if state == "SUCCESS":
+        for action in actions.get("ok", ()):
+            kind = action[0]
+            if kind == "go":
+                # ignore_result stores no result: the next step gets None
+                _release(conn, action[1], (result or "null") if action[2] else None)
+            elif kind == "chord":
+                if counts is None:
+                    _count(conn, action[1], 1, now)
+                else:
+                    counts[action[1]] += 1
+        for action in actions.get("err", ()):
+            _drop_target(conn, action)
+        return
+    failure = (result, exc_type, traceback, custom_id or format_id(seq))
+    for action in actions.get("err", ()):
+        kind = action[0]
+        if kind == "fail":
+            _fail(conn, action[1], failure, now)
+        elif kind == "go":
+            _release(conn, action[1], None)
+        elif kind == "chord":
+            _chord_failed(conn, action[1], failure, now)
+    for action in actions.get("ok", ()):
+        _drop_target(conn, action)
+
+
+def _release(conn: sqlite3.Connection, seq: int, result: Any) -> None:
+    """A waiting job becomes ready; ``result`` (JSON text, or None: nothing to prepend)
+    goes first in its arguments."""
+    if result is None:
+        conn.execute("UPDATE jobs SET eta = 0 WHERE seq = ? AND state = 'PENDING' AND eta = ?",
+                     (seq, WAITING))
+        return
+    conn.execute(
+        "UPDATE jobs SET eta = 0, payload = '[[' || ? || "
+        "CASE WHEN substr(payload, 3, 1) = ']' THEN '' ELSE ',' END || substr(payload, 3) "
+        "WHERE seq = ? AND state = 'PENDING' AND eta = ?", (result, seq, WAITING))
+
+
+def _fail(conn: sqlite3.Connection, seq: int, failure: tuple, now: float) -> None:
+    """A waiting job ends as its cause did (FAILURE with the same exception), and its
+    own follow-ups fire."""
+    result, exc_type, traceback, _ = failure
+    changed = conn.execute(
+        "UPDATE jobs SET state = 'FAILURE', result = ?, exc_type = ?, traceback = ?, "
+        "done = ? WHERE seq = ? AND state = 'PENDING' AND eta = ?",
+        (result, exc_type, traceback, now, seq, WAITING)).rowcount
+    if changed:
+        _fire(conn, seq)
+
+
+def _drop_target(conn: sqlite3.Connection, action: list) -> None:
+    if action[0] in ("go", "fail", "drop"):
+        _drop(conn, action[1])
+
+
+def _drop(conn: sqlite3.Connection, seq: int) -> None:
+    """Delete a waiting job that will never run, and everything it would have set off."""
+    if not conn.execute("DELETE FROM jobs WHERE seq = ? AND state = 'PENDING' AND eta = ?",
+                        (seq, WAITING)).rowcount:
+        return
+    spec = conn.execute("DELETE FROM canvas WHERE seq = ? RETURNING spec", (seq,)).fetchone()
+    if spec is None:
+        return
+    actions = json.loads(spec[0])
+    for action in (*actions.get("ok", ()), *actions.get("err", ())):
+        if action[0] == "chord":
+            body = conn.execute("DELETE FROM canvas_groups WHERE id = ? RETURNING body",
+                                (action[1],)).fetchone()
+            if body is not None and body[0] is not None:
+                _drop(conn, body[0])
+        else:
+            _drop(conn, action[1])
+
+
+def _count(conn: sqlite3.Connection, group_id: str, succeeded: int, now: float) -> None:
+    """Header members of a chord succeeded; the last one releases the body. (A failed
+    member never counts, so a chord that failed never reaches 0.)"""
+    row = conn.execute("UPDATE canvas_groups SET remaining = remaining - ? WHERE id = ? AND "
+                       "remaining > 0 RETURNING remaining, body, splice",
+                       (succeeded, group_id)).fetchone()
+    if row is None or row[0] != 0 or row[1] is None:
+        return
+    _, body, splice = row
+    results = None
+    if splice:
+        results = "[" + ",".join(r if r is not None else "null" for (r,) in conn.execute(
+            "SELECT result FROM jobs WHERE group_id = ? ORDER BY group_index",
+            (group_id,))) + "]"
+    _release(conn, body, results)
+
+
+def _chord_failed(conn: sqlite3.Connection, group_id: str, failure: tuple,
+                  now: float) -> None:
+    """A header member failed: the body never runs; it ends FAILURE with a ChordError
+    naming the member and its exception (once, for the first failure written)."""
+    row = conn.execute("UPDATE canvas_groups SET remaining = -1 WHERE id = ? AND "
+                       "remaining > 0 RETURNING body", (group_id,)).fetchone()
+    if row is None or row[0] is None:
+        return
+    result, exc_type, _, culprit = failure
+    info: dict = {}
+    if isinstance(result, str):
+        try:
+            loaded = json.loads(result)
+            info = loaded if isinstance(loaded, dict) else {}
+        except ValueError:
+            pass
+    name = str(info.get("exc_type") or exc_type or "Exception").rsplit(".", 1)[-1]
+    message = f"Dependency {culprit} raised {name}({str(info.get('exc_message', ''))!r})"
+    error = json.dumps({"exc_type": CHORD_ERROR, "exc_message": message,
+                        "exc_args": [message]})
+    _fail(conn, row[0], (error, CHORD_ERROR, None, culprit), now)
+
+
+# ------------------------------------------------------------------ reading
+
+def group(conn: sqlite3.Connection, group_id: str) -> tuple | None:
+    """(total, remaining, body seq) of a group or chord; None when unknown."""
+    return conn.execute("SELECT total, remaining, body FROM canvas_groups WHERE id = ?",
+                        (group_id,)).fetchone()
+
+
+def members(conn: sqlite3.Connection, group_id: str) -> list[tuple[int, str | None]]:
+    """(seq, custom id) of a group's members, in order."""
+    return conn.execute("SELECT seq, id FROM jobs WHERE group_id = ? ORDER BY group_index",
+                        (group_id,)).fetchall()
+
+
+def progress(conn: sqlite3.Connection, group_id: str) -> tuple[int, int, int | None]:
+    """(finished, succeeded, index of the first member not SUCCESS) of a group."""
+    done, ok, first = conn.execute(
+        f"SELECT count(*) FILTER (WHERE state IN {_FINAL}), "
+        "count(*) FILTER (WHERE state = 'SUCCESS'), "
+        "min(group_index) FILTER (WHERE state <> 'SUCCESS') FROM jobs WHERE group_id = ?",
+        (group_id,)).fetchone()
+    return done, ok, first
+
+
+def states(conn: sqlite3.Connection, group_id: str) -> dict[str, int]:
+    """How many members of a group are in each state."""
+    return dict(conn.execute("SELECT state, count(*) FROM jobs WHERE group_id = ? "
+                             "GROUP BY state", (group_id,)).fetchall())
+
+
+def chord_of(conn: sqlite3.Connection, body: int) -> str | None:
+    """The header group of the chord whose body is this job."""
+    row = conn.execute("SELECT id FROM canvas_groups WHERE body = ?", (body,)).fetchone()
+    return None if row is None else row[0]
+
+
+def results(conn: sqlite3.Connection, group_id: str) -> list[tuple]:
+    """(state, serializer, result, exc_type, traceback, task, seq, id) per member, in order."""
+    return conn.execute("SELECT state, serializer, result, exc_type, traceback, task, seq, id "
+                        "FROM jobs WHERE group_id = ? ORDER BY group_index",
+                        (group_id,)).fetchall()
+
+
+def children(conn: sqlite3.Connection, job_id: str) -> list[tuple[int, str | None]]:
+    """(seq, custom id) of the jobs this job's outcome sent."""
+    return conn.execute("SELECT seq, id FROM jobs WHERE parent_id = ? AND eta <> ? "
+                        "ORDER BY seq", (job_id, WAITING)).fetchall()
