@@ -14,7 +14,7 @@ import threading
 
 from ..exceptions import DatabaseError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT_MS = 60_000
 # Every delay() commits a table page and an index page to the WAL; at 1 KiB they
 # cost ~4 us less to checksum, copy and write than at SQLite's default 4 KiB:
@@ -101,11 +101,23 @@ CREATE TABLE maps (
     total     INTEGER NOT NULL,
     created   REAL NOT NULL
 );
+-- Periodic tasks (beat.py): per entry, the due time last sent (or when the entry was
+-- first seen), and when that run was sent. Sending moves last_due by compare-and-set.
+CREATE TABLE beat_entries (
+    name      TEXT PRIMARY KEY,
+    last_due  REAL NOT NULL,
+    last_run  REAL
+);
 """
 
 # From version N to N+1.
 MIGRATIONS: dict[int, str] = {
     1: "ALTER TABLE rate_limits ADD COLUMN override_set REAL",   # when an override was set
+    2: """CREATE TABLE beat_entries (
+    name      TEXT PRIMARY KEY,
+    last_due  REAL NOT NULL,
+    last_run  REAL
+)""",   # periodic tasks
 }
 
 

@@ -39,6 +39,7 @@ from .throttle import FlowControl
 from .upkeep import RECOVERY_EVERY, Checkpointer, Upkeep, safely
 
 if TYPE_CHECKING:
+    from ..beat import Scheduler
     from .options import WorkerApp, WorkerOptions
 
 log = logging.getLogger("localq.worker")
@@ -115,6 +116,8 @@ class Supervisor:
         self.write_failures = 0                   # failed writes in a row
         self.stranded = 0                         # jobs whose outcome could not be stored
         self.write_again_at = 0.0                 # monotonic time of the next attempt
+        self.run_beat = options.beat              # also run the periodic tasks (-B)
+        self.beat: Scheduler | None = None
 
     # -------------------------------------------------------------- lifecycle
 
@@ -122,6 +125,10 @@ class Supervisor:
         app = self.app
         self.store = Store(app.path, app.conf.database_synchronous)
         self.flow = FlowControl(app, self.store)
+        if self.run_beat:
+            from ..beat import Scheduler
+            self.beat = Scheduler(app, self.store, wake_workers=True)
+            self.beat.start(time.time())
         self.upkeep = Upkeep(self.store, app.conf, self.queues, self.concurrency)
         now = time.time()
         self.worker_id = self.upkeep.register(now)
@@ -219,6 +226,8 @@ class Supervisor:
             if self.next_due is not None and now >= self.next_due:
                 self.next_due = None
                 self.want_work = True
+            if self.beat is not None and not self.stopping and self.beat.run_due(now):
+                self.want_work = True
             if mono - last_check >= FALLBACK_CHECK:
                 last_check = mono
                 new_version = safely(self.store.data_version)
@@ -277,6 +286,9 @@ class Supervisor:
                 deadline = min(deadline, child.running_since() + head.hard)
         if self.next_due is not None and not self.stopping:
             deadline = min(deadline, mono + max(0.0, self.next_due - time.time()))
+        beat_at = self.beat.next_due() if self.beat is not None else None
+        if beat_at is not None and not self.stopping:
+            deadline = min(deadline, mono + max(0.0, beat_at - time.time()))
         flow_at = self.flow.next_refill()
         if flow_at is not None and not self.stopping:
             deadline = min(deadline, mono + max(0.0, flow_at - time.time()))
@@ -688,6 +700,8 @@ class Supervisor:
                 self.checkpointer.stop()
             self.bell.close()
             self.waiters.close()
+            if self.beat is not None:
+                self.beat.close()
             self.store.close()
             self.selector.close()
             signal.set_wakeup_fd(-1)
