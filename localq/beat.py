@@ -136,6 +136,9 @@ def entries_of(app: WorkerApp, now: float | None = None) -> list[ScheduleEntry]:
         if unknown:
             raise ConfigurationError(f"{where} has unknown key(s) {', '.join(sorted(unknown))}"
                                      f": an entry takes {', '.join(sorted(ENTRY_KEYS))}")
+        if spec.get("relative"):
+            log.warning("%s: localq ignores relative=True (Celery's rounding of an interval "
+                        "to its unit): due times are the last one plus the interval", where)
         task = app.tasks.get(spec["task"])
         if task is None:
             import difflib
@@ -278,12 +281,12 @@ def serve(app: WorkerApp, store: Store) -> int:
     """``python -m localq beat``: run the scheduler alone until SIGTERM or SIGINT,
     asleep until the next due time."""
     scheduler = Scheduler(app, store)
-    scheduler.start(time.time())
-    stops = {signal.SIGTERM, signal.SIGINT}
-    signal.pthread_sigmask(signal.SIG_BLOCK, stops)
     print(f"localq beat (pid {os.getpid()}): app={app.main_name} database={app.path} "
           f"entries={len(scheduler.entries)} zone={zone_of(app.conf)}", file=sys.stderr,
           flush=True)
+    scheduler.start(time.time())
+    stops = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stops)
     try:
         while True:
             due = scheduler.next_due()
