@@ -113,7 +113,7 @@ CREATE TABLE beat_entries (
 # From version N to N+1.
 MIGRATIONS: dict[int, str] = {
     1: "ALTER TABLE rate_limits ADD COLUMN override_set REAL",   # when an override was set
-    2: """CREATE TABLE beat_entries (
+    2: """CREATE TABLE IF NOT EXISTS beat_entries (
     name      TEXT PRIMARY KEY,
     last_due  REAL NOT NULL,
     last_run  REAL
