@@ -56,9 +56,14 @@ RETRY_AFTER = 1.0          # seconds before a run whose transaction failed is tr
 def zone_of(conf: Settings) -> tzinfo:
     """The zone crontabs run in: ``timezone`` if set, else UTC (``enable_utc``, the
     default) or the host's local zone (``enable_utc=False``), as in Celery."""
-    from zoneinfo import ZoneInfo
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
     if conf.timezone:
-        return ZoneInfo(str(conf.timezone))
+        try:
+            return ZoneInfo(str(conf.timezone))
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ConfigurationError(
+                f"timezone {conf.timezone!r} cannot be loaded: this host has no time zone "
+                f"database (install the tzdata package) or no such zone") from None
     if conf.enable_utc:
         return timezone.utc
     name = os.environ.get("TZ", "").lstrip(":")
