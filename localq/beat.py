@@ -126,6 +126,9 @@ def entries_of(app: WorkerApp, now: float | None = None) -> list[ScheduleEntry]:
     """``app.conf.beat_schedule`` checked: each entry's keys, schedule, arguments, options
     and task (registered in this process). A problem is one ConfigurationError naming the
     entry; an option that means nothing here is logged once and dropped."""
+    finalize = getattr(app, "finalize", None)
+    if finalize is not None:    # Celery's on_after_configure handlers add entries there
+        finalize()
     zone = zone_of(app.conf)
     now = time.time() if now is None else now
     found = []
