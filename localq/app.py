@@ -332,6 +332,40 @@ class Localq:
                 return route.get("queue") if isinstance(route, dict) else str(route)
         return None
 
+    # -------------------------------------------------------------- periodic tasks
+
+    def add_periodic_task(self, schedule: Any, sig: Any, args: tuple | list = (),
+                          kwargs: dict | None = None, name: str | None = None,
+                          **options: Any) -> str:
+        """Celery's: add an entry to ``conf.beat_schedule`` and return its name.
+
+        ``schedule`` is a ``crontab``, a ``schedule``, seconds or a ``timedelta``;
+        ``sig`` a signature (``task.s(...)``: anything with ``name``, ``args``,
+        ``kwargs`` and ``options``), a Celery-shaped dict (``task``, ``args``, ...), a
+        task, or a task's name. ``args``/``kwargs`` go before/over the signature's, and
+        ``options`` (queue, priority, expires, ...) over its options. The name defaults
+        to the call's repr (``tasks.add(2, 2)``), as in Celery. An entry added before a
+        scheduler starts (``worker -B``, ``beat``, ``app.worker(beat=True)``) is run."""
+        from .schedules import as_schedule
+        task, sig_args, sig_kwargs, sig_options = _signature_parts(sig)
+        all_args, all_kwargs = tuple(args) + sig_args, {**sig_kwargs, **(kwargs or {})}
+        entry = {"task": task, "schedule": as_schedule(schedule), "args": all_args,
+                 "kwargs": all_kwargs, "options": {**sig_options, **options}}
+        key = name or _call_repr(task, all_args, all_kwargs)
+        self.conf.beat_schedule = {**self.conf.beat_schedule, key: entry}
+        return key
+
+    @property
+    def timezone(self) -> Any:
+        """Celery's: the zone of ``timezone`` (else UTC, or local with
+        ``enable_utc=False``); crontabs are evaluated in it."""
+        from .beat import zone_of
+        return zone_of(self.conf)
+
+    def now(self) -> datetime:
+        """Celery's: the current time, aware, in ``app.timezone``."""
+        return datetime.now(self.timezone)
+
     # -------------------------------------------------------------- workers
 
     def worker(self, concurrency: int | None = None, queues: Iterable[str] | str | None = None,
@@ -399,6 +433,33 @@ Localq.Task = Task      # type: ignore[attr-defined]
 
 def _unknown_task(*args: Any, **kwargs: Any) -> Any:
     raise NotRegistered("this task is not defined in this process; it runs on a worker")
+
+
+def _signature_parts(sig: Any) -> tuple[str, tuple, dict, dict]:
+    """(task name, args, kwargs, options) of a signature, a Celery-shaped dict, a task
+    or a task's name."""
+    if isinstance(sig, str):
+        return sig, (), {}, {}
+    if isinstance(sig, Task):
+        return sig.name, (), {}, {}
+    if isinstance(sig, dict):
+        if "task" not in sig:
+            raise ConfigurationError(f"add_periodic_task: the dict {sig!r:.80} names no "
+                                     f"'task'")
+        return (sig["task"], tuple(sig.get("args") or ()), dict(sig.get("kwargs") or {}),
+                dict(sig.get("options") or {}))
+    name = getattr(sig, "name", None) or getattr(sig, "task", None)
+    if isinstance(name, str) and hasattr(sig, "args"):
+        return (name, tuple(sig.args or ()), dict(getattr(sig, "kwargs", None) or {}),
+                dict(getattr(sig, "options", None) or {}))
+    raise ConfigurationError(f"add_periodic_task: {sig!r:.80} is not a task, a signature "
+                             f"(task.s(...)) or a task's name")
+
+
+def _call_repr(task: str, args: tuple, kwargs: dict) -> str:
+    """Celery's repr of a signature: ``tasks.add(2, 2, debug=True)``."""
+    parts = [repr(a) for a in args] + [f"{k}={v!r}" for k, v in kwargs.items()]
+    return f"{task}({', '.join(parts)})"
 
 
 _warned: set[str] = set()

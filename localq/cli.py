@@ -112,7 +112,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="hard time limit")
     w.add_argument("--soft-time-limit", type=_seconds, default=None, metavar="SECONDS",
                    help="soft time limit")
+    w.add_argument("-B", "--beat", action="store_true", help="also send the periodic tasks "
+                   "of beat_schedule (safe in every worker: each due run is sent once)")
     w.set_defaults(run=cmd_worker)
+    _beat_parser(sub, app_args)
 
     s = sub.add_parser("status", help="what is running, waiting and failing")
     app_args(s, required=False)
@@ -249,10 +252,37 @@ def cmd_worker(args: argparse.Namespace) -> int:
                       max_tasks_per_child=args.max_tasks_per_child,
                       max_memory_per_child=args.max_memory_per_child,
                       time_limit=args.time_limit, soft_time_limit=args.soft_time_limit,
-                      loglevel=args.loglevel)
+                      loglevel=args.loglevel, beat=args.beat)
     options.apply_time_limits(app.conf)
     print(banner(app, options.queues, options.concurrency), file=sys.stderr, flush=True)
     return Supervisor(app, options).run()
+
+
+def _beat_parser(sub: Any, app_args: Callable[[argparse.ArgumentParser], None]) -> None:
+    b = sub.add_parser("beat", help="send the periodic tasks of beat_schedule, without a "
+                       "worker (or: worker -B)")
+    app_args(b)
+    b.add_argument("-l", "--loglevel", type=_loglevel, default="INFO",
+                   help="DEBUG, INFO (the default: a line per run sent), WARNING, ...")
+    b.add_argument("--list", action="store_true",
+                   help="print each entry with its schedule, last run and next run, and exit")
+    b.set_defaults(run=cmd_beat)
+
+
+def cmd_beat(args: argparse.Namespace) -> int:
+    from .beat import listing, render_listing, serve, zone_of
+    from .store import Store
+    app = _app(args)
+    try:
+        app.import_task_modules()
+    except ImportError as exc:
+        _fail(f"cannot import a module named in the app's imports/include: {exc}")
+    if args.list:
+        store = app.store if os.path.exists(app.path) else None
+        print(render_listing(listing(app, store, time.time()), zone_of(app.conf)))
+        return 0
+    setup_worker_logging(args.loglevel, app.conf.worker_hijack_root_logger)
+    return serve(app, Store(app.path, app.conf.database_synchronous))
 
 
 def _ago(ts: float | None, now: float) -> str:

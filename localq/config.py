@@ -49,9 +49,9 @@ DEFAULTS: dict[str, Any] = {
     "worker_hijack_root_logger": True,  # False: the worker leaves the root logger alone
     "imports": (),
     "include": (),
-    "beat_schedule": {},                # stored; nothing runs it yet (see _check)
-    "timezone": None,
-    "enable_utc": True,
+    "beat_schedule": {},                # periodic tasks: beat.py
+    "timezone": None,                   # a zoneinfo name: crontabs run on its wall clock
+    "enable_utc": True,                 # without timezone: UTC, else the host's zone
     # localq's own
     "database_synchronous": "NORMAL",   # FULL: survive power loss, ~10x slower enqueue
     "worker_heartbeat_interval": 2.0,
@@ -124,9 +124,6 @@ class Settings(Mapping[str, Any]):
             if name in checked and bool(checked[name]) == value:
                 self.warn_once(name, f"localq ignores {spelled.get(name, name)}={value!r}: "
                                f"{meaning}")
-        if checked.get("beat_schedule"):
-            self.warn_once("beat_schedule", "localq stores beat_schedule, but it does not "
-                           "run periodic tasks yet: nothing will send these jobs")
         if checked.keys() & {"task_time_limit", "task_soft_time_limit", "task_annotations"}:
             self._check_configured_limits()
         object.__setattr__(self, "version", self.version + 1)
@@ -235,12 +232,20 @@ def _check(name: str, value: Any) -> Any:
             if "rate_limit" in options:
                 parse_rate(options["rate_limit"], where=f"task_annotations[{scope!r}] rate_limit")
     if name == "beat_schedule":
+        if value is None:
+            return {}
         if not isinstance(value, Mapping) or not all(
                 isinstance(entry, Mapping) and "task" in entry and "schedule" in entry
                 for entry in value.values()):
             raise ConfigurationError("beat_schedule must be a dict such as {'hourly report': "
                                      "{'task': 'reports.build', 'schedule': 3600}}")
-        return dict(value)
+        from .schedules import as_schedule
+        for entry_name, entry in value.items():
+            try:
+                as_schedule(entry["schedule"])
+            except ConfigurationError as exc:
+                raise ConfigurationError(f"beat_schedule entry {entry_name!r}: {exc}") from None
+        return dict(value)    # the rest is checked when a scheduler starts (beat.py)
     if name == "timezone" and value is not None:
         import zoneinfo
         try:

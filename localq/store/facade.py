@@ -14,7 +14,7 @@ import sqlite3
 from contextlib import contextmanager
 from typing import Any, Iterable, Iterator, Sequence
 
-from . import canvas, flow, jobs, maps, workers
+from . import beat, canvas, flow, jobs, maps, workers
 from .connection import Database
 from .records import INSERT_JOB, Claimed, JobRow, Outcome
 
@@ -68,6 +68,15 @@ class Transaction:
 
     def running_counts(self, tasks: Sequence[str]) -> dict[str, int]:
         return flow.running_counts(self._conn, tasks)
+
+    def advance_beat_entry(self, name: str, expected: float, new: float, now: float) -> bool:
+        """Move a periodic entry's last due time from ``expected`` to ``new`` (compare
+        and set): True if this transaction did, and so may send the run."""
+        return beat.advance(self._conn, name, expected, new, now)
+
+    def enqueue(self, job: JobRow) -> bool:
+        """Insert one job; False when its id already exists."""
+        return self._conn.execute(INSERT_JOB, tuple(job)).rowcount == 1
 
 
 class Store:
@@ -274,3 +283,17 @@ class Store:
         """(task, override, when it was set) of every run-time rate limit in force."""
         with self.db.read() as conn:
             return flow.rate_overrides(conn)
+
+    # -------------------------------------------------------------- periodic tasks
+
+    def sync_beat_entries(self, names: Sequence[str],
+                          now: float) -> dict[str, tuple[float, float | None]]:
+        """Keep exactly these periodic entries (new ones anchored at ``now``); returns
+        name -> (last_due, last_run)."""
+        with self.db.transaction() as conn:
+            return beat.sync_entries(conn, names, now)
+
+    def beat_entries(self) -> dict[str, tuple[float, float | None]]:
+        """name -> (last_due, last_run) of every stored periodic entry."""
+        with self.db.read() as conn:
+            return beat.entries(conn)

@@ -14,7 +14,7 @@ import threading
 
 from ..exceptions import DatabaseError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 BUSY_TIMEOUT_MS = 60_000
 # Every delay() commits a table page and an index page to the WAL; at 1 KiB they
 # cost ~4 us less to checksum, copy and write than at SQLite's default 4 KiB:
@@ -103,6 +103,13 @@ CREATE TABLE maps (
     total     INTEGER NOT NULL,
     created   REAL NOT NULL
 );
+-- Periodic tasks (beat.py): per entry, the due time last sent (or when the entry was
+-- first seen), and when that run was sent. Sending moves last_due by compare-and-set.
+CREATE TABLE beat_entries (
+    name      TEXT PRIMARY KEY,
+    last_due  REAL NOT NULL,
+    last_run  REAL
+);
 """
 CANVAS_DDL = """
 CREATE INDEX jobs_parent ON jobs(parent_id) WHERE parent_id IS NOT NULL;
@@ -125,6 +132,11 @@ MIGRATIONS: dict[int, str] = {
     1: "ALTER TABLE rate_limits ADD COLUMN override_set REAL",   # when an override was set
     2: ("ALTER TABLE jobs ADD COLUMN parent_id TEXT; ALTER TABLE jobs ADD COLUMN root_id TEXT;"
         + CANVAS_DDL),      # the canvas
+    3: """CREATE TABLE IF NOT EXISTS beat_entries (
+    name      TEXT PRIMARY KEY,
+    last_due  REAL NOT NULL,
+    last_run  REAL
+)""",   # periodic tasks
 }
 
 

@@ -31,13 +31,14 @@ class EmbeddedWorker:
                  queues: Iterable[str] | str | None = None, *,
                  max_tasks_per_child: int | None = None,
                  max_memory_per_child: int | None = None, time_limit: float | None = None,
-                 soft_time_limit: float | None = None, loglevel: str | int = "WARNING") -> None:
+                 soft_time_limit: float | None = None, loglevel: str | int = "WARNING",
+                 beat: bool = False) -> None:
         self.app = app
         self.options = resolve(app.conf, concurrency=concurrency, queues=queues,
                                max_tasks_per_child=max_tasks_per_child,
                                max_memory_per_child=max_memory_per_child,
                                time_limit=time_limit, soft_time_limit=soft_time_limit,
-                               loglevel=loglevel)
+                               loglevel=loglevel, beat=beat)
         self.pid: int | None = None
         self._parent_w: int | None = None
 
@@ -50,6 +51,9 @@ class EmbeddedWorker:
     def start(self) -> EmbeddedWorker:
         if self.pid is not None:
             return self
+        if self.options.beat:       # a bad entry is the caller's error, not the fork's
+            from ..beat import entries_of
+            entries_of(self.app)
         parent_r, parent_w = os.pipe()
         ready_r, ready_w = os.pipe()
         sys.stdout.flush()

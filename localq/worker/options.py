@@ -46,6 +46,7 @@ class WorkerOptions:
     time_limit: float | None             # overrides task_time_limit when given
     soft_time_limit: float | None        # overrides task_soft_time_limit when given
     loglevel: str | int
+    beat: bool = False                   # also run the periodic-task scheduler (-B)
 
     def apply_time_limits(self, conf: Settings) -> None:
         """The worker's time limits become the settings' (Celery's --time-limit)."""
@@ -59,7 +60,7 @@ def resolve(conf: Settings, *, concurrency: int | None = None,
             queues: Iterable[str] | str | None = None, max_tasks_per_child: int | None = None,
             max_memory_per_child: int | None = None, time_limit: float | None = None,
             soft_time_limit: float | None = None,
-            loglevel: str | int = "WARNING") -> WorkerOptions:
+            loglevel: str | int = "WARNING", beat: bool = False) -> WorkerOptions:
     """Each option as given, else its setting (``worker_concurrency``,
     ``task_default_queue``, ``worker_max_tasks_per_child``,
     ``worker_max_memory_per_child``), else the default (one child per CPU).
@@ -77,4 +78,5 @@ def resolve(conf: Settings, *, concurrency: int | None = None,
         queues=[q.strip() for q in queues if q.strip()],
         max_tasks_per_child=max_tasks_per_child or conf.worker_max_tasks_per_child,
         max_memory_per_child=max_memory_per_child or conf.worker_max_memory_per_child,
-        time_limit=time_limit, soft_time_limit=soft_time_limit, loglevel=level)
+        time_limit=time_limit, soft_time_limit=soft_time_limit, loglevel=level,
+        beat=bool(beat))

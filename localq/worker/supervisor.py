@@ -59,6 +59,7 @@ from .upkeep import RECOVERY_EVERY, Checkpointer, Upkeep, safely
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
 
+    from ..beat import Scheduler
     from .options import WorkerApp, WorkerOptions
 
     # fork_child's signature: (app, siblings' channels, fds to close, max_tasks,
@@ -145,6 +146,8 @@ class Supervisor:
         self.write_again_at = 0.0                 # monotonic time of the next attempt
         self.timers = Timers()
         self.selector = selectors.DefaultSelector()
+        self.run_beat = options.beat              # also run the periodic tasks (-B)
+        self.beat: Scheduler | None = None
 
     # -------------------------------------------------------------- lifecycle
 
@@ -171,6 +174,10 @@ class Supervisor:
         now = self.clock()
         self.store = Store(app.path, app.conf.database_synchronous)
         self.flow = FlowControl(app, self.store)
+        if self.run_beat:
+            from ..beat import Scheduler
+            self.beat = Scheduler(app, self.store, wake_workers=True)
+            self.beat.start(now.wall)
         self.upkeep = Upkeep(self.store, app.conf, self.queues, self.concurrency)
         self.worker_id = self.upkeep.register(now.wall)
         if self.upkeep.recover(self.worker_id, now.wall):
@@ -202,6 +209,9 @@ class Supervisor:
                      now)
         timers.every("recovery", RECOVERY_EVERY, self._recover, now)
         timers.add("result expiry", lambda now: self.upkeep.next_expiry, self._expire)
+        if (beat := self.beat) is not None:
+            timers.add("beat", lambda now: None if self.stopping else beat.next_due(),
+                       lambda now: beat.run_due(now.wall) > 0, wall=True)
 
     def _catch_signals(self) -> None:
         """SIGTERM/SIGINT (warm, then cold shutdown) and SIGQUIT (cold), through a pipe
@@ -764,6 +774,8 @@ class Supervisor:
                 self.checkpointer.stop()
             self.bell.close()
             self.waiters.close()
+            if self.beat is not None:
+                self.beat.close()
             self.store.close()
             self.selector.close()
             if self._signal_pipe is not None:
