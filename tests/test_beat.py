@@ -385,12 +385,12 @@ def test_a_run_whose_write_fails_is_tried_again_and_sent_once(beat_app, caplog):
     assert jobs_of(beat_app, "test_beat.tick") == 1
 
 
-def test_a_database_of_schema_2_gets_the_beat_table(beat_app):
+def test_a_database_from_before_beat_gets_the_beat_table(beat_app):
     beat_app.store.beat_entries()
     beat_app.close()
     con = sqlite3.connect(beat_app.path)          # make it what localq wrote before beat
     con.execute("DROP TABLE beat_entries")
-    con.execute("UPDATE localq_meta SET value = '2' WHERE key = 'schema_version'")
+    con.execute("UPDATE localq_meta SET value = '3' WHERE key = 'schema_version'")
     con.commit()
     con.close()
     beat_app.conf.beat_schedule = {"tick": {"task": "test_beat.tick", "schedule": 10}}
