@@ -32,6 +32,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
+    if args.needs_app and not args.app:
+        parser.error(f"{args.command} needs --app MODULE:APP (before or after the command, "
+                     f"as with celery: --app=tasks:app {args.command}, or {args.command} "
+                     f"-A tasks:app)")
     try:
         code = args.run(args)
         sys.stdout.flush()          # here, where a closed pipe can still be caught
@@ -46,6 +50,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         # stdout is pointed at /dev/null so that the flush at exit does not fail again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141              # 128 + SIGPIPE, what a tool killed by the signal returns
+
+
+def run() -> NoReturn:
+    """The ``localq`` console script (pyproject's [project.scripts])."""
+    sys.exit(main())
 
 
 class _Parser(argparse.ArgumentParser):
@@ -83,16 +92,28 @@ def _loglevel(text: str) -> str | int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _global_args(p: argparse.ArgumentParser, default: Any) -> None:
+    """--app and --db: accepted before the command (Celery's order: ``--app=tasks:app
+    worker``) and after it. On a subcommand their default is SUPPRESS, so that a value
+    given before the command is not overwritten by the subcommand's absent one."""
+    p.add_argument("-A", "--app", default=default, metavar="MODULE:APP",
+                   help="the app, as module:attribute (e.g. tasks:app)")
+    p.add_argument("--db", default=default, metavar="PATH", help="use this database file "
+                   "instead of the app's (for status/show/purge without the app)")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m localq", epilog=EPILOG,
                      description="A task queue for one host on one SQLite file.")
+    _global_args(parser, None)
+    parser.set_defaults(needs_app=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def app_args(p: argparse.ArgumentParser, required: bool = True) -> None:
-        p.add_argument("-A", "--app", required=required, metavar="MODULE:APP",
-                       help="the app, as module:attribute (e.g. tasks:app)")
-        p.add_argument("--db", metavar="PATH", help="use this database file instead of the "
-                       "app's (for status/show/purge without the app)")
+        """A subcommand's --app and --db; ``required``: it cannot run without --app
+        (checked after parsing, since --app may come before the command)."""
+        _global_args(p, argparse.SUPPRESS)
+        p.set_defaults(needs_app=required)
 
     w = sub.add_parser("worker", help="run a worker: a supervisor and its child processes")
     app_args(w)

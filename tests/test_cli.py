@@ -215,3 +215,20 @@ def test_revoke_leaves_no_unclosed_socket(tmp_path):
                           text=True, timeout=120, env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert proc.returncode == 0 and proc.stdout == "done\n", proc.stderr
     assert "ResourceWarning" not in proc.stderr and "unclosed" not in proc.stderr, proc.stderr
+
+
+# ------------------------------------------------------------------ Celery's order
+
+def test_app_before_the_command_as_celery_takes_it(app, db_path):
+    sample_tasks.add.delay(1, 2)
+    for argv in (["--app=sample_tasks:app", "status", "--json"],
+                 ["-A", "sample_tasks:app", "status", "--json"],
+                 ["status", "--app", "sample_tasks:app", "--json"]):
+        proc = cli(*argv, LOCALQ_DB=db_path)
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout)["database"] == db_path, argv
+
+
+def test_worker_without_app_anywhere_is_one_line_saying_both_places(db_path):
+    line = one_line_error(cli("worker", "-l", "INFO", LOCALQ_DB=db_path))
+    assert "--app=tasks:app worker" in line and "worker -A tasks:app" in line
