@@ -14,7 +14,7 @@ import threading
 
 from ..exceptions import DatabaseError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT_MS = 60_000
 # Every delay() commits a table page and an index page to the WAL; at 1 KiB they
 # cost ~4 us less to checksum, copy and write than at SQLite's default 4 KiB:
@@ -94,6 +94,13 @@ CREATE TABLE rate_limits (
     tokens    REAL NOT NULL DEFAULT 0,
     updated   REAL NOT NULL DEFAULT 0
 );
+CREATE TABLE task_states (
+    seq       INTEGER PRIMARY KEY,      -- the job's
+    attempt   INTEGER NOT NULL,         -- its retries when set: a later attempt ignores it
+    state     TEXT NOT NULL,            -- a custom state, e.g. PROGRESS (update_state)
+    meta      BLOB,                     -- encoded with the job's result serializer
+    updated   REAL NOT NULL
+);
 CREATE TABLE maps (
     name      TEXT PRIMARY KEY,
     task      TEXT NOT NULL,
@@ -106,6 +113,8 @@ CREATE TABLE maps (
 # From version N to N+1.
 MIGRATIONS: dict[int, str] = {
     1: "ALTER TABLE rate_limits ADD COLUMN override_set REAL",   # when an override was set
+    2: "CREATE TABLE task_states (seq INTEGER PRIMARY KEY, attempt INTEGER NOT NULL, "
+       "state TEXT NOT NULL, meta BLOB, updated REAL NOT NULL)",    # update_state
 }
 
 

@@ -31,13 +31,14 @@ class EmbeddedWorker:
                  queues: Iterable[str] | str | None = None, *,
                  max_tasks_per_child: int | None = None,
                  max_memory_per_child: int | None = None, time_limit: float | None = None,
-                 soft_time_limit: float | None = None, loglevel: str | int = "WARNING") -> None:
+                 soft_time_limit: float | None = None, loglevel: str | int | None = None,
+                 hostname: str | None = None) -> None:
         self.app = app
         self.options = resolve(app.conf, concurrency=concurrency, queues=queues,
                                max_tasks_per_child=max_tasks_per_child,
                                max_memory_per_child=max_memory_per_child,
                                time_limit=time_limit, soft_time_limit=soft_time_limit,
-                               loglevel=loglevel)
+                               loglevel=loglevel, hostname=hostname)
         self.pid: int | None = None
         self._parent_w: int | None = None
 

@@ -26,13 +26,14 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+from .. import signals
 from ..exceptions import DatabaseError
 from ..profiling import run_profiled
 from ..serializer import encode_exception, exception_type_name
 from ..store import Claimed, Outcome, Store, records
 from ..store.schema import BUSY_TIMEOUT_MS
 from ..wakeup import Doorbell, Ringer, supervisor_name, wake_folder
-from . import protocol
+from . import execute, protocol
 from .execute import LimitCache, revoked_outcome
 from .pool import DIED, Child, Inflight, death_outcome, fork_child
 from .throttle import FlowControl
@@ -96,11 +97,13 @@ class Supervisor:
         self.queues = options.queues
         self.max_tasks = options.max_tasks_per_child or None
         self.max_memory = options.max_memory_per_child or None
+        self.hostname = options.hostname          # Celery's node name: the signals' worker
         self.parent_fd = parent_fd
         self.ready_fd = ready_fd
         self.children: dict[int, Child] = {}
         self.ready: deque[Claimed] = deque()      # claimed, not yet handed to a child
         self.outcomes: list[Outcome] = []
+        self.task_states: dict[int, tuple[int, str, Any]] = {}   # update_state, by seq
         self.final_outcomes = False
         self.want_work = True                     # there may be claimable jobs
         self.checkpointer: Checkpointer | None = None
@@ -142,11 +145,14 @@ class Supervisor:
         if self.parent_fd is not None:
             self.selector.register(self.parent_fd, selectors.EVENT_READ, "parent")
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        execute.hostname[0] = self.hostname        # the children's request.hostname
         try:
+            signals.worker_init.send(self)
             for _ in range(self.concurrency):
                 self._start_child()
             self.checkpointer = Checkpointer(Store(app.path, app.conf.database_synchronous))
             self._banner()
+            signals.worker_ready.send(self)
             if self.ready_fd is not None:
                 os.write(self.ready_fd, b"ready\n")
                 os.close(self.ready_fd)
@@ -262,7 +268,7 @@ class Supervisor:
         mono = time.monotonic()
         deadline = min(last_check + FALLBACK_CHECK, self.upkeep.next_expiry,
                        last_heartbeat + self.app.conf.worker_heartbeat_interval)
-        if self.outcomes or self._should_claim(self._free_slots()):
+        if self.outcomes or self.task_states or self._should_claim(self._free_slots()):
             if mono < self.write_again_at:       # a failed write: wait for its next try
                 deadline = min(deadline, self.write_again_at)
             elif self._streaming(mono):
@@ -328,7 +334,13 @@ class Supervisor:
         conn = child.conn
         try:
             while True:
-                outcomes, leaves = protocol.read(conn.recv())
+                message = conn.recv()
+                if (state := protocol.task_state(message)) is not None:
+                    self.task_states[state[0]] = state     # written with the next turn
+                    if child.has_more():
+                        continue
+                    break
+                outcomes, leaves = protocol.read(message)
                 self._take_outcomes(child, outcomes)
                 if leaves is not None:                 # it leaves on its own
                     child.leave()
@@ -486,7 +498,8 @@ class Supervisor:
         slots = 0 if self.stopping else min(self._free_slots(), CLAIM_MAX)
         claim = self._should_claim(slots)
         mono = time.monotonic()
-        if (self.outcomes or claim) and not self._streaming(mono) and mono >= self.write_again_at:
+        if (self.outcomes or claim or self.task_states) and not self._streaming(mono) \
+                and mono >= self.write_again_at:
             # The outcomes stay in self.outcomes until the transaction that writes them
             # commits: a write that fails loses nothing and is tried again.
             outcomes = self.outcomes
@@ -506,6 +519,7 @@ class Supervisor:
             if not self.want_work and any(o.state in ("RETRY", "PENDING") for o in outcomes):
                 self.want_work = True     # a job to run again: its ETA sets the next wake
             self.outcomes = []
+            self.task_states.clear()
             if self.final_outcomes or revoked:   # first: someone may be waiting on these
                 self.final_outcomes = False
                 self.waiters.ring()
@@ -528,6 +542,8 @@ class Supervisor:
         with self.store.transaction() as tx:
             if not tx.is_registered(self.worker_id):
                 raise _PresumedDead
+            if self.task_states:      # before the outcomes: a finished job takes none
+                tx.set_task_states(self.worker_id, list(self.task_states.values()), now)
             tx.finish(self.worker_id, outcomes)
             claimed = self.flow.claim(tx, self.worker_id, self.queues, slots, now) \
                 if claim else []
@@ -661,6 +677,7 @@ class Supervisor:
                     pass
 
     def _finish(self) -> None:
+        signals.worker_shutdown.send(self)
         for child in list(self.children.values()):
             child.escalate()
             child.reap()
