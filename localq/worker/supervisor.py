@@ -32,6 +32,7 @@ from ..profiling import run_profiled
 from ..serializer import encode_exception, exception_type_name
 from ..store import Claimed, Outcome, Store, records
 from ..store.schema import BUSY_TIMEOUT_MS
+from ..task import Request
 from ..wakeup import Doorbell, Ringer, supervisor_name, wake_folder
 from . import execute, protocol
 from .execute import LimitCache, revoked_outcome
@@ -402,7 +403,9 @@ class Supervisor:
                 stale.add(o.seq)
                 continue
             busy += o.ended - (o.started or o.ended)
-            if o.state == "FAILURE":
+            if o.state == "REVOKED":        # skipped by the child: revoked meanwhile
+                self._signal_revoked(job)
+            elif o.state == "FAILURE":
                 log.error("Task %s[%s] raised: %s\n%s", job.task if job else "?",
                           job.id if job else "?", o.exc_message, (o.traceback or "").rstrip())
         if stale:
@@ -434,6 +437,8 @@ class Supervisor:
                 self.outcomes.append(death_outcome(child, item, self.app.tasks.get(item.job.task),
                                                    how, now))
                 self.final_outcomes = True
+                if item.job.seq == revoked:
+                    self._signal_revoked(item.job, terminated=True)
             else:
                 again.append(item.job)
         self.ready.extendleft(reversed(again))
@@ -471,6 +476,7 @@ class Supervisor:
                     self.outcomes.append(revoked_outcome(job.seq, job.serializer, "revoked",
                                                          now))
                     self.final_outcomes = True
+                    self._signal_revoked(job)
                 else:
                     kept.append(job)
             self.ready = kept
@@ -488,6 +494,15 @@ class Supervisor:
                     child.stop("revoke", seq)
                     self._keep_pool_whole()
                     break
+
+    def _signal_revoked(self, job: Claimed, terminated: bool = False,
+                        expired: bool = False) -> None:
+        """Celery's task_revoked, sent here, where the worker decides (sender: the task)."""
+        if signals.task_revoked.receivers:
+            signals.task_revoked.send(
+                self.app.tasks.get(job.task), request=Request(id=job.id, task=job.task),
+                terminated=terminated, signum=signal.SIGKILL if terminated else None,
+                expired=expired)
 
     def _free_slots(self) -> int:
         free = sum(self._room(child) for child in self.children.values())
@@ -523,6 +538,8 @@ class Supervisor:
             if self.final_outcomes or revoked:   # first: someone may be waiting on these
                 self.final_outcomes = False
                 self.waiters.ring()
+            for job in revoked:
+                self._signal_revoked(job, expired=not job.revoke)
             if self.checkpointer is not None:
                 self.checkpointer.poke()
             self.rings = 0
