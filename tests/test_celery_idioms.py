@@ -84,7 +84,8 @@ def waits_on_another(self: Task) -> str:
 
 
 @app.task(name="idioms.slow")
-def slow() -> None:
+def slow(started: str) -> None:
+    Path(started).touch()
     time.sleep(60)
 
 
@@ -261,8 +262,8 @@ def test_task_retry_and_task_revoked_signals(worker_app, tmp_path):
         with worker_app.worker(concurrency=1) as w:
             r = countdown_task.delay(1)
             assert r.get(timeout=30) == "0 from 1 1"
-            job = slow.delay()
-            wait_for(lambda: job.state == "STARTED", what="the slow job to start")
+            job = slow.delay(str(tmp_path / "started"))
+            wait_for((tmp_path / "started").exists, what="the slow job to run")
             job.revoke(terminate=True)
             with pytest.raises(Exception):
                 job.get(timeout=30)
@@ -337,3 +338,20 @@ def test_async_result_forget_wait_traceback(worker_app):
     assert ok.name == "idioms.echo" and ok.args == ({"a": 1},) and ok.kwargs == {}
     ok.forget()
     assert ok.state == "PENDING" and ok.result is None
+
+
+def test_a_database_of_schema_2_gets_the_task_states_table(worker_app, tmp_path):
+    import sqlite3
+    echo.delay(1)
+    worker_app.close()
+    con = sqlite3.connect(worker_app.path)       # make it what the previous version wrote
+    con.execute("DROP TABLE task_states")
+    con.execute("UPDATE localq_meta SET value = '2' WHERE key = 'schema_version'")
+    con.commit()
+    con.close()
+    gate = tmp_path / "gate"
+    with worker_app.worker(concurrency=1):
+        r = progress.delay(str(gate))
+        wait_for(lambda: r.state == "PROGRESS", what="the PROGRESS state")
+        gate.touch()
+        assert r.get(timeout=30) == "finished"

@@ -113,8 +113,8 @@ CREATE TABLE maps (
 # From version N to N+1.
 MIGRATIONS: dict[int, str] = {
     1: "ALTER TABLE rate_limits ADD COLUMN override_set REAL",   # when an override was set
-    2: "CREATE TABLE task_states (seq INTEGER PRIMARY KEY, attempt INTEGER NOT NULL, "
-       "state TEXT NOT NULL, meta BLOB, updated REAL NOT NULL)",    # update_state
+    2: "CREATE TABLE IF NOT EXISTS task_states (seq INTEGER PRIMARY KEY, "   # update_state
+       "attempt INTEGER NOT NULL, state TEXT NOT NULL, meta BLOB, updated REAL NOT NULL)",
 }
 
 
