@@ -475,6 +475,7 @@ class SharedTask:
     def __init__(self, fun: Callable, options: dict[str, Any]) -> None:
         self.__wrapped__ = fun
         self._options = options
+        self._tasks: weakref.WeakKeyDictionary[Localq, Task] = weakref.WeakKeyDictionary()
         self.__name__ = fun.__name__
         self.__qualname__ = fun.__qualname__
         self.__doc__ = fun.__doc__
@@ -482,10 +483,12 @@ class SharedTask:
 
     def _task(self) -> Task:
         app = current_app()
-        for task in app.tasks.values():
-            if task.run is self.__wrapped__:
-                return task
-        return app.task(**self._options)(self.__wrapped__)
+        task = self._tasks.get(app)
+        if task is None:
+            task = next((t for t in app.tasks.values() if t.run is self.__wrapped__), None) \
+                or app.task(**self._options)(self.__wrapped__)
+            self._tasks[app] = task
+        return task
 
     def __getattr__(self, key: str) -> Any:
         return getattr(self._task(), key)

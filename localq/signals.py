@@ -54,7 +54,7 @@ class Signal:
     def __repr__(self) -> str:
         return f"<Signal: {self.name}>"
 
-    def connect(self, receiver: Callable[..., Any] | None = None, *, sender: Any = None,
+    def connect(self, receiver: Callable[..., Any] | None = None, sender: Any = None,
                 weak: bool = True, dispatch_uid: Any = None) -> Any:
         """``sig.connect(fun)``, ``@sig.connect`` or ``@sig.connect(sender=...)``.
         Returns the receiver (so that the decorated function stays itself)."""

@@ -355,3 +355,42 @@ def test_a_database_of_schema_2_gets_the_task_states_table(worker_app, tmp_path)
         wait_for(lambda: r.state == "PROGRESS", what="the PROGRESS state")
         gate.touch()
         assert r.get(timeout=30) == "finished"
+
+
+@app.task(bind=True, name="idioms.bad_meta")
+def bad_meta(self: Task) -> str:
+    try:
+        self.update_state(state="PROGRESS", meta={"seen": {1, 2}})
+    except TypeError as exc:              # EncodeError is a TypeError
+        return str(exc)
+    return "encoded"
+
+
+@app.task(bind=True, name="idioms.bad_retry", max_retries=3)
+def bad_retry(self: Task) -> None:
+    raise self.retry(args=({1, 2},), countdown=0)
+
+
+def test_bad_meta_or_retry_arguments_are_one_clear_error(worker_app):
+    with worker_app.worker(concurrency=1):
+        said = bad_meta.delay().get(timeout=30)
+        failed = bad_retry.delay()
+        exc = failed.get(timeout=30, propagate=False)
+    assert "idioms.bad_meta.update_state(state='PROGRESS')" in said and "json" in said
+    assert type(exc).__name__ == "EncodeError" and "positional argument 0" in str(exc)
+    assert failed.state == "FAILURE" and failed.args == ()     # the old arguments, kept
+
+
+def test_a_signal_handler_that_raises_is_logged_and_the_job_succeeds(worker_app, tmp_path):
+    def broken(**kwargs: Any) -> None:
+        raise RuntimeError("handler bug")
+
+    signals.task_prerun.connect(broken)
+    signals.worker_ready.connect(broken)
+    try:
+        with worker_app.worker(concurrency=1, loglevel="CRITICAL"):
+            assert echo.delay(5).get(timeout=30) == 5
+    finally:
+        signals.task_prerun.disconnect(broken)
+        signals.worker_ready.disconnect(broken)
+    assert signals.task_prerun.send(echo) == []

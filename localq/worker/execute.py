@@ -135,7 +135,12 @@ def update_state(task: Task, task_id: str | None, state: str, meta: Any) -> None
         return          # eager mode stores nothing, as for results
     serializer = task.app.conf.result_serializer or (
         _current[1] if running_here else task.option("serializer"))
-    encoded = encode_value(serializer, meta)      # an EncodeError here, in the task
+    try:
+        encoded = encode_value(serializer, meta)
+    except Exception as exc:                      # raised in the task, which may catch it
+        raise EncodeError(f"{task.name}.update_state(state={state!r}): the meta cannot be "
+                          f"encoded with the {serializer} serializer ({why(exc)}): pass "
+                          f"plain data, such as {{'done': 3, 'total': 10}}") from None
     if running_here and channel[0] is not None:
         channel[0].send(protocol.state_message(_current[0], state, encoded))
     else:
