@@ -394,3 +394,18 @@ def test_a_signal_handler_that_raises_is_logged_and_the_job_succeeds(worker_app,
         signals.task_prerun.disconnect(broken)
         signals.worker_ready.disconnect(broken)
     assert signals.task_prerun.send(echo) == []
+
+
+@app.task(bind=True, name="idioms.retry_eta", max_retries=1)
+def retry_eta(self: Task) -> Any:
+    if self.request.retries == 0:
+        raise self.retry(countdown=0.2)
+    return self.request.eta
+
+
+def test_request_eta_of_a_retried_attempt_is_its_retry_time(worker_app):
+    from datetime import datetime
+    with worker_app.worker(concurrency=1):
+        sent = time.time()
+        eta = datetime.fromisoformat(retry_eta.delay().get(timeout=30)).timestamp()
+    assert sent + 0.2 <= eta <= time.time()

@@ -169,9 +169,10 @@ def finish(conn: sqlite3.Connection, owner: int, outcomes: Sequence[Outcome]) ->
         changed = conn.execute(
             "UPDATE jobs SET state = CASE WHEN revoke > 0 THEN 'REVOKED' ELSE 'RETRY' END, "
             "eta = ?, retries = retries + 1, owner = NULL, started = NULL, pid = NULL, "
-            "exc_type = ?, traceback = ?, payload = coalesce(?, payload) "
-            "WHERE seq = ? AND state = 'STARTED' AND owner = ?",
-            (o.eta, o.exc_type, o.traceback, o.result, o.seq, owner)).rowcount
+            "exc_type = ?, traceback = ?, payload = coalesce(?, payload), "
+            "options = coalesce(?, options) WHERE seq = ? AND state = 'STARTED' AND owner = ?",
+            (o.eta, o.exc_type, o.traceback, *(o.result or (None, None)), o.seq,
+             owner)).rowcount
         if changed:
             record_attempt(conn, o.seq, o.started, o.ended, o.pid, "RETRY", o.exc_type,
                            o.exc_message)

@@ -291,9 +291,12 @@ def _retry(task: Task, seq: int, serializer: str, retry: Retry, started: float,
             return _failure(seq, serializer, err, tb_module.format_exc(), started, pid)
     exc_type = exception_type_name(exc) if exc is not None else "localq.exceptions.Retry"
     tb = "".join(tb_module.format_exception(exc)) if exc is not None else None
-    return records.retrying(seq, exc_type, safe_text(tb), started, now, pid, max(when, now),
+    when = max(when, now)
+    # The next attempt's options carry its ETA (its request.eta), as Celery's new message does
+    options = records.encode_with_eta(task.request.options, when)
+    return records.retrying(seq, exc_type, safe_text(tb), started, now, pid, when,
                             safe_text(str(exc)) if exc is not None else "retry requested",
-                            payload)
+                            payload, options)
 
 
 def revoked_outcome(seq: int, serializer: str, why: str, ended: float,
@@ -360,8 +363,8 @@ def run_eager(task: Task, args: tuple, kwargs: dict, options: dict) -> Any:
                           os.getpid(), None, is_eager=True)
         if outcome.state != "RETRY":
             break
-        if outcome.result is not None:      # retry(args=..., kwargs=...)
-            payload = outcome.result
+        if outcome.result[0] is not None:      # retry(args=..., kwargs=...)
+            payload = outcome.result[0]
         retries += 1
     state, result, exc_type, tb = outcome.state, outcome.result, outcome.exc_type, \
         outcome.traceback
