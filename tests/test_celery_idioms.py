@@ -409,3 +409,32 @@ def test_request_eta_of_a_retried_attempt_is_its_retry_time(worker_app):
         sent = time.time()
         eta = datetime.fromisoformat(retry_eta.delay().get(timeout=30)).timestamp()
     assert sent + 0.2 <= eta <= time.time()
+
+
+def test_a_state_report_is_guarded_like_an_outcome(worker_app):
+    """Only the worker that owns a running job sets its custom state; it shows only
+    while that attempt runs, and forget() deletes it with the job."""
+    from localq.store import records
+    from localq.worker import protocol
+    store = worker_app.store
+    r = echo.delay(1)
+    now = time.time()
+    owner = store.register_worker(os.getpid(), None, "h", ["default"], 1, now)
+    other = store.register_worker(os.getpid(), None, "h", ["default"], 1, now)
+    with store.transaction() as tx:
+        (job,) = tx.claim(owner, "default", 1, now)
+        tx.set_task_states(other, [(job.seq, "PROGRESS", '{"by": "other"}')], now)
+    assert r.state == "STARTED" and r.info is None          # not the owner: dropped
+    seq, state, meta = protocol.task_state(protocol.state_message(job.seq, "PROGRESS",
+                                                                  '{"by": "owner"}'))
+    with store.transaction() as tx:
+        tx.set_task_states(owner, [(seq, state, meta)], now)
+    assert r.state == "PROGRESS" and r.info == {"by": "owner"}
+    store.finish(owner, [records.succeeded(job.seq, "1", now, now, os.getpid())])
+    assert r.state == "SUCCESS" and r.info == 1
+    with store.transaction() as tx:                          # too late: finished
+        tx.set_task_states(owner, [(seq, "PROGRESS", meta)], now)
+    assert r.state == "SUCCESS"
+    r.forget()
+    with store.db.read() as conn:
+        assert conn.execute("SELECT count(*) FROM task_states").fetchone() == (0,)

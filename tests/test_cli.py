@@ -230,6 +230,17 @@ def test_app_before_the_command_as_celery_takes_it(app, db_path):
         assert json.loads(proc.stdout)["database"] == db_path, argv
 
 
+def test_the_localq_console_script_is_installed_beside_python(app, db_path):
+    sample_tasks.add.delay(1, 2)
+    script = Path(sys.executable).parent / "localq"       # pyproject's [project.scripts]
+    proc = subprocess.run([str(script), "--app=sample_tasks:app", "status", "--json"],
+                          env=dict(os.environ, LOCALQ_DB=db_path,
+                                   PYTHONPATH=os.pathsep.join([str(HERE), str(ROOT)])),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and json.loads(proc.stdout)["database"] == db_path, \
+        proc.stderr
+
+
 def test_worker_without_app_anywhere_is_one_line_saying_both_places(db_path):
     line = one_line_error(cli("worker", "-l", "INFO", LOCALQ_DB=db_path))
     assert "--app=tasks:app worker" in line and "worker -A tasks:app" in line
