@@ -171,8 +171,9 @@ def finish(conn: sqlite3.Connection, owner: int, outcomes: Sequence[Outcome]) ->
             "eta = ?, retries = retries + 1, owner = NULL, started = NULL, pid = NULL, "
             "exc_type = ?, traceback = ?, payload = coalesce(?, payload), "
             "options = coalesce(?, options) WHERE seq = ? AND state = 'STARTED' AND owner = ?",
-            (o.eta, o.exc_type, o.traceback, *(o.result or (None, None)), o.seq,
-             owner)).rowcount
+            (o.eta, o.exc_type, o.traceback,
+             *(o.result if type(o.result) is tuple else (None, None)),   # see retrying()
+             o.seq, owner)).rowcount
         if changed:
             record_attempt(conn, o.seq, o.started, o.ended, o.pid, "RETRY", o.exc_type,
                            o.exc_message)

@@ -106,7 +106,8 @@ class Outcome(NamedTuple):
     """A finished attempt as a worker reports it (over the wire: see worker/protocol.py)."""
     seq: int
     state: str                   # SUCCESS, FAILURE, RETRY, REVOKED, or PENDING (put back)
-    result: Any = None           # encoded value, or exception; RETRY: (payload, options)
+    result: Any = None           # encoded value, or exception; RETRY: None or
+                                 # (payload, options) of the next attempt, each None: same
     exc_type: str | None = None
     traceback: str | None = None
     started: float | None = None
