@@ -2,7 +2,8 @@
 
 The public names, nothing else.
 """
-from .app import Localq
+from . import signals
+from .app import Localq, current_app, shared_task
 from .canvas import (
     GroupResult,
     Signature,
@@ -47,5 +48,5 @@ __all__ = [
     "Localq", "LocalqError", "MaxRetriesExceededError", "NotRegistered", "Retry",
     "SoftTimeLimitExceeded", "Task", "TaskError", "TaskRevokedError", "TimeLimitExceeded",
     "TimeoutError", "WorkerLostError", "as_completed", "crontab", "get_task_logger",
-    "schedule",
+    "schedule", "shared_task", "current_app", "signals",
 ]

@@ -10,10 +10,11 @@ import atexit
 import fnmatch
 import importlib
 import os
+import socket
 import time
 import warnings
 import weakref
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, Callable, Concatenate, Iterable, Iterator, Literal, overload
 
 from .config import Settings
@@ -23,8 +24,9 @@ from .ids import format_id, new_id, new_seq
 from .limits import lane_for
 from .result import AsyncResult as Result  # the method AsyncResult shadows the class
 from .serializer import check_serializer, encode_call
+from .signals import Signal, after_task_publish, before_task_publish
 from .store import JobRow, Store
-from .store.records import split_id
+from .store.records import decode_options, split_id, with_eta
 from .task import (
     P,
     R,
@@ -77,6 +79,14 @@ class Localq:
         self._path = os.path.abspath(os.fspath(path or os.environ.get("LOCALQ_DB")
                                                or "localq.db"))
         Localq._instances.add(self)
+        # Celery's app signals: sent once, by finalize(), with this app as the sender.
+        self.on_after_configure = Signal("on_after_configure")
+        self.on_after_finalize = Signal("on_after_finalize")
+        self.finalized = False
+        self._autodiscover: list[tuple[Any, str]] = []
+        self.set_current()
+        for fun, options in list(_shared_tasks):     # @shared_task defined before this app
+            self.task(**options)(fun)
 
     def __repr__(self) -> str:
         return f"<Localq {self.main_name} at {self._path}>"
@@ -96,8 +106,26 @@ class Localq:
     @property
     def store(self) -> Store:
         if self._store is None:
+            if not self.finalized:
+                self.finalize()          # first use of the file, as Celery finalizes
             self._store = Store(self._path, self.conf.database_synchronous.upper())
         return self._store
+
+    def set_current(self) -> None:
+        """Make this the app ``@shared_task`` tasks resolve to (the last app created is)."""
+        _current[0] = weakref.ref(self)
+
+    def finalize(self) -> None:
+        """Celery's finalize, once: import the ``autodiscover_tasks`` modules, then send
+        ``on_after_configure`` and ``on_after_finalize`` (sender: this app). Done on the
+        first use of the database, and by a worker before it starts, at the latest; a
+        handler may still change settings and define tasks (``add_periodic_task``)."""
+        if self.finalized:
+            return
+        self.finalized = True
+        self.import_autodiscovered()
+        self.on_after_configure.send(self, source=self.conf)
+        self.on_after_finalize.send(self)
 
     def close(self) -> None:
         if self._store is not None:
@@ -150,6 +178,31 @@ class Localq:
         """Import the modules named in ``imports`` and ``include`` (done by workers)."""
         for name in (*self.conf.imports, *self.conf.include):
             importlib.import_module(name)
+
+    def autodiscover_tasks(self, packages: Iterable[str] | Callable[[], Iterable[str]],
+                           related_name: str = "tasks", force: bool = False) -> None:
+        """Celery's: import ``<package>.tasks`` for each package (a package without one is
+        skipped). Lazily, as in Celery: when the app is finalized (first use of the
+        database, or a worker's start), so that the modules may import this app;
+        ``force=True`` imports them now. ``packages`` may be a callable returning them
+        (Django's ``lambda: settings.INSTALLED_APPS``)."""
+        if isinstance(packages, str):
+            raise TypeError(f"autodiscover_tasks takes a list of packages, not the str "
+                            f"{packages!r}: autodiscover_tasks([{packages!r}])")
+        self._autodiscover.append((packages, related_name))
+        if force or self.finalized:
+            self.import_autodiscovered()
+
+    def import_autodiscovered(self) -> None:
+        pending, self._autodiscover = self._autodiscover, []
+        for packages, related_name in pending:
+            for package in (packages() if callable(packages) else packages):
+                name = f"{package}.{related_name}"
+                try:
+                    importlib.import_module(name)
+                except ModuleNotFoundError as exc:
+                    if exc.name not in (name, package):
+                        raise       # a module the tasks module imports is missing: say so
 
     # -------------------------------------------------------------- tasks
 
@@ -216,7 +269,8 @@ class Localq:
     def send_plain(self, task: Task, args: tuple, kwargs: dict) -> Result:
         """``delay()``: a call with no per-call options, on the shortest path (the row's
         fixed part comes from the task's cache; the id is the row number)."""
-        if self.conf.task_always_eager:
+        if self.conf.task_always_eager or before_task_publish.receivers \
+                or after_task_publish.receivers:
             return self.send_job(task, args, kwargs, countdown=None, eta=None, expires=None,
                                  queue=None, priority=None, task_id=None, time_limit=None,
                                  soft_time_limit=None, serializer=None, ignored={})
@@ -249,9 +303,19 @@ class Localq:
         if self.conf.task_always_eager:
             from .worker.execute import run_eager
             return run_eager(task, args, kwargs, {"task_id": task_id, "serializer": serializer})
+        publishing = before_task_publish.receivers or after_task_publish.receivers
+        if publishing:
+            body, headers = _message(job, args, kwargs)
+            before_task_publish.send(job.task, body=body, exchange="", routing_key=job.queue,
+                                     headers=headers, properties={"priority": job.priority},
+                                     declare=[], retry_policy=None)
         while not self.store.enqueue(job) and task_id is None:
             job = job._replace(seq=new_seq())   # two producers drew the same row number
         self.nudge_workers()
+        if publishing:
+            headers["id"] = job.id
+            after_task_publish.send(job.task, body=body, exchange="", routing_key=job.queue,
+                                    headers=headers)
         return Result(job.id, self)
 
     def new_job(self, task: Task, args: tuple, kwargs: dict, *, countdown: float | None = None,
@@ -298,6 +362,8 @@ class Localq:
                 where)
         options = d.options if time_limit is None and soft_time_limit is None \
             else job_options(task, time_limit, soft_time_limit)
+        if when:
+            options = with_eta(options, when)
         if task_id is not None:
             check_name(task_id, "task_id", where)
         if queue is not None:
@@ -378,6 +444,7 @@ class Localq:
         """
         from .worker.embedded import EmbeddedWorker
         self.import_task_modules()     # as `python -m localq worker` does; the fork inherits
+        self.finalize()
         return EmbeddedWorker(self, concurrency=concurrency, queues=queues, **options)
 
     # -------------------------------------------------------------- scripts
@@ -429,6 +496,86 @@ def _close_all_ringers() -> None:
 # to its app when it is created). Set here, not in the class body, where the name would
 # shadow the type in Localq's annotations; type checkers see ``localq.Task`` only.
 Localq.Task = Task      # type: ignore[attr-defined]
+
+
+# @shared_task functions, registered on every app (those that exist, and those made
+# later), and the current app, the one a shared task resolves to.
+_shared_tasks: list[tuple[Callable, dict[str, Any]]] = []
+_current: list[Callable[[], Localq | None]] = [lambda: None]
+
+
+def current_app() -> Localq:
+    """The app in use: the last one created (or made current with ``set_current``)."""
+    app = _current[0]()
+    if app is None:
+        raise RuntimeError("no Localq app exists in this process: create one "
+                           "(app = Localq(...)) before calling a @shared_task")
+    return app
+
+
+class SharedTask:
+    """What ``@shared_task`` returns: the task of that name in the current app."""
+
+    def __init__(self, fun: Callable, options: dict[str, Any]) -> None:
+        self.__wrapped__ = fun
+        self._options = options
+        self._tasks: weakref.WeakKeyDictionary[Localq, Task] = weakref.WeakKeyDictionary()
+        self.__name__ = fun.__name__
+        self.__qualname__ = fun.__qualname__
+        self.__doc__ = fun.__doc__
+        self.__module__ = fun.__module__
+
+    def _task(self) -> Task:
+        app = current_app()
+        task = self._tasks.get(app)
+        if task is None:
+            task = next((t for t in app.tasks.values() if t.run is self.__wrapped__), None) \
+                or app.task(**self._options)(self.__wrapped__)
+            self._tasks[app] = task
+        return task
+
+    def __getattr__(self, key: str) -> Any:
+        return getattr(self._task(), key)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._task()(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<@shared_task: {self.__qualname__}>"
+
+
+def shared_task(*args: Any, **options: Any) -> Any:
+    """Celery's ``@shared_task`` / ``@shared_task(bind=True, ...)``: a task defined without
+    an app (in a reusable module). It is registered on every app of the process, those
+    that exist and those created later, and the object it returns acts as the task of
+    the current app (the last one created), for ``delay``, ``apply_async`` and the rest."""
+    def decorate(fun: Callable) -> Any:
+        _shared_tasks.append((fun, options))
+        for app in list(Localq._instances):
+            app.task(**options)(fun)
+        return SharedTask(fun, options)
+    if len(args) == 1 and callable(args[0]) and not options:
+        return decorate(args[0])
+    if args:
+        raise TypeError("use @shared_task or @shared_task(option=value, ...)")
+    return decorate
+
+
+def _message(job: JobRow, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """The body and headers the publish signals carry, as Celery's task message
+    (protocol 2) has them; times are ISO 8601 strings."""
+    opts = decode_options(job.options)
+
+    def iso(t: float | None) -> str | None:
+        return datetime.fromtimestamp(t, timezone.utc).isoformat() if t else None
+    headers = {"lang": "py", "task": job.task, "id": job.id, "eta": iso(job.eta),
+               "expires": iso(job.expires), "retries": 0, "group": job.group_id,
+               "group_index": job.group_index,
+               "timelimit": [opts.get("time_limit"), opts.get("soft_time_limit")],
+               "argsrepr": repr(args), "kwargsrepr": repr(kwargs),
+               "origin": f"{os.getpid()}@{socket.gethostname()}"}
+    return (args, kwargs, {"callbacks": None, "errbacks": None, "chain": None,
+                           "chord": None}), headers
 
 
 def _unknown_task(*args: Any, **kwargs: Any) -> Any:

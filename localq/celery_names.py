@@ -274,9 +274,12 @@ S3_SECRET_ACCESS_KEY                                 s3_secret_access_key
 _pairs = iter(_OLD.split())      # old name, new name, old name, ...
 OLD_NAMES: dict[str, str] = dict(zip(_pairs, _pairs))
 
+# Celery 3's worker log level: the default of the worker's -l here (Celery 4+ ignores it,
+# but a configuration that says DEBUG means it).
+OLD_NAMES["CELERYD_LOG_LEVEL"] = "worker_log_level"
+
 # Pre-4.0 names Celery no longer reads at all, with what replaced them on its command line.
 REMOVED: dict[str, str] = {
-    "CELERYD_LOG_LEVEL": "the worker's -l/--loglevel option",
     "CELERYD_LOG_FILE": "the worker's --logfile option",
     "CELERYBEAT_LOG_LEVEL": "beat's -l/--loglevel option",
     "CELERYBEAT_LOG_FILE": "beat's --logfile option",

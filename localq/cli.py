@@ -34,6 +34,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
+    if args.needs_app and not args.app:
+        parser.error(f"{args.command} needs --app MODULE:APP (before or after the command, "
+                     f"as with celery: --app=tasks:app {args.command}, or {args.command} "
+                     f"-A tasks:app)")
     try:
         code = args.run(args)
         sys.stdout.flush()          # here, where a closed pipe can still be caught
@@ -48,6 +52,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         # stdout is pointed at /dev/null so that the flush at exit does not fail again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141              # 128 + SIGPIPE, what a tool killed by the signal returns
+
+
+def run() -> NoReturn:
+    """The ``localq`` console script (pyproject's [project.scripts])."""
+    sys.exit(main())
 
 
 class _Parser(argparse.ArgumentParser):
@@ -85,16 +94,28 @@ def _loglevel(text: str) -> str | int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _global_args(p: argparse.ArgumentParser, default: Any) -> None:
+    """--app and --db: accepted before the command (Celery's order: ``--app=tasks:app
+    worker``) and after it. On a subcommand their default is SUPPRESS, so that a value
+    given before the command is not overwritten by the subcommand's absent one."""
+    p.add_argument("-A", "--app", default=default, metavar="MODULE:APP",
+                   help="the app, as module:attribute (e.g. tasks:app)")
+    p.add_argument("--db", default=default, metavar="PATH", help="use this database file "
+                   "instead of the app's (for status/show/purge without the app)")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m localq", epilog=EPILOG,
                      description="A task queue for one host on one SQLite file.")
+    _global_args(parser, None)
+    parser.set_defaults(needs_app=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def app_args(p: argparse.ArgumentParser, required: bool = True) -> None:
-        p.add_argument("-A", "--app", required=required, metavar="MODULE:APP",
-                       help="the app, as module:attribute (e.g. tasks:app)")
-        p.add_argument("--db", metavar="PATH", help="use this database file instead of the "
-                       "app's (for status/show/purge without the app)")
+        """A subcommand's --app and --db; ``required``: it cannot run without --app
+        (checked after parsing, since --app may come before the command)."""
+        _global_args(p, argparse.SUPPRESS)
+        p.set_defaults(needs_app=required)
 
     w = sub.add_parser("worker", help="run a worker: a supervisor and its child processes")
     app_args(w)
@@ -102,9 +123,24 @@ def _parser() -> argparse.ArgumentParser:
                    help="child processes (default: worker_concurrency, else the CPU count)")
     w.add_argument("-Q", "--queues", default=None, help="comma-separated queues "
                    "(default: task_default_queue, 'default')")
-    w.add_argument("-l", "--loglevel", type=_loglevel, default="WARNING",
+    w.add_argument("-l", "--loglevel", type=_loglevel, default=None,
                    help="DEBUG, INFO (a line per job received, succeeded, retried), "
-                   "WARNING (the default), ERROR, CRITICAL")
+                   "WARNING (the default, unless the app sets worker_log_level, "
+                   "CELERYD_LOG_LEVEL), ERROR, CRITICAL")
+    w.add_argument("-n", "--hostname", default=None, metavar="NAME",
+                   help="the worker's node name (self.request.hostname): %%h host, "
+                   "%%n its first part, %%d its domain (default localq@%%h)")
+    w.add_argument("--pidfile", default=None, metavar="PATH",
+                   help="write the worker's pid here (0600); refused if a live process "
+                   "holds it; removed at exit")
+    w.add_argument("--logfile", default=None, metavar="PATH",
+                   help="log here (appended, 0600) instead of stderr")
+    w.add_argument("-D", "--detach", action="store_true",
+                   help="run in the background (needs --pidfile: stop it with "
+                   "kill $(cat PIDFILE))")
+    w.add_argument("-O", dest="optimization", choices=("fair", "default"), default=None,
+                   help="accepted for Celery's -O fair: a localq child is always handed "
+                   "work by how fast it finishes it, so both mean the same")
     w.add_argument("--max-tasks-per-child", type=_whole(1), default=None, metavar="N")
     w.add_argument("--max-memory-per-child", type=_whole(1), default=None, metavar="KIB",
                    help="recycle a child whose resident memory passes this many KiB")
@@ -240,22 +276,41 @@ def banner(app: Localq, queues: list[str], concurrency: int) -> str:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    if args.detach and not args.pidfile:
+        _fail("--detach needs --pidfile PATH: the pid written there is how you stop the "
+              "worker later (kill $(cat PATH))")
     app = _app(args)
+    from .worker.daemon import PidFile, detach, open_logfile
     from .worker.options import resolve
     from .worker.supervisor import Supervisor
-    setup_worker_logging(args.loglevel, app.conf.worker_hijack_root_logger)
     try:
         app.import_task_modules()
     except ImportError as exc:
         _fail(f"cannot import a module named in the app's imports/include: {exc}")
+    app.finalize()         # autodiscover_tasks, on_after_configure: before the banner
     options = resolve(app.conf, concurrency=args.concurrency, queues=args.queues,
                       max_tasks_per_child=args.max_tasks_per_child,
                       max_memory_per_child=args.max_memory_per_child,
                       time_limit=args.time_limit, soft_time_limit=args.soft_time_limit,
-                      loglevel=args.loglevel, beat=args.beat)
-    options.apply_time_limits(app.conf)
-    print(banner(app, options.queues, options.concurrency), file=sys.stderr, flush=True)
-    return Supervisor(app, options).run()
+                      loglevel=args.loglevel, hostname=args.hostname, beat=args.beat)
+    log_fd = open_logfile(args.logfile) if args.logfile else None
+    pidfile: PidFile | None = None
+    if args.detach:
+        pidfile = detach(args.pidfile, log_fd)   # returns in the daemon only
+    else:
+        pidfile = PidFile(args.pidfile) if args.pidfile else None
+        if log_fd is not None:
+            os.dup2(log_fd, sys.stderr.fileno())
+    if log_fd is not None:
+        os.close(log_fd)
+    try:
+        setup_worker_logging(options.loglevel, app.conf.worker_hijack_root_logger)
+        options.apply_time_limits(app.conf)
+        print(banner(app, options.queues, options.concurrency), file=sys.stderr, flush=True)
+        return Supervisor(app, options).run()
+    finally:
+        if pidfile is not None:
+            pidfile.remove()
 
 
 def _beat_parser(sub: Any, app_args: Callable[[argparse.ArgumentParser], None]) -> None:

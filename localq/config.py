@@ -47,6 +47,7 @@ DEFAULTS: dict[str, Any] = {
     "worker_max_tasks_per_child": None,
     "worker_max_memory_per_child": None,  # KiB of resident memory, as in Celery
     "worker_hijack_root_logger": True,  # False: the worker leaves the root logger alone
+    "worker_log_level": None,           # CELERYD_LOG_LEVEL (Celery 3): the worker's -l default
     "imports": (),
     "include": (),
     "beat_schedule": {},                # periodic tasks: beat.py
@@ -255,6 +256,12 @@ def _check(name: str, value: Any) -> Any:
                 return value       # no time zone database on this host: nothing to check
             raise ConfigurationError(f"timezone {value!r} is not a time zone name such as "
                                      f"'Europe/Paris' or 'UTC'") from None
+    if name == "worker_log_level" and value is not None:
+        from .log import check_level
+        try:
+            return check_level(value)
+        except ValueError as exc:
+            raise ConfigurationError(f"{name}: {exc}") from None
     if name == "database_synchronous" and str(value).upper() not in ("NORMAL", "FULL"):
         raise ConfigurationError("database_synchronous must be 'NORMAL' or 'FULL'")
     return value

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from .exceptions import TaskRevokedError, TimeoutError
 from .serializer import (
     check_accepted,
+    decode_call,
     decode_exception,
     decode_value,
     safe_text,
@@ -176,6 +177,10 @@ class AsyncResult(Generic[R]):
         if row is not None and row["state"] in FINAL_STATES:
             return row["state"]
         state = self.app.store.state(self.id)
+        if state == "STARTED":      # a custom state the task set (update_state)?
+            custom = self.app.store.task_state(self.id)
+            if custom is not None:
+                return custom[0]
         return "PENDING" if state is None else state
 
     status = state
@@ -191,8 +196,18 @@ class AsyncResult(Generic[R]):
 
     @property
     def result(self) -> Any:
-        """The value when SUCCESS, the exception when FAILURE or REVOKED, else None."""
+        """The value when SUCCESS, the exception when FAILURE or REVOKED, the meta of a
+        custom state (update_state) while the job runs, else None (as Celery's,
+        ``info`` is the same)."""
         row = self._load()
+        if row is not None and row["state"] == "STARTED":
+            custom = self.app.store.task_state(self.id)
+            if custom is not None:
+                _, meta, serializer, task = custom
+                serializer = self.app.conf.result_serializer or serializer
+                check_accepted(serializer, result_content(self.app, task),
+                               f"the meta of job {self.id}", "result_accept_content")
+                return decode_value(serializer, meta)
         if row is None or row["state"] not in FINAL_STATES:
             return None
         if row["state"] == "SUCCESS":
@@ -227,6 +242,29 @@ class AsyncResult(Generic[R]):
         return None if row is None else row["task"]
 
     @property
+    def args(self) -> tuple | None:
+        """The job's positional arguments (of its next attempt, after a retry with new
+        ones); None for an unknown id."""
+        call = self._call()
+        return None if call is None else tuple(call[0])
+
+    @property
+    def kwargs(self) -> dict | None:
+        call = self._call()
+        return None if call is None else call[1]
+
+    def _call(self) -> tuple | None:
+        row = self._load()
+        if row is None or row.get("payload") is None:
+            return None
+        task = self.app.tasks.get(row["task"] or "")
+        accept = task.accepted_content() if task is not None \
+            else content_accepted(self.app.conf)[0]
+        check_accepted(row["serializer"], accept, f"the arguments of job {self.id}",
+                       "accept_content")
+        return decode_call(row["serializer"], row["payload"])
+
+    @property
     def attempts(self) -> list[dict]:
         """Every attempt: earlier ones as recorded, then the current or final one."""
         row = self._load()
@@ -259,8 +297,19 @@ class AsyncResult(Generic[R]):
     # -------------------------------------------------------------- waiting
 
     def get(self, timeout: float | None = None, propagate: bool = True,
-            interval: float | None = None, **ignored: Any) -> R:
-        """Wait for the job to finish; return its value or raise its exception."""
+            interval: float | None = None, disable_sync_subtasks: bool = True,
+            **ignored: Any) -> R:
+        """Wait for the job to finish; return its value or raise its exception.
+
+        Inside a task running on a worker it raises RuntimeError, as Celery's does: the
+        task would hold a child while it waits, and with every child waiting no job
+        could ever finish. ``disable_sync_subtasks=False`` waits anyway (Celery's)."""
+        if disable_sync_subtasks and _in_worker_task():
+            raise RuntimeError(
+                f"Never call result.get() within a task (waiting for {self.id}): the "
+                f"child running this task would be blocked, and with every child waiting "
+                f"no job can finish. Chain the work instead, return the id, or pass "
+                f"get(disable_sync_subtasks=False) if you are sure another child is free.")
         row = self.wait_for_final(timeout)
         if row["state"] == "SUCCESS":
             return self.result
@@ -310,6 +359,12 @@ class AsyncResult(Generic[R]):
     def revoke(self, terminate: bool = False, signal: Any = None) -> None:
         self.app.control.revoke(self.id, terminate=terminate)
         self._row = None
+
+
+def _in_worker_task() -> bool:
+    """Is this a worker's child running a job right now?"""
+    from .worker import execute
+    return execute.channel[0] is not None and execute._current[0] != 0
 
 
 def result_content(app: Localq, task_name: str | None) -> frozenset[str]:

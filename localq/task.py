@@ -392,6 +392,7 @@ class Task(Generic[P, R]):
               countdown: float | None = None, max_retries: int | None = None,
               **options: Any) -> Retry:
         """Ask for another attempt: ``raise self.retry(exc=exc, countdown=10)``.
+        ``args``/``kwargs``: the next attempt's arguments (each defaults to this one's).
 
         Past ``max_retries`` the original exception is raised (or
         :class:`MaxRetriesExceededError` when there is none).
@@ -415,9 +416,19 @@ class Task(Generic[P, R]):
             delay = self.option("default_retry_delay") if countdown is None else countdown
             when = now + seconds(delay or 0, "countdown", f"{self.name}.retry()")
         retry = Retry(exc=exc, when=max(when, now))     # a past ETA: run again now
+        if args is not None or kwargs is not None:
+            retry.call = (args, kwargs)      # type: ignore[attr-defined]  # see execute
         if throw:
             raise retry
         return retry
+
+    def update_state(self, task_id: str | None = None, state: str | None = None,
+                     meta: Any = None, **kwargs: Any) -> None:
+        """Celery's: set a custom state (``state="PROGRESS", meta={"done": 3}``) of the
+        running job (or of ``task_id``), read from any process as
+        ``AsyncResult.state`` and ``.info`` until the job ends."""
+        from .worker.execute import update_state
+        update_state(self, task_id, state, meta)   # type: ignore[arg-type]
 
     # -------------------------------------------------------------- hooks
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import sample_tasks
-from conftest import HERE, ROOT, wait_for
+from conftest import HERE, ROOT, pid_alive, wait_for
 
 import localq
 
@@ -215,3 +216,120 @@ def test_revoke_leaves_no_unclosed_socket(tmp_path):
                           text=True, timeout=120, env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert proc.returncode == 0 and proc.stdout == "done\n", proc.stderr
     assert "ResourceWarning" not in proc.stderr and "unclosed" not in proc.stderr, proc.stderr
+
+
+# ------------------------------------------------------------------ Celery's order
+
+def test_app_before_the_command_as_celery_takes_it(app, db_path):
+    sample_tasks.add.delay(1, 2)
+    for argv in (["--app=sample_tasks:app", "status", "--json"],
+                 ["-A", "sample_tasks:app", "status", "--json"],
+                 ["status", "--app", "sample_tasks:app", "--json"]):
+        proc = cli(*argv, LOCALQ_DB=db_path)
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout)["database"] == db_path, argv
+
+
+def test_the_localq_console_script_is_installed_beside_python(app, db_path):
+    sample_tasks.add.delay(1, 2)
+    script = Path(sys.executable).parent / "localq"       # pyproject's [project.scripts]
+    proc = subprocess.run([str(script), "--app=sample_tasks:app", "status", "--json"],
+                          env=dict(os.environ, LOCALQ_DB=db_path,
+                                   PYTHONPATH=os.pathsep.join([str(HERE), str(ROOT)])),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and json.loads(proc.stdout)["database"] == db_path, \
+        proc.stderr
+
+
+def test_worker_without_app_anywhere_is_one_line_saying_both_places(db_path):
+    line = one_line_error(cli("worker", "-l", "INFO", LOCALQ_DB=db_path))
+    assert "--app=tasks:app worker" in line and "worker -A tasks:app" in line
+
+
+def test_worker_in_celerys_order_with_pidfile_logfile_hostname_and_O_fair(app, db_path,
+                                                                       tmp_path):
+    pidfile, logfile = tmp_path / "w.pid", tmp_path / "w.log"
+    env = dict(os.environ, LOCALQ_DB=db_path,
+               PYTHONPATH=os.pathsep.join([str(HERE), str(ROOT)]))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "localq", "--app=sample_tasks:app", "worker", "-l", "INFO",
+         "-c", "1", "-n", "w1@%h", "--pidfile", str(pidfile), "--logfile", str(logfile),
+         "-O", "fair"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True)
+    try:
+        wait_for(lambda: "localq worker ready" in logfile.read_text()
+                 if logfile.exists() else False, what="the worker's log")
+        assert pidfile.read_text().strip() == str(proc.pid)
+        assert pidfile.stat().st_mode & 0o777 == 0o600
+        assert logfile.stat().st_mode & 0o777 == 0o600
+        assert sample_tasks.add.delay(2, 2).get(timeout=30) == 4
+        assert "Task sample_tasks.add" in logfile.read_text()      # -l INFO applied
+    finally:
+        proc.terminate()
+        assert proc.wait(30) == 0
+    assert not pidfile.exists()                                    # removed: it was ours
+
+
+def test_a_pidfile_held_by_a_live_process_is_refused_and_left_alone(db_path, tmp_path):
+    pidfile = tmp_path / "w.pid"
+    pidfile.write_text(f"{os.getpid()}\n")
+    line = one_line_error(cli("worker", "-A", "sample_tasks:app", "--pidfile", str(pidfile),
+                              LOCALQ_DB=db_path), code=1)
+    assert f"names process {os.getpid()}, which is running" in line
+    assert pidfile.read_text() == f"{os.getpid()}\n"
+
+
+def test_detach_runs_in_the_background_until_stopped_by_its_pid(app, db_path, tmp_path):
+    pidfile, logfile = tmp_path / "d.pid", tmp_path / "d.log"
+    proc = cli("worker", "-A", "sample_tasks:app", "-D", "--pidfile", str(pidfile),
+               "--logfile", str(logfile), "-c", "1", LOCALQ_DB=db_path)
+    assert proc.returncode == 0, proc.stderr
+    pid = int(pidfile.read_text())
+    assert f"pid {pid}" in proc.stdout
+    try:
+        assert sample_tasks.add.delay(3, 4).get(timeout=30) == 7
+        # a session of its own, of which it is not the leader (it forked twice)
+        assert os.getsid(pid) not in (os.getsid(0), pid)
+    finally:
+        os.kill(pid, signal.SIGTERM)
+    wait_for(lambda: not pid_alive(pid), what="the detached worker to stop")
+    assert not pidfile.exists()
+    assert f"localq worker (pid {pid})" in logfile.read_text()      # its banner, logged
+    assert one_line_error(cli("worker", "-A", "sample_tasks:app", "-D", LOCALQ_DB=db_path)) \
+        .endswith("(kill $(cat PATH))")
+
+
+def test_celeryd_log_level_in_the_config_is_the_workers_level(tmp_path):
+    (tmp_path / "loud.py").write_text(textwrap.dedent("""
+        import logging
+        from localq import Localq
+
+        app = Localq("jobs.db")
+        app.config_from_object({"CELERYD_LOG_LEVEL": "DEBUG"})
+
+        @app.task
+        def chatty():
+            logging.getLogger("loud").debug("a debug line from the task")
+    """))
+    logfile = tmp_path / "w.log"
+    proc = subprocess.Popen([sys.executable, "-m", "localq", "worker", "-A", "loud:app",
+                             "-c", "1", "--logfile", str(logfile)], cwd=tmp_path,
+                            env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        wait_for(lambda: logfile.exists() and "localq worker ready" in logfile.read_text(),
+                 what="the worker (its ready line is INFO: DEBUG includes it)")
+        sys.path.insert(0, str(tmp_path))
+        try:
+            import loud
+        finally:
+            sys.path.remove(str(tmp_path))
+        loud.app.path = tmp_path / "jobs.db"
+        loud.chatty.delay().get(timeout=30)
+        loud.app.close()
+        del sys.modules["loud"]
+        assert "a debug line from the task" in logfile.read_text()
+    finally:
+        proc.terminate()
+        proc.wait(30)

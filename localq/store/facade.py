@@ -36,6 +36,11 @@ class Transaction:
         made ready because of them (0: none)."""
         return jobs.finish(self._conn, owner, outcomes)
 
+    def set_task_states(self, owner: int, states: Sequence[tuple[int, str, Any]],
+                        now: float) -> None:
+        """Custom states of this worker's running jobs (``update_state``)."""
+        jobs.set_task_states(self._conn, owner, states, now)
+
     def claim(self, owner: int, queue: str, limit: int, now: float, lane: str | None = None,
               exclude: Sequence[str] = ()) -> list[Claimed]:
         """Claim up to ``limit`` due jobs of one queue (or one lane), highest priority
@@ -141,6 +146,18 @@ class Store:
     def attempts(self, seq: int) -> list[dict]:
         with self.db.read() as conn:
             return jobs.attempts(conn, seq)
+
+    def task_state(self, job_id: str) -> tuple | None:
+        """A running job's custom state: (state, meta, serializer, task), or None."""
+        with self.db.read() as conn:
+            return jobs.task_state(conn, job_id)
+
+    def set_task_state(self, job_id: str, state: str, meta: Any, now: float) -> None:
+        """``update_state`` from outside a worker: only a job that is running."""
+        with self.db.transaction() as conn:
+            seq = jobs.seq_of(conn, job_id)
+            if seq is not None:
+                jobs.set_task_states(conn, None, [(seq, state, meta)], now)
 
     def forget(self, job_id: str) -> None:
         with self.db.transaction() as conn:

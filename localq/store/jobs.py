@@ -45,6 +45,12 @@ def job(conn: sqlite3.Connection, job_id: str) -> dict | None:
     return None if row is None else job_dict(column_names(cur), row)
 
 
+def seq_of(conn: sqlite3.Connection, job_id: str) -> int | None:
+    where, key = where_id(job_id)
+    row = conn.execute(f"SELECT seq FROM jobs WHERE {where}", (key,)).fetchone()
+    return None if row is None else row[0]
+
+
 def state(conn: sqlite3.Connection, job_id: str) -> str | None:
     where, key = where_id(job_id)
     row = conn.execute(f"SELECT state FROM jobs WHERE {where}", (key,)).fetchone()
@@ -83,6 +89,7 @@ def forget(conn: sqlite3.Connection, job_id: str) -> None:
                        "('SUCCESS', 'FAILURE', 'REVOKED')", (key,)).fetchone()
     if row:
         conn.execute("DELETE FROM attempts WHERE job_seq = ?", row)
+        conn.execute("DELETE FROM task_states WHERE seq = ?", row)
         conn.execute("DELETE FROM jobs WHERE seq = ?", row)
 
 
@@ -167,8 +174,11 @@ def finish(conn: sqlite3.Connection, owner: int, outcomes: Sequence[Outcome]) ->
         changed = conn.execute(
             "UPDATE jobs SET state = CASE WHEN revoke > 0 THEN 'REVOKED' ELSE 'RETRY' END, "
             "eta = ?, retries = retries + 1, owner = NULL, started = NULL, pid = NULL, "
-            "exc_type = ?, traceback = ? WHERE seq = ? AND state = 'STARTED' AND owner = ?",
-            (o.eta, o.exc_type, o.traceback, o.seq, owner)).rowcount
+            "exc_type = ?, traceback = ?, payload = coalesce(?, payload), "
+            "options = coalesce(?, options) WHERE seq = ? AND state = 'STARTED' AND owner = ?",
+            (o.eta, o.exc_type, o.traceback,
+             *(o.result if type(o.result) is tuple else (None, None)),   # see retrying()
+             o.seq, owner)).rowcount
         if changed:
             record_attempt(conn, o.seq, o.started, o.ended, o.pid, "RETRY", o.exc_type,
                            o.exc_message)
@@ -188,3 +198,25 @@ def record_attempt(conn: sqlite3.Connection, seq: int, started: float | None, en
                  "outcome, exc_type, exc_message) VALUES (?, (SELECT count(*) FROM attempts "
                  "WHERE job_seq = ?), ?, ?, ?, ?, ?, ?)",
                  (seq, seq, started, ended, pid, outcome, exc_type, exc_message))
+
+
+def set_task_states(conn: sqlite3.Connection, owner: int | None,
+                    states: Sequence[tuple[int, str, Any]], now: float) -> None:
+    """Custom states (``update_state``) of running jobs: (seq, state, encoded meta).
+    Guarded: only a job still STARTED (under ``owner``, for a worker's reports), and
+    only for its current attempt (a later attempt does not see an earlier one's)."""
+    guard = "" if owner is None else " AND owner = ?"
+    conn.executemany(
+        "INSERT OR REPLACE INTO task_states (seq, attempt, state, meta, updated) "
+        f"SELECT seq, retries, ?, ?, ? FROM jobs WHERE seq = ? AND state = 'STARTED'{guard}",
+        [(state, meta, now, seq, *(() if owner is None else (owner,)))
+         for seq, state, meta in states])
+
+
+def task_state(conn: sqlite3.Connection, job_id: str) -> tuple | None:
+    """(state, meta, job serializer, task) of a running job's custom state, or None."""
+    where, key = where_id(job_id)
+    return conn.execute(
+        "SELECT t.state, t.meta, j.serializer, j.task FROM task_states t JOIN jobs j "
+        f"ON j.seq = t.seq WHERE t.seq = (SELECT seq FROM jobs WHERE {where}) "
+        "AND t.attempt = j.retries AND j.state = 'STARTED'", (key,)).fetchone()

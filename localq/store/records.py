@@ -108,7 +108,8 @@ class Outcome(NamedTuple):
     """A finished attempt as a worker reports it (over the wire: see worker/protocol.py)."""
     seq: int
     state: str                   # SUCCESS, FAILURE, RETRY, REVOKED, or PENDING (put back)
-    result: Any = None           # encoded value, or encoded exception
+    result: Any = None           # encoded value, or exception; RETRY: None or
+                                 # (payload, options) of the next attempt, each None: same
     exc_type: str | None = None
     traceback: str | None = None
     started: float | None = None
@@ -136,9 +137,12 @@ def failed(seq: int, result: Any, exc_type: str, traceback: str | None,
 
 
 def retrying(seq: int, exc_type: str, traceback: str | None, started: float, ended: float,
-             pid: int, eta: float, exc_message: str | None) -> Outcome:
-    return _make(Outcome, (seq, "RETRY", None, exc_type, traceback, started, ended, pid, eta,
-                           exc_message))
+             pid: int, eta: float, exc_message: str | None, payload: Any = None,
+             options: str | None = None) -> Outcome:
+    """A RETRY: ``payload`` is the next attempt's encoded arguments and ``options`` its
+    options column (None: the same)."""
+    return _make(Outcome, (seq, "RETRY", (payload, options), exc_type, traceback, started,
+                           ended, pid, eta, exc_message))
 
 
 def revoked(seq: int, result: Any, ended: float, pid: int | None,
@@ -167,6 +171,16 @@ def encode_options(time_limit: float | None, soft_time_limit: float | None,
     if not acks_late:
         opts["acks_late"] = False
     return json.dumps(opts, separators=(",", ":")) if opts else None
+
+
+def with_eta(options: str | None, eta: float) -> str:
+    """A job's options with the time it was sent to run at (``self.request.eta``)."""
+    return encode_with_eta(decode_options(options), eta)
+
+
+def encode_with_eta(options: dict, eta: float) -> str:
+    """Decoded options, with an ETA, as the options column."""
+    return json.dumps({**options, "eta": eta}, separators=(",", ":"))
 
 
 def decode_options(text: str | None) -> dict:

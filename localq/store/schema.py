@@ -14,7 +14,7 @@ import threading
 
 from ..exceptions import DatabaseError
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 BUSY_TIMEOUT_MS = 60_000
 # Every delay() commits a table page and an index page to the WAL; at 1 KiB they
 # cost ~4 us less to checksum, copy and write than at SQLite's default 4 KiB:
@@ -96,6 +96,13 @@ CREATE TABLE rate_limits (
     tokens    REAL NOT NULL DEFAULT 0,
     updated   REAL NOT NULL DEFAULT 0
 );
+CREATE TABLE task_states (
+    seq       INTEGER PRIMARY KEY,      -- the job's
+    attempt   INTEGER NOT NULL,         -- its retries when set: a later attempt ignores it
+    state     TEXT NOT NULL,            -- a custom state, e.g. PROGRESS (update_state)
+    meta      BLOB,                     -- encoded with the job's result serializer
+    updated   REAL NOT NULL
+);
 CREATE TABLE maps (
     name      TEXT PRIMARY KEY,
     task      TEXT NOT NULL,
@@ -137,6 +144,8 @@ MIGRATIONS: dict[int, str] = {
     last_due  REAL NOT NULL,
     last_run  REAL
 )""",   # periodic tasks
+    4: "CREATE TABLE IF NOT EXISTS task_states (seq INTEGER PRIMARY KEY, "   # update_state
+       "attempt INTEGER NOT NULL, state TEXT NOT NULL, meta BLOB, updated REAL NOT NULL)",
 }
 
 

@@ -103,6 +103,8 @@ def expire_results(conn: sqlite3.Connection, before: float, after_seq: int,
     span = (after_seq, hi, before)
     conn.execute("DELETE FROM attempts WHERE job_seq IN (SELECT seq FROM jobs WHERE "
                  "seq > ? AND seq <= ? AND done < ?)", span)
+    conn.execute("DELETE FROM task_states WHERE seq IN (SELECT seq FROM jobs WHERE "
+                 "seq > ? AND seq <= ? AND done < ?)", span)
     deleted = conn.execute("DELETE FROM jobs WHERE seq > ? AND seq <= ? AND done < ?",
                            span).rowcount
     # Jobs created after the cutoff cannot have finished before it: the pass ends there.

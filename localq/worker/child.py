@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 from ..ids import format_id
 from ..log import log, log_outcome, now_running, per_job_lines
 from ..profiling import run_profiled
+from ..signals import worker_process_init, worker_process_shutdown
+from . import execute as execute_module
 from . import protocol
 from .execute import LimitCache, execute, install_soft_limit_handler, revoked_outcome
 from .protocol import FIRST_SKIP, RUNNING, SKIPS
@@ -67,6 +69,8 @@ def child_main(app: WorkerApp, conn: Connection, slot: mmap.mmap, max_tasks: int
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         install_soft_limit_handler()
+        execute_module.channel[0] = conn
+        worker_process_init.send(None)
         run_profiled("child", _loop, app, conn, protocol.slot_words(slot), max_tasks,
                      max_memory_kib)
     except BaseException:    # noqa: BLE001 - a child must never unwind into the caller
@@ -78,6 +82,7 @@ def child_main(app: WorkerApp, conn: Connection, slot: mmap.mmap, max_tasks: int
             pass
     finally:
         try:
+            worker_process_shutdown.send(None, pid=os.getpid(), exitcode=code)
             sys.stdout.flush()
             sys.stderr.flush()
         except BaseException:

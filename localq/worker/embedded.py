@@ -31,14 +31,14 @@ class EmbeddedWorker:
                  queues: Iterable[str] | str | None = None, *,
                  max_tasks_per_child: int | None = None,
                  max_memory_per_child: int | None = None, time_limit: float | None = None,
-                 soft_time_limit: float | None = None, loglevel: str | int = "WARNING",
-                 beat: bool = False) -> None:
+                 soft_time_limit: float | None = None, loglevel: str | int | None = None,
+                 hostname: str | None = None, beat: bool = False) -> None:
         self.app = app
         self.options = resolve(app.conf, concurrency=concurrency, queues=queues,
                                max_tasks_per_child=max_tasks_per_child,
                                max_memory_per_child=max_memory_per_child,
                                time_limit=time_limit, soft_time_limit=soft_time_limit,
-                               loglevel=loglevel, beat=beat)
+                               loglevel=loglevel, hostname=hostname, beat=beat)
         self.pid: int | None = None
         self._parent_w: int | None = None
 

@@ -35,15 +35,18 @@ from ..limits import backoff_countdown
 from ..serializer import (
     check_accepted,
     decode_call,
+    encode_call,
     encode_exception,
     encode_value,
     exception_type_name,
     safe_text,
     why,
 )
+from ..signals import task_failure, task_postrun, task_prerun, task_retry, task_success
 from ..store import records
 from ..store.records import Outcome
-from ..task import ExceptionInfo, Request
+from ..task import ExceptionInfo, Request, check_call
+from . import protocol
 
 if TYPE_CHECKING:
     from ..task import Task
@@ -51,6 +54,15 @@ if TYPE_CHECKING:
 
 
 log = logging.getLogger("localq.worker")
+# The worker's node name (``-n/--hostname``), set by the supervisor before its children
+# fork: ``self.request.hostname``. None in eager mode, as in Celery.
+hostname: list[str | None] = [None]
+# In a worker's child: its channel to the supervisor (set by child_main), for
+# update_state; and the seq and serializer of the job running here.
+channel: list[Any] = [None]
+_current: list[Any] = [0, "json"]
+# States localq records itself: update_state may not set them.
+OWN_STATES = frozenset(("PENDING", "RETRY", "SUCCESS", "FAILURE", "REVOKED"))
 
 def _soft_limit_handler(signum: int, frame: Any) -> None:
     raise SoftTimeLimitExceeded("soft time limit exceeded")
@@ -84,10 +96,15 @@ def execute(app: WorkerApp, seq: int, job_id: str, task_name: str, serializer: s
         args, kwargs = decode_call(serializer, payload)
     except Exception as exc:
         return _failure(seq, serializer, exc, tb_module.format_exc(), started, pid)
+    options = options or {}
+    _current[0], _current[1] = seq, serializer
     request = Request(id=job_id, task=task_name, args=args, kwargs=kwargs, retries=retries,
-                      is_eager=is_eager, options=options or {})
+                      is_eager=is_eager, options=options, hostname=hostname[0],
+                      eta=_iso(options.get("eta")))
     task.push_request(request)
     try:
+        if task_prerun.receivers:
+            task_prerun.send(task, task_id=job_id, task=task, args=args, kwargs=kwargs)
         outcome, value, error, tb = _run(app, task, seq, serializer, args, kwargs, soft_limit,
                                          started, pid)
         if task._hooks:     # a Task subclass's hooks, still inside the job's request
@@ -95,9 +112,69 @@ def execute(app: WorkerApp, seq: int, job_id: str, task_name: str, serializer: s
                                   serializer, started, pid)
         if outcome.state == "FAILURE" and options and options.get("errbacks"):
             _call_errbacks(app, request, error, tb, options["errbacks"])
+        if task_postrun.receivers or task_success.receivers or task_failure.receivers \
+                or task_retry.receivers:
+            _send_signals(task, request, outcome, value, error, tb)
         return outcome
     finally:
         task.pop_request()
+
+
+def update_state(task: Task, task_id: str | None, state: str, meta: Any) -> None:
+    """``self.update_state``: a custom state (e.g. PROGRESS) and its meta, readable from
+    any process as ``AsyncResult.state`` and ``.info`` while the job runs. In a worker's
+    child it goes to the supervisor, which writes it with its next transaction (the child
+    never opens the database); elsewhere it is written here, if the job is running."""
+    if not isinstance(state, str) or not state or state in OWN_STATES:
+        raise ValueError(f"update_state(state={state!r}): use a state of your own, such as "
+                         f"'PROGRESS' (localq records {', '.join(sorted(OWN_STATES))} "
+                         f"itself; STARTED is allowed, to attach meta)")
+    request = task.request
+    job_id = task_id or request.id
+    if job_id is None:
+        raise ValueError(f"{task.name}.update_state() outside a job: pass task_id=")
+    running_here = job_id == request.id and not request.called_directly
+    if running_here and request.is_eager:
+        return          # eager mode stores nothing, as for results
+    serializer = task.app.conf.result_serializer or (
+        _current[1] if running_here else task.option("serializer"))
+    try:
+        encoded = encode_value(serializer, meta)
+    except Exception as exc:                      # raised in the task, which may catch it
+        raise EncodeError(f"{task.name}.update_state(state={state!r}): the meta cannot be "
+                          f"encoded with the {serializer} serializer ({why(exc)}): pass "
+                          f"plain data, such as {{'done': 3, 'total': 10}}") from None
+    if running_here and channel[0] is not None:
+        channel[0].send(protocol.state_message(_current[0], state, encoded))
+    else:
+        task.app.store.set_task_state(job_id, state, encoded, time.time())  # type: ignore[attr-defined]
+
+
+def _iso(eta: float | None) -> str | None:
+    """Celery's ``request.eta``: the ISO 8601 time the job was sent to run at, or None."""
+    if not eta:
+        return None
+    from datetime import datetime, timezone
+    return datetime.fromtimestamp(eta, timezone.utc).isoformat()
+
+
+def _send_signals(task: Task, request: Request, outcome: Outcome, value: Any,
+                  exc: BaseException | None, tb: str | None) -> None:
+    """task_success, task_failure or task_retry, then task_postrun, with Celery's
+    arguments, in the process that ran the job."""
+    state, args, kwargs = outcome.state, request.args, request.kwargs
+    if state == "SUCCESS":
+        task_success.send(task, result=value)
+    elif state == "FAILURE":
+        exc = exc if exc is not None else Exception(outcome.exc_message)
+        task_failure.send(task, task_id=request.id, exception=exc, args=args, kwargs=kwargs,
+                          traceback=exc.__traceback__, einfo=ExceptionInfo(exc, tb))
+    elif state == "RETRY":
+        reason = exc.exc if isinstance(exc, Retry) and exc.exc is not None else exc
+        task_retry.send(task, request=request, reason=reason,
+                        einfo=ExceptionInfo(reason, outcome.traceback) if reason else None)
+    task_postrun.send(task, task_id=request.id, task=task, args=args, kwargs=kwargs,
+                      retval=value if state == "SUCCESS" else exc, state=state)
 
 
 def _run(app: WorkerApp, task: Task, seq: int, serializer: str, args: tuple | list, kwargs: dict,
@@ -113,11 +190,11 @@ def _run(app: WorkerApp, task: Task, seq: int, serializer: str, args: tuple | li
             if soft_limit:
                 signal.setitimer(signal.ITIMER_REAL, 0)
     except Retry as asked:
-        return _retry(seq, serializer, asked, started, pid), None, asked, None
+        return _retry(task, seq, serializer, asked, started, pid), None, asked, None
     except Exception as exc:
         auto = _autoretry(task, exc)
         if isinstance(auto, Retry):
-            return _retry(seq, serializer, auto, started, pid), None, auto, None
+            return _retry(task, seq, serializer, auto, started, pid), None, auto, None
         # retry() itself raised when max_retries was reached: that is the failure
         final = auto if auto is not None else exc
         tb = tb_module.format_exc()
@@ -209,7 +286,8 @@ def _autoretry(task: Task, exc: Exception) -> BaseException | None:
     return None
 
 
-def _retry(seq: int, serializer: str, retry: Retry, started: float, pid: int) -> Outcome:
+def _retry(task: Task, seq: int, serializer: str, retry: Retry, started: float,
+           pid: int) -> Outcome:
     exc = retry.exc
     now = time.time()
     when = retry.when or now
@@ -217,10 +295,24 @@ def _retry(seq: int, serializer: str, retry: Retry, started: float, pid: int) ->
         # Retry(when=nan) raised by hand: the request is invalid, and ends the job
         return _failure(seq, serializer, ConfigurationError(
             f"retry requested with an ETA of {when!r}: not a finite time"), None, started, pid)
+    payload = None               # None: the next attempt gets the same arguments
+    call = getattr(retry, "call", None)
+    if call is not None:         # retry(args=..., kwargs=...): the next attempt's
+        request = task.request
+        args = request.args if call[0] is None else call[0]
+        kwargs = request.kwargs if call[1] is None else call[1]
+        try:
+            payload = encode_call(serializer, task.name, *check_call(task.name, args, kwargs))
+        except Exception as err:
+            return _failure(seq, serializer, err, tb_module.format_exc(), started, pid)
     exc_type = exception_type_name(exc) if exc is not None else "localq.exceptions.Retry"
     tb = "".join(tb_module.format_exception(exc)) if exc is not None else None
-    return records.retrying(seq, exc_type, safe_text(tb), started, now, pid, max(when, now),
-                            safe_text(str(exc)) if exc is not None else "retry requested")
+    when = max(when, now)
+    # The next attempt's options carry its ETA (its request.eta), as Celery's new message does
+    options = records.encode_with_eta(task.request.options, when)
+    return records.retrying(seq, exc_type, safe_text(tb), started, now, pid, when,
+                            safe_text(str(exc)) if exc is not None else "retry requested",
+                            payload, options)
 
 
 def revoked_outcome(seq: int, serializer: str, why: str, ended: float,
@@ -278,7 +370,6 @@ def run_eager(task: Task, args: tuple, kwargs: dict, options: dict) -> Any:
     that what fails on a worker fails here too. Retries run at once."""
     from ..ids import new_id
     from ..result import EagerResult
-    from ..serializer import encode_call
     serializer = options.get("serializer") or task.option("serializer")
     payload = encode_call(serializer, task.name, args, kwargs)   # same TypeError as delay()
     job_id = options.get("task_id") or new_id()
@@ -288,6 +379,8 @@ def run_eager(task: Task, args: tuple, kwargs: dict, options: dict) -> Any:
                           os.getpid(), None, is_eager=True)
         if outcome.state != "RETRY":
             break
+        if outcome.result[0] is not None:      # retry(args=..., kwargs=...)
+            payload = outcome.result[0]
         retries += 1
     state, result, exc_type, tb = outcome.state, outcome.result, outcome.exc_type, \
         outcome.traceback

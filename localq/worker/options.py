@@ -46,6 +46,7 @@ class WorkerOptions:
     time_limit: float | None             # overrides task_time_limit when given
     soft_time_limit: float | None        # overrides task_soft_time_limit when given
     loglevel: str | int
+    hostname: str = ""                   # the node name: request.hostname, worker signals
     beat: bool = False                   # also run the periodic-task scheduler (-B)
 
     def apply_time_limits(self, conf: Settings) -> None:
@@ -60,7 +61,8 @@ def resolve(conf: Settings, *, concurrency: int | None = None,
             queues: Iterable[str] | str | None = None, max_tasks_per_child: int | None = None,
             max_memory_per_child: int | None = None, time_limit: float | None = None,
             soft_time_limit: float | None = None,
-            loglevel: str | int = "WARNING", beat: bool = False) -> WorkerOptions:
+            loglevel: str | int | None = None,
+            hostname: str | None = None, beat: bool = False) -> WorkerOptions:
     """Each option as given, else its setting (``worker_concurrency``,
     ``task_default_queue``, ``worker_max_tasks_per_child``,
     ``worker_max_memory_per_child``), else the default (one child per CPU).
@@ -70,7 +72,7 @@ def resolve(conf: Settings, *, concurrency: int | None = None,
     if isinstance(queues, str):
         queues = queues.split(",")
     try:
-        level = check_level(loglevel)
+        level = check_level(loglevel or conf.worker_log_level or "WARNING")
     except ValueError as exc:
         raise ConfigurationError(str(exc)) from None
     return WorkerOptions(
@@ -79,4 +81,22 @@ def resolve(conf: Settings, *, concurrency: int | None = None,
         max_tasks_per_child=max_tasks_per_child or conf.worker_max_tasks_per_child,
         max_memory_per_child=max_memory_per_child or conf.worker_max_memory_per_child,
         time_limit=time_limit, soft_time_limit=soft_time_limit, loglevel=level,
-        beat=bool(beat))
+        hostname=node_name(hostname), beat=bool(beat))
+
+
+def node_name(template: str | None) -> str:
+    """Celery's ``-n/--hostname``: ``%h`` the host name, ``%n`` its first part, ``%d``
+    its domain, ``%%`` a percent sign; default ``localq@%h``."""
+    import socket
+    host = socket.gethostname()
+    name, _, domain = host.partition(".")
+    out, text, i = [], template or "localq@%h", 0
+    while i < len(text):
+        pair = text[i:i + 2]
+        if pair in ("%h", "%n", "%d", "%%"):
+            out.append({"%h": host, "%n": name, "%d": domain, "%%": "%"}[pair])
+            i += 2
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)

@@ -9,6 +9,8 @@ Down (supervisor -> child), one message per batch:
 Up (child -> supervisor):
 
 - ``outcomes_message(outcomes)``: ``("o", [Outcome, ...])``;
+- ``state_message(seq, state, meta)``: ``("s", seq, state, meta)``, a running job's
+  custom state (``update_state``), its meta already encoded;
 - ``exit_message(reason, not_started, outcomes)``: ``("x", reason, [seq, ...],
   [Outcome, ...])``, sent once before a child exits on its own (recycling), so
   that the supervisor learns of its last outcomes and of its exit together and
@@ -35,7 +37,7 @@ from typing import Any, Iterable, NamedTuple
 from ..store.records import Claimed, Outcome
 
 STOP = None
-_OUTCOMES, _EXIT = "o", "x"
+_OUTCOMES, _EXIT, _STATE = "o", "x", "s"
 RUNNING, SKIPS, FIRST_SKIP = 0, 1, 2          # the slot's words
 SKIP_MAX = mmap.PAGESIZE // 8 - FIRST_SKIP
 
@@ -82,6 +84,15 @@ def outcomes_message(outcomes: list[Outcome]) -> tuple:
 
 def exit_message(reason: str, not_started: list[int], outcomes: list[Outcome]) -> tuple:
     return (_EXIT, reason, not_started, [tuple(o) for o in outcomes])
+
+
+def state_message(seq: int, state: str, meta: Any) -> tuple:
+    return (_STATE, seq, state, meta)
+
+
+def task_state(message: tuple) -> tuple[int, str, Any] | None:
+    """(seq, state, meta) if the message is a state_message, else None."""
+    return (message[1], message[2], message[3]) if message[0] == _STATE else None
 
 
 _make = tuple.__new__

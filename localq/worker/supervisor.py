@@ -43,13 +43,15 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
+from .. import signals
 from ..exceptions import DatabaseError
 from ..profiling import run_profiled
 from ..serializer import encode_exception, exception_type_name
 from ..store import Claimed, Outcome, Store, records
 from ..store.schema import BUSY_TIMEOUT_MS
+from ..task import Request
 from ..wakeup import Doorbell, Ringer, supervisor_name, wake_folder
-from . import protocol
+from . import execute, protocol
 from .execute import LimitCache, revoked_outcome
 from .pool import DIED, Child, Inflight, death_outcome, fork_child
 from .throttle import FlowControl
@@ -123,6 +125,7 @@ class Supervisor:
         self.queues = options.queues
         self.max_tasks = options.max_tasks_per_child or None
         self.max_memory = options.max_memory_per_child or None
+        self.hostname = options.hostname          # Celery's node name: the signals' worker
         self.parent_fd = parent_fd
         self.ready_fd = ready_fd
         self.clock = clock
@@ -130,6 +133,7 @@ class Supervisor:
         self.children: dict[int, Child] = {}
         self.ready: deque[Claimed] = deque()      # claimed, not yet handed to a child
         self.outcomes: list[Outcome] = []
+        self.task_states: dict[int, tuple[int, str, Any]] = {}   # update_state, by seq
         self.final_outcomes = False
         self.want_work = True                     # there may be claimable jobs
         self.checkpointer: Checkpointer | None = None
@@ -158,6 +162,7 @@ class Supervisor:
             app = self.app
             self.checkpointer = Checkpointer(Store(app.path, app.conf.database_synchronous))
             self._banner()
+            signals.worker_ready.send(self)
             if self.ready_fd is not None:
                 os.write(self.ready_fd, b"ready\n")
                 os.close(self.ready_fd)
@@ -190,7 +195,9 @@ class Supervisor:
             self.selector.register(self.parent_fd, selectors.EVENT_READ, "parent")
         self._version = self.store.data_version()
         self._add_timers(now)
+        execute.hostname[0] = self.hostname        # the children's request.hostname
         try:
+            signals.worker_init.send(self)
             self._keep_pool_whole()
         except BaseException:
             self.close()
@@ -299,7 +306,7 @@ class Supervisor:
         coalescing window (to be slept through deaf) rather than an ordinary wait that
         any event ends. No wait while there is something to write, unless a failed
         write waits for its retry (a timer)."""
-        if (self.outcomes or self._should_claim(self._free_slots())) \
+        if (self.outcomes or self.task_states or self._should_claim(self._free_slots())) \
                 and now.mono >= self.write_again_at:
             if self._streaming(now.mono):
                 return max(0.0, self.last_write + COALESCE - now.mono), True
@@ -341,7 +348,8 @@ class Supervisor:
     def _next_write_retry(self, now: Now) -> float | None:
         """A failed write is tried again at ``write_again_at`` (by the write step), if
         there is still something to write."""
-        if self.write_failures and (self.outcomes or self._should_claim(self._free_slots())):
+        if self.write_failures and (self.outcomes or self.task_states
+                                    or self._should_claim(self._free_slots())):
             return self.write_again_at
         return None
 
@@ -415,7 +423,13 @@ class Supervisor:
         conn = child.conn
         try:
             while True:
-                outcomes, leaves = protocol.read(conn.recv())
+                message = conn.recv()
+                if (state := protocol.task_state(message)) is not None:
+                    self.task_states[state[0]] = state     # written with the next turn
+                    if child.has_more():
+                        continue
+                    break
+                outcomes, leaves = protocol.read(message)
                 self._take_outcomes(child, outcomes, now)
                 if leaves is not None:                 # it leaves on its own
                     child.leave()
@@ -477,7 +491,9 @@ class Supervisor:
                 stale.add(o.seq)
                 continue
             busy += o.ended - (o.started or o.ended)
-            if o.state == "FAILURE":
+            if o.state == "REVOKED":        # skipped by the child: revoked meanwhile
+                self._signal_revoked(job)
+            elif o.state == "FAILURE":
                 log.error("Task %s[%s] raised: %s\n%s", job.task if job else "?",
                           job.id if job else "?", o.exc_message, (o.traceback or "").rstrip())
         if stale:
@@ -508,6 +524,8 @@ class Supervisor:
                 self.outcomes.append(death_outcome(child, item, self.app.tasks.get(item.job.task),
                                                    how, now.wall))
                 self.final_outcomes = True
+                if item.job.seq == revoked:
+                    self._signal_revoked(item.job, terminated=True)
             else:
                 again.append(item.job)
         self.ready.extendleft(reversed(again))
@@ -534,6 +552,7 @@ class Supervisor:
                     self.outcomes.append(revoked_outcome(job.seq, job.serializer, "revoked",
                                                          now.wall))
                     self.final_outcomes = True
+                    self._signal_revoked(job)
                 else:
                     kept.append(job)
             self.ready = kept
@@ -552,6 +571,15 @@ class Supervisor:
                     self._keep_pool_whole()
                     break
 
+    def _signal_revoked(self, job: Claimed, terminated: bool = False,
+                        expired: bool = False) -> None:
+        """Celery's task_revoked, sent here, where the worker decides (sender: the task)."""
+        if signals.task_revoked.receivers:
+            signals.task_revoked.send(
+                self.app.tasks.get(job.task), request=Request(id=job.id, task=job.task),
+                terminated=terminated, signum=signal.SIGKILL if terminated else None,
+                expired=expired)
+
     def _free_slots(self) -> int:
         free = sum(self._room(child) for child in self.children.values())
         return max(0, free - len(self.ready))
@@ -565,7 +593,8 @@ class Supervisor:
         slots = 0 if self.stopping else min(self._free_slots(), CLAIM_MAX)
         claim = self._should_claim(slots)
         mono = now.mono
-        if (self.outcomes or claim) and not self._streaming(mono) and mono >= self.write_again_at:
+        if (self.outcomes or claim or self.task_states) and not self._streaming(mono) \
+                and mono >= self.write_again_at:
             # The outcomes stay in self.outcomes until the transaction that writes them
             # commits: a write that fails loses nothing and is tried again.
             outcomes = self.outcomes
@@ -587,9 +616,12 @@ class Supervisor:
             if not self.want_work and any(o.state in ("RETRY", "PENDING") for o in outcomes):
                 self.want_work = True     # a job to run again: its ETA sets the next wake
             self.outcomes = []
+            self.task_states.clear()
             if self.final_outcomes or revoked:   # first: someone may be waiting on these
                 self.final_outcomes = False
                 self.waiters.ring()
+            for job in revoked:
+                self._signal_revoked(job, expired=not job.revoke)
             if self.checkpointer is not None:
                 self.checkpointer.poke()
             self.rings = 0
@@ -608,6 +640,8 @@ class Supervisor:
         with self.store.transaction() as tx:
             if not tx.is_registered(self.worker_id):
                 raise _PresumedDead
+            if self.task_states:      # before the outcomes: a finished job takes none
+                tx.set_task_states(self.worker_id, list(self.task_states.values()), now)
             if tx.finish(self.worker_id, outcomes):   # the canvas made jobs ready
                 self.want_work = True
                 claim = slots > 0
@@ -746,6 +780,7 @@ class Supervisor:
 
     def close(self) -> None:
         """Stop what is left, write back every job still held, unregister, close."""
+        signals.worker_shutdown.send(self)
         for child in list(self.children.values()):
             child.escalate()
             child.reap()
