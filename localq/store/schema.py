@@ -14,7 +14,7 @@ import threading
 
 from ..exceptions import DatabaseError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT_MS = 60_000
 # Every delay() commits a table page and an index page to the WAL; at 1 KiB they
 # cost ~4 us less to checksum, copy and write than at SQLite's default 4 KiB:
@@ -84,7 +84,10 @@ CREATE TABLE workers (
     started     REAL NOT NULL,
     heartbeat   REAL NOT NULL,
     queues      TEXT NOT NULL,
-    concurrency INTEGER NOT NULL
+    concurrency INTEGER NOT NULL,
+    processed   INTEGER NOT NULL DEFAULT 0,
+    failed      INTEGER NOT NULL DEFAULT 0,
+    children    TEXT
 );
 CREATE TABLE rate_limits (
     task      TEXT PRIMARY KEY,
@@ -101,11 +104,33 @@ CREATE TABLE maps (
     total     INTEGER NOT NULL,
     created   REAL NOT NULL
 );
+-- Monitoring, written by each supervisor with its heartbeat (store/monitor.py): outcomes
+-- per second for the last hour, and per task since the file was made.
+CREATE TABLE throughput (
+    second    INTEGER PRIMARY KEY,
+    succeeded INTEGER NOT NULL DEFAULT 0,
+    failed    INTEGER NOT NULL DEFAULT 0,
+    retried   INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE task_totals (
+    task      TEXT NOT NULL,
+    kind      TEXT NOT NULL,
+    n         REAL NOT NULL DEFAULT 0,
+    PRIMARY KEY (task, kind)
+) WITHOUT ROWID;
 """
 
 # From version N to N+1.
 MIGRATIONS: dict[int, str] = {
     1: "ALTER TABLE rate_limits ADD COLUMN override_set REAL",   # when an override was set
+    2: """ALTER TABLE workers ADD COLUMN processed INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE workers ADD COLUMN failed INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE workers ADD COLUMN children TEXT;
+        CREATE TABLE throughput (second INTEGER PRIMARY KEY,
+            succeeded INTEGER NOT NULL DEFAULT 0, failed INTEGER NOT NULL DEFAULT 0,
+            retried INTEGER NOT NULL DEFAULT 0);
+        CREATE TABLE task_totals (task TEXT NOT NULL, kind TEXT NOT NULL,
+            n REAL NOT NULL DEFAULT 0, PRIMARY KEY (task, kind)) WITHOUT ROWID""",  # monitoring
 }
 
 

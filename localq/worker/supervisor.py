@@ -35,6 +35,7 @@ from ..wakeup import Doorbell, Ringer, supervisor_name, wake_folder
 from . import protocol
 from .execute import LimitCache, revoked_outcome
 from .pool import DIED, Child, Inflight, death_outcome, fork_child
+from .tally import Tally
 from .throttle import FlowControl
 from .upkeep import RECOVERY_EVERY, Checkpointer, Upkeep, safely
 
@@ -115,6 +116,7 @@ class Supervisor:
         self.write_failures = 0                   # failed writes in a row
         self.stranded = 0                         # jobs whose outcome could not be stored
         self.write_again_at = 0.0                 # monotonic time of the next attempt
+        self.tally = Tally()                      # outcomes, for the monitoring tools
 
     # -------------------------------------------------------------- lifecycle
 
@@ -228,7 +230,8 @@ class Supervisor:
                     self._check_revokes()
             if mono - last_heartbeat >= self.app.conf.worker_heartbeat_interval:
                 last_heartbeat = mono
-                if safely(self.upkeep.heartbeat, self.worker_id) is False:
+                if safely(self.upkeep.heartbeat, self.worker_id, self.tally,
+                          list(self.children.values())) is False:
                     safely(self._rejoin)
             if mono - last_recovery >= RECOVERY_EVERY:
                 last_recovery = mono
@@ -382,6 +385,7 @@ class Supervisor:
         child.last_report = time.monotonic()
         busy = 0.0
         pop = child.pop
+        note = self.tally.note
         stale = None
         for o in outcomes:
             job = pop(o.seq)
@@ -389,6 +393,7 @@ class Supervisor:
                 stale = stale or set()
                 stale.add(o.seq)
                 continue
+            note(job.task, o)
             busy += o.ended - (o.started or o.ended)
             if o.state == "FAILURE":
                 log.error("Task %s[%s] raised: %s\n%s", job.task if job else "?",
@@ -681,6 +686,7 @@ class Supervisor:
                           "worker %d until another worker recovers them",
                           len(self.outcomes) + self.stranded, self.worker_id)
             else:
+                safely(self.upkeep.heartbeat, self.worker_id, self.tally, ())  # last counts
                 self.store.unregister_worker(self.worker_id)
         finally:
             self.waiters.ring()

@@ -14,7 +14,7 @@ import os
 import socket
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterable, TypeVar
 
 from ..exceptions import DatabaseError, WorkerLostError
 from ..serializer import encode_exception
@@ -22,6 +22,8 @@ from ..serializer import encode_exception
 if TYPE_CHECKING:
     from ..config import Settings
     from ..store import Store
+    from .pool import Child
+    from .tally import Tally
 
 log = logging.getLogger("localq.worker")
 T = TypeVar("T")
@@ -147,9 +149,15 @@ class Upkeep:
         return self.store.register_worker(pid, process_start_time(pid), socket.gethostname(),
                                           self.queues, self.concurrency, now)
 
-    def heartbeat(self, worker_id: int) -> bool:
-        """False when this worker's row is gone: another presumed it dead."""
-        return self.store.heartbeat(worker_id, time.time())
+    def heartbeat(self, worker_id: int, tally: Tally | None = None,
+                  children: Iterable[Child] = ()) -> bool:
+        """False when this worker's row is gone: another presumed it dead. With a
+        ``tally``, its report (outcome counts, the children) goes with it."""
+        if tally is None:
+            return self.store.heartbeat(worker_id, time.time())
+        alive = self.store.heartbeat(worker_id, time.time(), tally.report(children))
+        tally.written()
+        return alive
 
     def recover(self, worker_id: int, now: float) -> int:
         """Take back the jobs of dead workers; how many were put back or failed."""
