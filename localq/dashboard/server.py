@@ -170,6 +170,9 @@ class _Handler(BaseHTTPRequestHandler):
             page = page.replace("{{readonly}}", "1" if self.server.readonly else "0")
             self._send(200, page.encode(), "text/html; charset=utf-8")
             return
+        if path == "/favicon.ico":
+            self._send(204, b"", "image/x-icon")
+            return
         if path.startswith("/static/") and path[8:] in STATIC:
             self._send(200, _static(path[8:]), STATIC[path[8:]])
             return

@@ -16,7 +16,7 @@
       if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
       else el.setAttribute(k, v === true ? "" : String(v));
     }
-    for (const kid of kids.flat()) {
+    for (const kid of kids.flat(Infinity)) {
       if (kid === null || kid === undefined) continue;
       el.append(kid instanceof Node ? kid : document.createTextNode(String(kid)));
     }

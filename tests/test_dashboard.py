@@ -1,0 +1,206 @@
+"""The dashboard's JSON API, /metrics, the action token, escaping, and the inspect and
+events commands, through HTTP and the CLI against a live worker (real processes)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import Iterator
+
+import pytest
+from conftest import wait_for
+from dashboard_proc import DashboardProcess
+
+import sample_tasks
+from localq.store import monitor
+
+XSS = "<script>alert(1)</script>"
+
+
+@pytest.fixture
+def start_dashboard(db_path: str) -> Iterator:
+    started: list[DashboardProcess] = []
+
+    def start(*args: str) -> DashboardProcess:
+        d = DashboardProcess(db_path, *args)
+        started.append(d)
+        return d
+
+    yield start
+    for d in started:
+        d.stop()
+
+
+@pytest.fixture
+def live(app, start_worker, start_dashboard):
+    worker = start_worker("--app", "dash_tasks:app", "-c", "2").ready()
+    return worker, start_dashboard("--app", "dash_tasks:app")
+
+
+def test_api_shows_the_worker_its_tasks_and_metrics(app, live):
+    worker, dash = live
+    ok = sample_tasks.add.delay(XSS, "!")
+    bad = sample_tasks.boom.delay("went wrong")
+    assert ok.get(timeout=20) == XSS + "!"
+    with pytest.raises(ValueError):
+        bad.get(timeout=20)
+    long = sample_tasks.sleep_then.delay(30)
+
+    def worker_row():
+        ws = dash.get("/api/workers")
+        w = next(iter(ws.values()), None)
+        return w if w and w["processed"] >= 2 and any(c["id"] == long.id
+                                                      for c in w["children"]) else None
+    w = wait_for(worker_row, what="the worker's counts and running child")
+    assert w["pid"] == worker.pid and w["concurrency"] == 2 and w["failed"] == 1
+    assert sorted(c["pid"] for c in w["children"]) == sorted(worker.children())
+    running = next(c for c in w["children"] if c["id"] == long.id)
+    assert running["task"] == "sample_tasks.sleep_then" and running["rss"] > 0
+
+    page = dash.get("/api/tasks?limit=10")
+    assert [t["uuid"] for t in page["tasks"]] == [long.id, bad.id, ok.id]   # newest first
+    assert dash.get("/api/tasks?state=FAILURE")["tasks"][0]["uuid"] == bad.id
+    named = dash.get("/api/tasks?taskname=sample_tasks.add")["tasks"]
+    assert [t["uuid"] for t in named] == [ok.id]
+    assert dash.get(f"/api/tasks?search={ok.id}")["tasks"][0]["uuid"] == ok.id
+    first = dash.get("/api/tasks?limit=2")
+    rest = dash.get(f"/api/tasks?limit=2&before={first['next']}")
+    assert [t["uuid"] for t in rest["tasks"]] == [ok.id]
+
+    info = dash.get(f"/api/task/info/{ok.id}")
+    assert info["args"] == [XSS, "!"] and info["result"] == XSS + "!"
+    assert info["state"] == "SUCCESS" and info["runtime"] >= 0
+    failed = dash.get(f"/api/task/info/{bad.id}")
+    assert failed["exception"].endswith("ValueError") and "went wrong" in failed["traceback"]
+    assert dash.request("/api/task/info/no-such-id")[0] == 404
+
+    assert dash.get("/api/queues/length") == {"active_queues": []}
+    metrics = wait_for(lambda: (m := dash.request("/metrics")[2].decode()) and
+                       'localq_tasks_total{task="sample_tasks.add",state="SUCCESS"} 1' in m
+                       and m, what="metrics")
+    assert 'localq_tasks_total{task="sample_tasks.boom",state="FAILURE"} 1' in metrics
+    assert 'localq_task_runtime_seconds_count{task="sample_tasks.add"} 1' in metrics
+    assert "localq_workers 1" in metrics
+    assert sum(dash.get("/api/throughput")["succeeded"]) >= 1
+
+
+def test_actions_need_the_pages_token(app, live):
+    _, dash = live
+    later = sample_tasks.add.apply_async((1, 2), countdown=600)
+    form = b"terminate=false"
+    cross_site = {"Content-Type": "application/x-www-form-urlencoded",
+                  "Origin": "http://evil.example"}
+    assert dash.request(f"/api/task/revoke/{later.id}", form, cross_site)[0] == 403
+    assert dash.request(f"/api/task/revoke/{later.id}", b"token=guess", cross_site)[0] == 403
+    assert later.state == "PENDING"
+    status, _, body = dash.request(f"/api/task/revoke/{later.id}", form,
+                                   {"X-Localq-Token": dash.token()})
+    assert status == 200, body
+    assert later.state == "REVOKED"
+
+
+def test_retry_rate_limit_and_purge_through_the_api(app, live):
+    _, dash = live
+    token = {"X-Localq-Token": dash.token()}
+    bad = sample_tasks.boom.delay("again")
+    with pytest.raises(ValueError):
+        bad.get(timeout=20)
+    first_done = dash.get(f"/api/task/info/{bad.id}")["done"]
+    assert dash.request(f"/api/task/retry/{bad.id}", b"", token)[0] == 200
+    wait_for(lambda: (i := dash.get(f"/api/task/info/{bad.id}"))["state"] == "FAILURE"
+             and i["done"] != first_done, what="the retried task to fail again")
+    assert dash.request(f"/api/task/retry/{bad.id}x", b"", token)[0] == 409
+
+    assert dash.request("/api/task/rate-limit/sample_tasks.add", b"ratelimit=5/s",
+                        token)[0] == 200
+    limits = dash.get("/api/queues")["limits"]
+    assert {"task": "sample_tasks.add", "value": "5/s"}.items() <= next(
+        r for r in limits if r["task"] == "sample_tasks.add").items()
+    assert dash.request("/api/task/rate-limit/sample_tasks.add", b"ratelimit=fast",
+                        token)[0] == 400
+
+    for i in range(3):
+        sample_tasks.add.apply_async((i, i), queue="nobody")
+    assert dash.get("/api/queues/length") == {"active_queues": [{"name": "nobody",
+                                                                 "messages": 3}]}
+    status, _, body = dash.request("/api/queues/purge/nobody", b"", token)
+    assert status == 200 and b"purged 3" in body
+    assert dash.get("/api/queues/length") == {"active_queues": []}
+
+
+def test_readonly_serves_no_actions_and_pages_carry_no_data(app, db_path, start_dashboard):
+    job = sample_tasks.add.apply_async((XSS, 1), countdown=600)
+    dash = start_dashboard("--readonly")
+    assert dash.token() == ""
+    status, _, _ = dash.request(f"/api/task/revoke/{job.id}", b"", {"X-Localq-Token": ""})
+    assert status == 403 and job.state == "PENDING"
+    status, headers, body = dash.request("/")
+    # The page is a shell: data comes as JSON and is put in the page as text only.
+    assert XSS.encode() not in body and b"<script>" not in body
+    assert "script-src 'self'" in headers["Content-Security-Policy"]
+    status, headers, body = dash.request("/api/tasks")
+    assert headers["Content-Type"].startswith("application/json")
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    assert dash.request("/", headers={"Host": "attacker.example:5555"})[0] == 403
+
+
+def test_basic_auth_and_the_warning_off_loopback(app, db_path, start_dashboard):
+    app.store.workers()              # the file exists
+    dash = start_dashboard("--basic-auth", "ann:s3cret")
+    assert dash.request("/api/workers")[0] == 401
+    assert dash.get("/api/workers", Authorization="Basic YW5uOnMzY3JldA==") == {}
+    open_dash = start_dashboard("--address", "0.0.0.0")
+    assert "WARNING" in open_dash.stderr() and "--basic-auth" in open_dash.stderr()
+    assert "WARNING" not in dash.stderr()
+
+
+def test_inspect_and_events(app, db_path, start_worker):
+    app.store.workers()              # the file exists
+    events = subprocess.Popen([sys.executable, "-m", "localq", "events", "--db", db_path],
+                              stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        start_worker("--app", "dash_tasks:app", "-c", "2").ready()
+        long = sample_tasks.sleep_then.delay(30)
+        quick = sample_tasks.add.delay(2, 3)
+        assert quick.get(timeout=20) == 5
+
+        def inspect(what: str) -> dict:
+            out = subprocess.run([sys.executable, "-m", "localq", "inspect", what, "--json",
+                                  "--db", db_path], capture_output=True, text=True,
+                                 check=True).stdout
+            return json.loads(out)
+        wait_for(lambda: any(j["id"] == long.id for jobs in inspect("active").values()
+                             for j in jobs), what="inspect active to show the running job")
+        stats = next(iter(inspect("stats").values()))
+        assert stats["pool"]["max-concurrency"] == 2
+        wait_for(lambda: "sample_tasks.add" in next(iter(inspect("registered").values())),
+                 what="the task's name among those counted in the file")
+        later = sample_tasks.add.apply_async((1, 1), countdown=600)
+        scheduled = next(iter(inspect("scheduled").values()))
+        assert [s["request"]["id"] for s in scheduled] == [later.id]
+        lines: list[str] = []
+        assert events.stdout is not None
+        while not any("task-succeeded" in line and quick.id in line for line in lines):
+            line = events.stdout.readline()
+            assert line, "events ended"
+            lines.append(line)
+        assert any("task-received" in line and quick.id in line for line in lines)
+        assert any("task-started" in line and long.id in line for line in lines)
+    finally:
+        events.kill()
+        events.wait(10)
+
+
+def test_filtered_pages_look_at_a_bounded_window_and_go_on_by_key(app, monkeypatch):
+    monkeypatch.setattr(monitor, "SCAN_WINDOW", 10)
+    a = [sample_tasks.add.apply_async((i, 0), queue="a").id for i in range(25)]
+    for i in range(30):
+        sample_tasks.add.apply_async((i, 1), queue="b")
+    found, before, pages = [], None, 0
+    while True:
+        rows, before = app.store.monitor.jobs_page(queue="a", limit=20, before=before)
+        found += [r["id"] for r in rows]
+        pages += 1
+        if before is None:
+            break
+    assert found == a[::-1] and pages > 2
