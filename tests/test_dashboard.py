@@ -8,10 +8,10 @@ import sys
 from typing import Iterator
 
 import pytest
+import sample_tasks
 from conftest import wait_for
 from dashboard_proc import DashboardProcess
 
-import sample_tasks
 from localq.store import monitor
 
 XSS = "<script>alert(1)</script>"

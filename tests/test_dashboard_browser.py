@@ -11,10 +11,9 @@ import shutil
 from typing import Any, Iterator
 
 import pytest
+import sample_tasks
 from conftest import wait_for
 from dashboard_proc import DashboardProcess
-
-import sample_tasks
 
 APT = "apt-get install -y chromium chromium-driver (and pip install selenium)"
 XSS = "<script>alert(1)</script>"

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..limits import limits_in_force
 from ..serializer import stored_exception_info
+from ..store.monitor import RUNTIME_BUCKETS
 from ..store.records import FINAL_STATES
-from ..worker.tally import RUNTIME_BUCKETS
 
 if TYPE_CHECKING:
     from ..app import Localq

@@ -19,6 +19,9 @@ from .records import READY_WHERE, column_names, job_dict
 
 SCAN_WINDOW = 20_000           # rows a filtered page of jobs looks at, at most
 THROUGHPUT_KEPT = 3600         # seconds of per-second counts kept
+# task_totals' kinds: a state (outcomes), "runtime_sum", and "le:B" for each bound B here
+# and "+Inf": the runs whose runtime fell in that bucket (Prometheus's default bounds).
+RUNTIME_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 LIST_COLUMNS = ("seq, id, task, queue, priority, state, serializer, payload, eta, expires, "
                 "retries, owner, pid, created, started, done, exc_type")
 
@@ -141,10 +144,12 @@ def queue_depths(conn: sqlite3.Connection) -> dict[str, list]:
 
 def running(conn: sqlite3.Connection) -> list[dict]:
     """Jobs claimed by a worker (STARTED: running or reserved in a child's queue)."""
+    # Sorted here: ORDER BY seq would let SQLite walk the whole table in seq order
+    # rather than the small partial index of STARTED jobs.
     cur = conn.execute("SELECT seq, id, task, queue, owner, started, payload, serializer, "
-                       "revoke FROM jobs WHERE state = 'STARTED' ORDER BY seq")
+                       "revoke FROM jobs WHERE state = 'STARTED'")
     names = column_names(cur)
-    return [job_dict(names, r) for r in cur.fetchall()]
+    return sorted((job_dict(names, r) for r in cur.fetchall()), key=lambda j: j["seq"])
 
 
 def scheduled(conn: sqlite3.Connection, limit: int) -> list[dict]:

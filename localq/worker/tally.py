@@ -15,12 +15,12 @@ import time
 from bisect import bisect_left
 from typing import TYPE_CHECKING, Any, Iterable
 
+from ..store.monitor import RUNTIME_BUCKETS
+
 if TYPE_CHECKING:
     from ..store.records import Outcome
     from .pool import Child
 
-# Prometheus's default histogram buckets (seconds); a runtime above the last is "+Inf".
-RUNTIME_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
