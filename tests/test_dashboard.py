@@ -3,6 +3,7 @@ events commands, through HTTP and the CLI against a live worker (real processes)
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import sys
 from typing import Iterator
@@ -57,15 +58,18 @@ def test_api_shows_the_worker_its_tasks_and_metrics(app, live):
     running = next(c for c in w["children"] if c["id"] == long.id)
     assert running["task"] == "sample_tasks.sleep_then" and running["rss"] > 0
 
-    page = dash.get("/api/tasks?limit=10")
-    assert [t["uuid"] for t in page["tasks"]] == [long.id, bad.id, ok.id]   # newest first
-    assert dash.get("/api/tasks?state=FAILURE")["tasks"][0]["uuid"] == bad.id
-    named = dash.get("/api/tasks?taskname=sample_tasks.add")["tasks"]
-    assert [t["uuid"] for t in named] == [ok.id]
-    assert dash.get(f"/api/tasks?search={ok.id}")["tasks"][0]["uuid"] == ok.id
-    first = dash.get("/api/tasks?limit=2")
-    rest = dash.get(f"/api/tasks?limit=2&before={first['next']}")
-    assert [t["uuid"] for t in rest["tasks"]] == [ok.id]
+    # Flower's shape: task id -> task, newest first; the next page's cursor in a header.
+    assert list(dash.get("/api/tasks?limit=10")) == [long.id, bad.id, ok.id]
+    assert list(dash.get("/api/tasks?state=FAILURE")) == [bad.id]
+    named = dash.get("/api/tasks?taskname=sample_tasks.add")
+    assert list(named) == [ok.id] and named[ok.id]["state"] == "SUCCESS"
+    assert list(dash.get(f"/api/tasks?search={ok.id}")) == [ok.id]
+    assert list(dash.get("/api/tasks?limit=1&offset=1")) == [bad.id]
+    _, headers, body = dash.request("/api/tasks?limit=2")
+    assert list(json.loads(body)) == [long.id, bad.id]
+    rest = dash.get(f"/api/tasks?limit=2&before={headers['X-Localq-Next']}")
+    assert list(rest) == [ok.id]
+    assert dash.request("/api/tasks?before=x")[0] == 400
 
     info = dash.get(f"/api/task/info/{ok.id}")
     assert info["args"] == [XSS, "!"] and info["result"] == XSS + "!"
@@ -107,8 +111,10 @@ def test_retry_rate_limit_and_purge_through_the_api(app, live):
         bad.get(timeout=20)
     first_done = dash.get(f"/api/task/info/{bad.id}")["done"]
     assert dash.request(f"/api/task/retry/{bad.id}", b"", token)[0] == 200
-    wait_for(lambda: (i := dash.get(f"/api/task/info/{bad.id}"))["state"] == "FAILURE"
-             and i["done"] != first_done, what="the retried task to fail again")
+    again = wait_for(lambda: (i := dash.get(f"/api/task/info/{bad.id}"))["state"] == "FAILURE"
+                     and i["done"] != first_done and i, what="the retried task to fail again")
+    assert [a["outcome"] for a in again["attempts"]] == ["FAILURE", "FAILURE"]   # type: ignore
+    assert again["attempts"][0]["exc_message"] == "again"                        # type: ignore
     assert dash.request(f"/api/task/retry/{bad.id}x", b"", token)[0] == 409
 
     assert dash.request("/api/task/rate-limit/sample_tasks.add", b"ratelimit=5/s",
@@ -204,3 +210,34 @@ def test_filtered_pages_look_at_a_bounded_window_and_go_on_by_key(app, monkeypat
         if before is None:
             break
     assert found == a[::-1] and pages > 2
+
+
+def test_pages_answer_while_another_process_holds_the_write_lock(app, live, db_path):
+    _, dash = live
+    sample_tasks.add.delay(1, 1).get(timeout=20)
+    locker = sqlite3.connect(db_path, isolation_level=None)
+    locker.execute("BEGIN IMMEDIATE")        # the write lock, held for the whole test
+    try:
+        for path in ("/api/workers", "/api/tasks?state=SUCCESS", "/api/queues", "/metrics",
+                     "/api/throughput"):
+            status, _, body = dash.request(path)  # waiting for the lock would time out
+            assert status == 200, (path, body)
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+
+
+def test_a_file_of_the_previous_schema_gets_the_monitoring_tables(app, db_path, start_worker):
+    app.store.workers()
+    app.close()
+    con = sqlite3.connect(db_path, isolation_level=None)
+    con.executescript("DROP TABLE throughput; DROP TABLE task_totals; "
+                      "ALTER TABLE workers DROP COLUMN processed; "
+                      "ALTER TABLE workers DROP COLUMN failed; "
+                      "ALTER TABLE workers DROP COLUMN children; "
+                      "UPDATE localq_meta SET value = '2' WHERE key = 'schema_version'")
+    con.close()
+    start_worker("--app", "dash_tasks:app").ready()
+    assert sample_tasks.add.delay(2, 2).get(timeout=20) == 4
+    wait_for(lambda: [w["processed"] for w in app.store.monitor.workers()] == [1],
+             what="the worker's count in the migrated file")

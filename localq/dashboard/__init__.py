@@ -7,6 +7,6 @@ Prometheus metrics, served by the standard library.
 | ``server.py`` | HTTP: routing, basic auth, the action token, actions, headers; ``serve()`` |
 | ``static/`` | the one page (HTML, JS, CSS): it renders the API's JSON with ``textContent`` |
 
-The store's ``monitor`` module holds the SQL; nothing here speaks SQL. Nothing read
-from the file is decoded but JSON: pickled arguments and results are shown as such.
+The store's ``monitor`` module holds the SQL; nothing here speaks SQL. Arguments and
+results are shown decoded only when they are JSON: pickled ones are shown as such.
 """

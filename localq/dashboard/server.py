@@ -109,6 +109,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("X-Frame-Options", "DENY")
         self.send_header("Referrer-Policy", "no-referrer")
         self.send_header("Cache-Control", "no-store")
+        self.send_header("Access-Control-Expose-Headers", "X-Localq-Next")
         for key, value in (extra or {}).items():
             self.send_header(key, value)
         self.end_headers()
@@ -186,12 +187,20 @@ class _Handler(BaseHTTPRequestHandler):
             "/api/queues": lambda: views.queues(app),
             "/api/throughput": lambda: views.throughput(app),
             "/api/task/names": lambda: views.names(app),
-            "/api/tasks": lambda: views.tasks(
+        }
+        if path == "/api/tasks":
+            # Flower's shape (task id -> task, newest first); the cursor of the next page
+            # goes in a header, so that Flower's clients read the body as they always did.
+            page = views.tasks(
                 app, state=params.get("state") or None, taskname=params.get("taskname") or None,
                 queue=params.get("queue") or None, limit=_int(params, "limit", 50, MAX_LIMIT),
                 offset=_int(params, "offset", 0, 1 << 31), before=self._cursor(params),
-                search=params.get("search") or None),
-        }
+                search=params.get("search") or None)
+            self._send(200, json.dumps({t["uuid"]: t for t in page["tasks"]},
+                                       default=repr).encode(),
+                       "application/json; charset=utf-8",
+                       {"X-Localq-Next": page["next"]} if page["next"] else None)
+            return
         if path in api:
             self._json(api[path]())
             return
@@ -244,7 +253,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     @staticmethod
     def _retry(app: Localq, job_id: str, params: dict[str, str]) -> dict:
-        if not app.store.requeue_failed(job_id):
+        info = views.task_info(app, job_id)
+        message = info.get("exception_message") if info else None
+        if not app.store.requeue_failed(job_id, message):
             raise _HTTPError(409, f"{job_id} is not a failed task: only a FAILURE is retried")
         app.nudge_workers()
         return {"message": f"Retrying '{job_id}'", "state": app.store.state(job_id)}

@@ -2,8 +2,10 @@
 
 Each reads through ``app.store.monitor`` (bounded reads: see store/monitor.py) and
 returns plain dicts and lists. Seqs, which pass 2**53, travel as strings (a
-browser's numbers would round them). Arguments and results are decoded only when
-they are JSON; nothing is ever unpickled here, whatever the app accepts.
+browser's numbers would round them). Arguments and results are shown decoded only
+when they are JSON, never unpickled here; the message of a final attempt comes
+from ``AsyncResult.attempts``, as ``show`` prints it (which decodes only what the
+app accepts).
 """
 from __future__ import annotations
 
@@ -120,7 +122,7 @@ def task_info(app: Localq, job_id: str) -> dict[str, Any] | None:
         exc = stored_exception_info(raw) if isinstance(raw, str) else {}
         info["exception"] = job.get("exc_type") or exc.get("exc_type")
         info["exception_message"] = exc.get("exc_message")
-    info["attempts"] = app.store.attempts(job["seq"])
+    info["attempts"] = app.AsyncResult(job["id"]).attempts   # the final one as `show` has it
     links: dict[str, Any] = {}
     for key in ("parent_id", "root_id", "chord_id", "chord", "group_id", "group_index"):
         if job.get(key) is not None:

@@ -194,10 +194,11 @@ class Store:
         """The reads of the dashboard, ``inspect``, ``events`` and ``/metrics``."""
         return monitor.Monitor(self.db)
 
-    def requeue_failed(self, job_id: str) -> bool:
-        """A FAILURE back to PENDING under its own id; False if it is not a FAILURE."""
+    def requeue_failed(self, job_id: str, exc_message: str | None = None) -> bool:
+        """A FAILURE back to PENDING under its own id, the failure kept as an attempt;
+        False if it is not a FAILURE."""
         with self.db.transaction() as conn:
-            return monitor.requeue_failed(conn, job_id)
+            return monitor.requeue_failed(conn, job_id, exc_message)
 
     def purge(self, queues: Sequence[str] | None) -> int:
         with self.db.transaction() as conn:

@@ -14,7 +14,7 @@ import json
 import sqlite3
 from typing import Any, Sequence
 
-from .jobs import where_id
+from .jobs import record_attempt, where_id
 from .records import READY_WHERE, column_names, job_dict
 
 SCAN_WINDOW = 20_000           # rows a filtered page of jobs looks at, at most
@@ -51,15 +51,21 @@ def write_report(conn: sqlite3.Connection, worker_id: int, now: float,
     return True
 
 
-def requeue_failed(conn: sqlite3.Connection, job_id: str) -> bool:
-    """Run a FAILURE again under its own id (the dashboard's "retry"): back to PENDING
-    with its arguments, its result and error cleared, its attempts kept. False when
-    the job is not (or no longer) a FAILURE."""
+def requeue_failed(conn: sqlite3.Connection, job_id: str, exc_message: str | None) -> bool:
+    """Run a FAILURE again under its own id (the dashboard's "retry"): the failure is
+    kept as an attempt, and the job goes back to PENDING with its arguments, its
+    result and error cleared. False when the job is not (or no longer) a FAILURE."""
     where, key = where_id(job_id)
+    row = conn.execute(f"SELECT seq, started, done, pid, exc_type FROM jobs WHERE {where} "
+                       "AND state = 'FAILURE'", (key,)).fetchone()
+    if row is None:
+        return False
+    seq, started, done, pid, exc_type = row
+    record_attempt(conn, seq, started, done, pid, "FAILURE", exc_type, exc_message)
     return conn.execute(
         "UPDATE jobs SET state = 'PENDING', eta = 0, owner = NULL, pid = NULL, "
         "started = NULL, done = NULL, result = NULL, exc_type = NULL, traceback = NULL, "
-        f"revoke = 0 WHERE {where} AND state = 'FAILURE'", (key,)).rowcount == 1
+        "revoke = 0 WHERE seq = ? AND state = 'FAILURE'", (seq,)).rowcount == 1
 
 
 # ------------------------------------------------------------------ read

@@ -42,18 +42,21 @@
   }
   function taskLink(id) { return id ? h("a", {href: "#/task/" + encodeURIComponent(id)}, id) : "-"; }
   function stateCell(state) { return h("td", {class: "state " + state}, state); }
+  let lastNext = null;     // the X-Localq-Next header of the last answer: the next page
   async function get(path) {
     const r = await fetch(path, {headers: {"Accept": "application/json"}});
     if (!r.ok) throw new Error((await r.json()).error || r.statusText);
+    lastNext = r.headers.get("X-Localq-Next");
     return r.json();
   }
+  let notice = null, noticeUntil = 0;     // an action's answer, shown for a few seconds
   async function act(path, form) {
     const body = new URLSearchParams(form || {});
     const r = await fetch(path, {method: "POST", body: body,
                                  headers: {"X-Localq-Token": TOKEN}});
     const data = await r.json();
-    status.textContent = data.message || data.error || "";
-    status.className = r.ok ? "" : "error";
+    notice = [data.message || data.error || "", r.ok ? "notice" : "error"];
+    noticeUntil = Date.now() + 5000;
     tick();
     return r.ok;
   }
@@ -118,8 +121,9 @@
       const q = new URLSearchParams({limit: 50});
       for (const k of ["state", "taskname", "queue", "search"]) if (f[k]) q.set(k, f[k]);
       if (cursors.length) q.set("before", cursors[cursors.length - 1]);
-      const data = await get("/api/tasks?" + q);
-      const rows = data.tasks.map(t => h("tr", {class: "task", "data-id": t.uuid},
+      const tasks = Object.values(await get("/api/tasks?" + q));
+      const data = {next: lastNext};
+      const rows = tasks.map(t => h("tr", {class: "task", "data-id": t.uuid},
         h("td", {}, t.name), h("td", {}, taskLink(t.uuid)), h("td", {class: "args"}, t.args),
         stateCell(t.state), h("td", {}, clock(t.received)), h("td", {}, clock(t.started)),
         h("td", {class: "num"}, t.runtime === null ? "-" : t.runtime.toFixed(3) + "s"),
@@ -251,13 +255,18 @@
     const [name, arg] = route;
     try {
       await pages[name](content, arg);
-      status.textContent = status.className === "error" ? status.textContent :
-        "updated " + new Date().toLocaleTimeString();
+      if (notice && Date.now() < noticeUntil) {
+        status.textContent = notice[0];
+        status.className = notice[1];
+      } else {
+        status.textContent = "updated " + new Date().toLocaleTimeString();
+        status.className = "";
+      }
     } catch (e) {
       status.textContent = "cannot reach the dashboard: " + e.message;
       status.className = "error";
     }
-    timer = setTimeout(() => { status.className = ""; tick(); }, 1000);
+    timer = setTimeout(tick, 1000);
   }
   function go() {
     const hash = location.hash.replace(/^#\/?/, "") || "workers";
