@@ -2,28 +2,17 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from typing import Any
 
-from conftest import HERE, ROOT, wait_for
+from conftest import spawn_localq, wait_for
 
 
 class DashboardProcess:
     def __init__(self, db_path: str, *args: str) -> None:
-        env = dict(os.environ, LOCALQ_DB=db_path,
-                   PYTHONPATH=os.pathsep.join([str(HERE), str(ROOT),
-                                               os.environ.get("PYTHONPATH", "")]))
-        self.log_path = f"{db_path}.dashboard-{time.monotonic_ns()}.log"
-        with open(self.log_path, "w") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "localq", "dashboard", "--port", "0", *args],
-                env=env, stderr=log, stdout=subprocess.DEVNULL, start_new_session=True)
+        self.proc, self.log_path = spawn_localq(db_path, "dashboard", "--port", "0", *args)
         found = wait_for(lambda: re.search(r"dashboard on (http://\S+/)", self.stderr()) or
                          self.proc.poll() is not None, what="the dashboard to listen")
         assert self.proc.poll() is None, self.stderr()

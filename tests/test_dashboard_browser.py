@@ -115,9 +115,11 @@ def test_pages_in_a_real_browser(app, db_path, start_worker, browser):
         wait_for(lambda: _text(browser, "#task-state") == "REVOKED", what="REVOKED on the page")
         assert later.state == "REVOKED"
 
-        sample_tasks.add.apply_async((1, 2), countdown=600)
+        for priority in (0, 0, 5):
+            sample_tasks.add.apply_async((1, 2), queue="reports", priority=priority)
         browser.get(dash.url + "/#/queues")
-        wait_for(lambda: "Limits in force" in _text(browser, "#content"), what="queues page")
+        wait_for(lambda: "reports 5 1" in _text(browser, "tr.queue"), what="a queue's depth")
+        assert "sample_tasks.limited rate_limit 10/s" in _text(browser, "#content")
         _shot(browser, "queues")
         browser.get(dash.url + "/#/throughput")
         wait_for(lambda: browser.find_elements("css selector", "#chart polyline.series-succeeded"),

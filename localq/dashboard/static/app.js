@@ -36,7 +36,12 @@
   }
   function ago(ts) { return ts ? age(Date.now() / 1000 - ts) + " ago" : "-"; }
   function clock(ts) { return ts ? new Date(ts * 1000).toLocaleTimeString() : "-"; }
+  function put(el, ...kids) {            // replaceChildren, leaving out what is absent
+    el.replaceChildren(...kids.flat(Infinity).filter(k => k !== null && k !== undefined));
+  }
   function table(head, rows, cls) {
+    if (!rows.length)
+      rows = [h("tr", {}, h("td", {class: "muted", colspan: head.length}, "none"))];
     return h("table", {class: cls}, h("thead", {}, h("tr", {}, head.map(x => h("th", {}, x)))),
              h("tbody", {}, rows));
   }
@@ -71,7 +76,7 @@
       const data = await get("/api/workers");
       const names = Object.keys(data);
       if (!names.length) {
-        body.replaceChildren(h("p", {class: "muted", id: "no-workers"},
+        put(body, h("p", {class: "muted", id: "no-workers"},
           "No worker is running on this file (start one: python -m localq worker -A module:app)."));
         return;
       }
@@ -93,7 +98,7 @@
             h("td", {}, c.runtime === null ? "-" : age(c.runtime)),
             h("td", {class: "num"}, c.rss ? (c.rss / 1048576).toFixed(1) + " MiB" : "-")))));
       }
-      body.replaceChildren(...out);
+      put(body, ...out);
     },
 
     tasksForm(top) {
@@ -113,7 +118,7 @@
                      search: search.value.trim(), cursors: []};
         tick();
       }}, state, name, queue, search, h("button", {type: "submit", id: "f-apply"}, "Apply"));
-      top.replaceChildren(form);
+      put(top, form);
     },
 
     async tasks(body) {
@@ -133,7 +138,7 @@
           cursors.pop(); tick(); }}, "« newer") : null, " ",
         data.next ? h("button", {type: "button", id: "older", onclick: () => {
           cursors.push(data.next); tick(); }}, "older »") : null);
-      body.replaceChildren(
+      put(body, 
         table(["name", "uuid", "args", "state", "received", "started", "runtime", "worker"],
               rows, "tasks"),
         rows.length ? null : h("p", {class: "muted"}, "No task here" +
@@ -176,7 +181,7 @@
       if (t.links && t.links.group) out.push(h("h2", {}, "group"), table(["#", "uuid", "state"],
         t.links.group.map((g, i) => h("tr", {}, h("td", {}, i), h("td", {}, taskLink(g.uuid)),
           stateCell(g.state)))));
-      body.replaceChildren(...out);
+      put(body, ...out);
     },
 
     async queues(body) {
@@ -194,7 +199,7 @@
           task ? null : taskInput, input, h("button", {type: "submit"}, "Set rate limit"));
       };
       const taskInput = h("input", {placeholder: "task name", size: 30});
-      body.replaceChildren(
+      put(body, 
         h("h2", {}, "Ready to run, by queue and priority"),
         table(["queue", "priority", "jobs", ""], q.ready.map(r => h("tr", {class: "queue"},
           h("td", {}, r.queue), h("td", {class: "num"}, r.priority),
@@ -238,7 +243,7 @@
       }
       const sum = (k) => t[k].reduce((a, b) => a + b, 0);
       const recent = (k) => t[k].slice(-10).reduce((a, b) => a + b, 0) / 10;
-      body.replaceChildren(h("h2", {}, "Outcomes per second, last 10 minutes"),
+      put(body, h("h2", {}, "Outcomes per second, last 10 minutes"),
         h("p", {class: "legend"}, series.map(([k, color]) => h("span", {},
           h("i", {class: "sw sw-" + k}), `${k}: ${recent(k).toFixed(1)}/s now, ${sum(k)} in 10 min`))),
         svg);
