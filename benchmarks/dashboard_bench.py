@@ -81,6 +81,7 @@ class Dashboard:
         t0 = time.perf_counter()
         with urllib.request.urlopen(self.url + path, timeout=30) as r:
             body = r.read()
+            self.next = r.headers.get("X-Localq-Next")     # the next page's cursor
         return time.perf_counter() - t0, body
 
     def stop(self) -> None:
@@ -205,10 +206,9 @@ def latency(bench: c.TempBench, jobs: int, out: list[str]) -> None:
         dash = Dashboard(bench, db)
         try:
             _, body = dash.get("/api/tasks?limit=50")
-            page = json.loads(body)
-            some = page["tasks"][-1]["uuid"]
+            some = list(json.loads(body))[-1]
             paths = PAGE_PATHS + [
-                f"/api/tasks?limit=50&before={page['next']}",
+                f"/api/tasks?limit=50&before={dash.next}",
                 "/api/tasks?limit=50&state=FAILURE",
                 "/api/tasks?limit=50&taskname=benchtasks.fail",
                 "/api/tasks?limit=50&state=REVOKED",

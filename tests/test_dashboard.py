@@ -241,3 +241,21 @@ def test_a_file_of_the_previous_schema_gets_the_monitoring_tables(app, db_path, 
     assert sample_tasks.add.delay(2, 2).get(timeout=20) == 4
     wait_for(lambda: [w["processed"] for w in app.store.monitor.workers()] == [1],
              what="the worker's count in the migrated file")
+
+
+def test_counts_of_a_heartbeat_that_failed_go_with_the_next():
+    from localq.store import records
+    from localq.worker.tally import Tally
+    tally = Tally()
+    tally.note("t", records.succeeded(1, "1", 100.0, 100.002, 7))
+    tally.note("t", records.failed(2, "e", "ValueError", None, 100.1, 100.5, 7, "no"))
+    tally.note("t", records.put_back(3))                     # not run: not counted
+    first = tally.report([])                                 # ... and its write failed
+    tally.note("t", records.succeeded(4, "1", 101.0, 101.001, 7))
+    second = tally.report([])
+    assert second["processed"] == 3 and second["failed"] == 1
+    assert second["seconds"] == [(100, 1, 1, 0), (101, 1, 0, 0)]
+    assert ("t", "SUCCESS", 2) in second["totals"] and ("t", "le:0.5", 1) in second["totals"]
+    assert first["processed"] == 2
+    tally.written()
+    assert tally.report([])["seconds"] == [] and tally.processed == 3

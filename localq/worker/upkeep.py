@@ -156,7 +156,8 @@ class Upkeep:
         if tally is None:
             return self.store.heartbeat(worker_id, time.time())
         alive = self.store.heartbeat(worker_id, time.time(), tally.report(children))
-        tally.written()
+        if alive:                  # else nothing was written: the counts wait for the next
+            tally.written()
         return alive
 
     def recover(self, worker_id: int, now: float) -> int:
