@@ -191,15 +191,15 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/api/tasks":
             # Flower's shape (task id -> task, newest first); the cursor of the next page
             # goes in a header, so that Flower's clients read the body as they always did.
-            page = views.tasks(
+            found = views.tasks(
                 app, state=params.get("state") or None, taskname=params.get("taskname") or None,
                 queue=params.get("queue") or None, limit=_int(params, "limit", 50, MAX_LIMIT),
                 offset=_int(params, "offset", 0, 1 << 31), before=self._cursor(params),
                 search=params.get("search") or None)
-            self._send(200, json.dumps({t["uuid"]: t for t in page["tasks"]},
+            self._send(200, json.dumps({t["uuid"]: t for t in found["tasks"]},
                                        default=repr).encode(),
                        "application/json; charset=utf-8",
-                       {"X-Localq-Next": page["next"]} if page["next"] else None)
+                       {"X-Localq-Next": found["next"]} if found["next"] else None)
             return
         if path in api:
             self._json(api[path]())
