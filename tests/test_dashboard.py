@@ -6,7 +6,7 @@ import json
 import sqlite3
 import subprocess
 import sys
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 import sample_tasks
@@ -153,6 +153,7 @@ def test_readonly_serves_no_actions_and_pages_carry_no_data(app, db_path, start_
 def test_basic_auth_and_the_warning_off_loopback(app, db_path, start_dashboard):
     app.store.workers()              # the file exists
     dash = start_dashboard("--basic-auth", "ann:s3cret")
+    assert dash.url.startswith("http://127.0.0.1:")          # this host only, by default
     assert dash.request("/api/workers")[0] == 401
     assert dash.get("/api/workers", Authorization="Basic YW5uOnMzY3JldA==") == {}
     open_dash = start_dashboard("--address", "0.0.0.0")
@@ -170,19 +171,22 @@ def test_inspect_and_events(app, db_path, start_worker):
         quick = sample_tasks.add.delay(2, 3)
         assert quick.get(timeout=20) == 5
 
-        def inspect(what: str) -> dict:
-            out = subprocess.run([sys.executable, "-m", "localq", "inspect", what, "--json",
+        def inspect(what: str, *flags: str) -> Any:
+            out = subprocess.run([sys.executable, "-m", "localq", "inspect", what, *flags,
                                   "--db", db_path], capture_output=True, text=True,
                                  check=True).stdout
-            return json.loads(out)
-        wait_for(lambda: any(j["id"] == long.id for jobs in inspect("active").values()
+            return json.loads(out) if flags else out
+        wait_for(lambda: any(j["id"] == long.id for jobs in inspect("active", "--json").values()
                              for j in jobs), what="inspect active to show the running job")
-        stats = next(iter(inspect("stats").values()))
+        stats = next(iter(inspect("stats", "--json").values()))
         assert stats["pool"]["max-concurrency"] == 2
-        wait_for(lambda: "sample_tasks.add" in next(iter(inspect("registered").values())),
-                 what="the task's name among those counted in the file")
+        plain = inspect("active")                 # Celery's layout: -> name: OK, then items
+        assert plain.startswith("-> localq@") and long.id in plain
+        wait_for(lambda: "sample_tasks.add" in next(iter(
+            inspect("registered", "--json").values())),
+            what="the task's name among those counted in the file")
         later = sample_tasks.add.apply_async((1, 1), countdown=600)
-        scheduled = next(iter(inspect("scheduled").values()))
+        scheduled = next(iter(inspect("scheduled", "--json").values()))
         assert [s["request"]["id"] for s in scheduled] == [later.id]
         lines: list[str] = []
         assert events.stdout is not None
@@ -199,6 +203,7 @@ def test_inspect_and_events(app, db_path, start_worker):
 
 def test_filtered_pages_look_at_a_bounded_window_and_go_on_by_key(app, monkeypatch):
     monkeypatch.setattr(monitor, "SCAN_WINDOW", 10)
+    monkeypatch.setattr(monitor, "SCAN_BUDGET", 0)     # one window per page
     a = [sample_tasks.add.apply_async((i, 0), queue="a").id for i in range(25)]
     for i in range(30):
         sample_tasks.add.apply_async((i, 1), queue="b")
@@ -210,6 +215,13 @@ def test_filtered_pages_look_at_a_bounded_window_and_go_on_by_key(app, monkeypat
         if before is None:
             break
     assert found == a[::-1] and pages > 2
+    monkeypatch.setattr(monitor, "SCAN_BUDGET", 10)    # a generous budget: one page
+    rows, _ = app.store.monitor.jobs_page(queue="a", limit=5, offset=3)
+    assert [r["id"] for r in rows] == a[::-1][3:8]
+    rows, before = app.store.monitor.jobs_page(queue="a", limit=20)
+    assert [r["id"] for r in rows] == a[::-1][:20]
+    rows, before = app.store.monitor.jobs_page(queue="a", limit=20, offset=20)
+    assert [r["id"] for r in rows] == a[::-1][20:] and before is None
 
 
 def test_pages_answer_while_another_process_holds_the_write_lock(app, live, db_path):

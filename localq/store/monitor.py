@@ -2,8 +2,8 @@
 ``/metrics`` read, and the report each worker writes with its heartbeat.
 
 Every read here is bounded whatever the size of the jobs table: pages of jobs go
-newest first by key (``seq``), a filtered page looks at most SCAN_WINDOW rows
-and says where to go on from; depths come from the partial indexes of waiting
+newest first by key (``seq``), a filtered page reads windows of rows for at
+most SCAN_BUDGET and says where to go on from; depths come from the partial indexes of waiting
 jobs; throughput and totals come from the small tables the workers keep
 (``throughput``, ``task_totals``), never from counting jobs. Reads use the
 reading connection: in WAL mode they never take the write lock.
@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from typing import Any, Sequence
 
 from .jobs import record_attempt, where_id
 from .records import READY_WHERE, column_names, job_dict
 
-SCAN_WINDOW = 20_000           # rows a filtered page of jobs looks at, at most
+SCAN_WINDOW = 5_000            # rows a filtered page of jobs reads at a time
+SCAN_BUDGET = 0.025            # seconds a filtered page goes on reading windows, at most
 THROUGHPUT_KEPT = 3600         # seconds of per-second counts kept
 # task_totals' kinds: a state (outcomes), "runtime_sum", and "le:B" for each bound B here
 # and "+Inf": the runs whose runtime fell in that bucket (Prometheus's default bounds).
@@ -87,35 +89,51 @@ def jobs_page(conn: sqlite3.Connection, *, state: str | None = None, task: str |
               queue: str | None = None, before: int | None = None, limit: int = 50,
               offset: int = 0) -> tuple[list[dict], int | None]:
     """Jobs newest first, filtered, from before ``before`` (a seq): (rows, where the next
-    page starts, or None at the end). A filtered page looks at SCAN_WINDOW rows at most,
-    so a rare state in a big table costs no more than a common one: the page may then
-    hold fewer rows than ``limit`` and still have a next one."""
-    params: list[Any] = []
-    key = ""
-    if before is not None:
-        key, params = "WHERE seq < ?", [before]
-    filters, fparams = [], []
-    for column, value in (("state", state), ("task", task), ("queue", queue)):
-        if value:
-            filters.append(f"{column} = ?")
-            fparams.append(value)
-    if not filters:
+    page starts, or None at the end). A filtered page reads the table backwards
+    SCAN_WINDOW rows at a time and stops once it has ``limit`` rows or has spent
+    SCAN_BUDGET seconds, so that a rare state in a big table costs no more than a common
+    one: the page may then hold fewer rows than ``limit`` and still have a next one."""
+    key, params = ("WHERE seq < ?", [before]) if before is not None else ("", [])
+    wanted = {name: value for name, value in (("state", state), ("task", task),
+                                               ("queue", queue)) if value}
+    if not wanted:
         cur = conn.execute(f"SELECT {LIST_COLUMNS} FROM jobs {key} ORDER BY seq DESC "
                            "LIMIT ? OFFSET ?", [*params, limit, offset])
         names = column_names(cur)
         rows = [job_dict(names, r) for r in cur.fetchall()]
         return rows, (rows[-1]["seq"] if len(rows) == limit else None)
-    cur = conn.execute(
-        f"SELECT {LIST_COLUMNS} FROM (SELECT {LIST_COLUMNS} FROM jobs {key} ORDER BY seq DESC "
-        f"LIMIT ?) WHERE {' AND '.join(filters)} ORDER BY seq DESC LIMIT ? OFFSET ?",
-        [*params, SCAN_WINDOW, *fparams, limit, offset])
+    want = (wanted.get("state"), wanted.get("task"), wanted.get("queue"))
+    found: list[int] = []
+    skip = offset
+    give_up = time.monotonic() + SCAN_BUDGET
+    cursor = before
+    while True:
+        window = conn.execute(
+            "SELECT seq, state, task, queue FROM jobs "
+            f"{'WHERE seq < ?' if cursor is not None else ''} ORDER BY seq DESC LIMIT ?",
+            [*([cursor] if cursor is not None else []), SCAN_WINDOW]).fetchall()
+        for seq, *values in window:
+            if all(w is None or w == v for w, v in zip(want, values)):
+                if skip:
+                    skip -= 1
+                elif len(found) < limit:
+                    found.append(seq)
+        if len(found) == limit:
+            nxt: int | None = found[-1]
+            break
+        if len(window) < SCAN_WINDOW:       # the oldest row was read
+            nxt = None
+            break
+        cursor = window[-1][0]
+        if time.monotonic() > give_up:
+            nxt = cursor
+            break
+    if not found:
+        return [], nxt
+    cur = conn.execute(f"SELECT {LIST_COLUMNS} FROM jobs WHERE seq IN "
+                       f"({','.join('?' * len(found))}) ORDER BY seq DESC", found)
     names = column_names(cur)
-    rows = [job_dict(names, r) for r in cur.fetchall()]
-    if len(rows) == limit:
-        return rows, rows[-1]["seq"]
-    edge = conn.execute(f"SELECT seq FROM jobs {key} ORDER BY seq DESC LIMIT 1 OFFSET ?",
-                        [*params, SCAN_WINDOW]).fetchone()
-    return rows, (edge[0] + 1 if edge else None)
+    return [job_dict(names, r) for r in cur.fetchall()], nxt
 
 
 def job(conn: sqlite3.Connection, job_id: str) -> dict | None:
