@@ -126,6 +126,10 @@ def test_a_database_of_schema_1_gets_the_override_time_column(app):
     app.close()
     con = sqlite3.connect(app.path)     # make it what localq 1 wrote
     con.execute("ALTER TABLE rate_limits DROP COLUMN override_set")
+    con.executescript("DROP TABLE throughput; DROP TABLE task_totals; "   # added in 3
+                      "ALTER TABLE workers DROP COLUMN processed; "
+                      "ALTER TABLE workers DROP COLUMN failed; "
+                      "ALTER TABLE workers DROP COLUMN children")
     con.execute("UPDATE localq_meta SET value = '1' WHERE key = 'schema_version'")
     con.commit()
     con.close()
