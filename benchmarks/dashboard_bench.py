@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -113,12 +115,25 @@ while True:
 
 
 class Refresher:
+    """The page, open for the whole comparison (a browser tab is not reopened for each
+    run): it runs during the "with" runs and is stopped (SIGSTOP) between them, so
+    that its interpreter's start is never inside a run."""
+
     def __init__(self, dash: Dashboard, paths: list[str]) -> None:
         self.proc = subprocess.Popen([sys.executable, "-c", REFRESHER, dash.url, *paths],
                                      stdout=subprocess.PIPE, text=True)
+        time.sleep(1.5)                    # started, and its first requests made
+        self.pause()
+
+    def pause(self) -> None:
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.kill(self.proc.pid, signal.SIGCONT)
 
     def stop(self) -> int:
         """Stop it by its pid; how many requests it made."""
+        self.resume()
         self.proc.terminate()
         out, _ = self.proc.communicate(timeout=30)
         return int(out.strip() or 0)
@@ -147,22 +162,24 @@ def overhead(bench: c.TempBench, n: int, rounds: int, paths: list[str],
         stream(bench, min(n, 2000))                           # warm
         without: list[float] = []
         with_page: list[float] = []
-        requests = 0
+        page = Refresher(dash, paths)
         ticks = 0                      # CPU of the dashboard and the page, in clock ticks
-        for r in range(rounds):
-            for mode in (("without", "with") if r % 2 == 0 else ("with", "without")):
-                if mode == "with":
-                    page = Refresher(dash, paths)
-                    time.sleep(0.5)        # the page is open before the run starts
-                    t0 = c.proc_cpu_ticks(dash.proc.pid)
+        try:
+            for r in range(rounds):
+                for mode in (("without", "with") if r % 2 == 0 else ("with", "without")):
+                    if mode == "without":
+                        without.append(stream(bench, n))
+                        continue
+                    t0 = c.proc_cpu_ticks(dash.proc.pid) + c.proc_cpu_ticks(page.proc.pid)
+                    page.resume()
                     try:
                         with_page.append(stream(bench, n))
                     finally:
-                        ticks += c.proc_cpu_ticks(dash.proc.pid) - t0
-                        ticks += c.proc_cpu_ticks(page.proc.pid)
-                        requests += page.stop()
-                else:
-                    without.append(stream(bench, n))
+                        page.pause()
+                        ticks += (c.proc_cpu_ticks(dash.proc.pid) +
+                                  c.proc_cpu_ticks(page.proc.pid) - t0)
+        finally:
+            requests = page.stop()
         a, b = statistics.median(without), statistics.median(with_page)
         paired = statistics.median(w / o for w, o in zip(with_page, without))
         seconds = sum(n / x for x in with_page)
@@ -172,7 +189,7 @@ def overhead(bench: c.TempBench, n: int, rounds: int, paths: list[str],
                         ("a page refreshing each second", f"{b:,.0f}/s",
                          " ".join(f"{x:,.0f}" for x in with_page))])
         out.append(f"the page asks each second for: {' '.join(paths)}")
-        out.append(f"{requests} page requests during the 'with' runs ({seconds:.1f}s); the "
+        out.append(f"{requests} page requests in all ({seconds:.1f}s of 'with' runs); the "
                    f"dashboard and the page used {ticks / c.CLK_TCK:.2f} CPU-s "
                    f"({100 * ticks / c.CLK_TCK / seconds:.1f} % of one core)")
         out.append(f"median of the paired ratios (each 'with' run over the 'without' run "
