@@ -1,4 +1,5 @@
-"""``python -m localq``: worker, status, show, purge, rate-limit, revoke.
+"""``python -m localq``: worker, status, show, purge, rate-limit, revoke, dashboard,
+inspect, events.
 
 Nothing imports this module; it imports the app and the supervisor. Bad
 input is one line on stderr: a usage error (exit 2) from the argument types
@@ -188,6 +189,32 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"kill a running job's child; waits up to {TERMINATE_WAIT:.0f}s for "
                    f"its final state")
     v.set_defaults(run=cmd_revoke)
+
+    d = sub.add_parser("dashboard", help="a live dashboard, JSON API and /metrics (like Flower)",
+                       description="Serve the dashboard, Flower's JSON API paths and Prometheus "
+                       "metrics over HTTP, from the standard library. Without --app, the file "
+                       "given by --db or $LOCALQ_DB is read (limits declared in code unknown).")
+    app_args(d, required=False)
+    d.add_argument("--address", default="127.0.0.1", help="address to bind (default "
+                   "127.0.0.1: this host only)")
+    d.add_argument("--port", type=_whole(0), default=5555, help="port (default 5555, "
+                   "Flower's; 0: any free port)")
+    d.add_argument("--readonly", action="store_true", help="serve no actions (revoke, "
+                   "terminate, rate limit, purge, retry)")
+    d.add_argument("--basic-auth", metavar="USER:PASSWORD", default=None,
+                   help="require this user and password (HTTP basic auth)")
+    d.set_defaults(run=cmd_dashboard)
+
+    i = sub.add_parser("inspect", help="ask the workers, with Celery's names: active, "
+                       "reserved, scheduled, registered, stats")
+    app_args(i, required=False)
+    i.add_argument("what", choices=("active", "reserved", "scheduled", "registered", "stats"))
+    i.add_argument("--json", action="store_true", help="print it as JSON")
+    i.set_defaults(run=cmd_inspect)
+
+    e = sub.add_parser("events", help="print task state changes as they happen (Ctrl-C stops)")
+    app_args(e, required=False)
+    e.set_defaults(run=cmd_events)
     return parser
 
 
@@ -515,3 +542,20 @@ def _final_state(app: Localq, job_id: str, timeout: float) -> str | None:
             return None
         time.sleep(delay)
         delay = min(delay * 2, 0.1)
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from .dashboard.server import run
+    return run(_existing_app(args), args.address, args.port, args.readonly, args.basic_auth)
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from .inspect import inspect, render
+    answer = inspect(_existing_app(args), args.what)
+    print(json.dumps(answer, indent=2, default=repr) if args.json else render(answer))
+    return 0
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    from .inspect import events
+    return events(_existing_app(args), sys.stdout)

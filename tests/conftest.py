@@ -73,19 +73,27 @@ def app(db_path: str) -> Iterator[sample_tasks.Localq]:
         a.path = old
 
 
+def spawn_localq(db_path: str, command: str, *args: str) -> tuple[subprocess.Popen, str]:
+    """``python -m localq COMMAND ARGS`` on ``db_path`` in a session of its own, with the
+    tests' folder importable; its stderr goes to a log file beside the database.
+    Returns the process and the log's path."""
+    env = dict(os.environ, LOCALQ_DB=db_path,
+               PYTHONPATH=os.pathsep.join([str(HERE), str(ROOT),
+                                           os.environ.get("PYTHONPATH", "")]))
+    log_path = f"{db_path}.{command}-{time.monotonic_ns()}.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "localq", command, *args],
+                                env=env, stderr=log, stdout=subprocess.DEVNULL,
+                                start_new_session=True)
+    return proc, log_path
+
+
 class WorkerProcess:
     """``python -m localq worker`` as a real subprocess, stopped by pid."""
 
     def __init__(self, db_path: str, *args: str) -> None:
-        env = dict(os.environ, LOCALQ_DB=db_path,
-                   PYTHONPATH=os.pathsep.join([str(HERE), str(ROOT),
-                                               os.environ.get("PYTHONPATH", "")]))
-        self.log_path = f"{db_path}.worker-{time.monotonic_ns()}.log"
-        with open(self.log_path, "w") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "localq", "worker", "--app", "sample_tasks:app",
-                 "--loglevel", "INFO", *args],
-                env=env, stderr=log, stdout=subprocess.DEVNULL, start_new_session=True)
+        self.proc, self.log_path = spawn_localq(db_path, "worker", "--app", "sample_tasks:app",
+                                                "--loglevel", "INFO", *args)
         self.pid = self.proc.pid
 
     def ready(self) -> WorkerProcess:

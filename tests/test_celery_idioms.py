@@ -340,13 +340,13 @@ def test_async_result_forget_wait_traceback(worker_app):
     assert ok.state == "PENDING" and ok.result is None
 
 
-def test_a_database_of_schema_2_gets_the_task_states_table(worker_app, tmp_path):
+def test_a_database_from_before_custom_states_gets_the_task_states_table(worker_app, tmp_path):
     import sqlite3
     echo.delay(1)
     worker_app.close()
     con = sqlite3.connect(worker_app.path)       # make it what the previous version wrote
     con.execute("DROP TABLE task_states")
-    con.execute("UPDATE localq_meta SET value = '2' WHERE key = 'schema_version'")
+    con.execute("UPDATE localq_meta SET value = '4' WHERE key = 'schema_version'")
     con.commit()
     con.close()
     gate = tmp_path / "gate"

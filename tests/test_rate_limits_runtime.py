@@ -128,6 +128,8 @@ def test_a_database_of_schema_1_gets_the_override_time_column(app):
     con.execute("ALTER TABLE rate_limits DROP COLUMN override_set")
     from test_canvas import strip_canvas
     strip_canvas(con)
+    from test_dashboard import strip_monitoring
+    strip_monitoring(con)
     con.execute("UPDATE localq_meta SET value = '1' WHERE key = 'schema_version'")
     con.commit()
     con.close()

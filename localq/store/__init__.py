@@ -8,6 +8,7 @@
 | ``jobs.py`` | SQL of a job's life: lookup, revoke, claim, outcomes |
 | ``workers.py`` | SQL of workers and upkeep: registry, recovery, purge, expiry, counts |
 | ``maps.py`` | SQL of maps: groups of jobs, resumable maps by name |
+| ``monitor.py`` | SQL of monitoring: bounded reads for the dashboard, workers' reports |
 | ``flow.py`` | SQL of flow control: buckets, lanes, due ETAs, running counts |
 | ``beat.py`` | SQL of periodic tasks: each entry's last due time, moved by compare-and-set |
 | ``facade.py`` | ``Store`` (one method per transaction) and ``Transaction`` |

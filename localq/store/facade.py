@@ -14,7 +14,7 @@ import sqlite3
 from contextlib import contextmanager
 from typing import Any, Iterable, Iterator, Sequence
 
-from . import beat, canvas, flow, jobs, maps, workers
+from . import beat, canvas, flow, jobs, maps, monitor, workers
 from .connection import Database
 from .records import INSERT_JOB, Claimed, JobRow, Outcome
 
@@ -189,9 +189,13 @@ class Store:
         with self.db.transaction() as conn:
             return workers.register(conn, pid, pid_start, hostname, queues, concurrency, now)
 
-    def heartbeat(self, worker_id: int, now: float) -> bool:
-        """False when this worker's row is gone (another presumed it dead)."""
-        return self.db.write(workers.HEARTBEAT, (now, worker_id)).rowcount == 1
+    def heartbeat(self, worker_id: int, now: float, report: dict | None = None) -> bool:
+        """False when this worker's row is gone (another presumed it dead). With a
+        ``report`` (worker/tally.py), the monitoring counts go in the same transaction."""
+        if report is None:
+            return self.db.write(workers.HEARTBEAT, (now, worker_id)).rowcount == 1
+        with self.db.transaction() as conn:
+            return monitor.write_report(conn, worker_id, now, report)
 
     def unregister_worker(self, worker_id: int) -> None:
         self.db.write(workers.UNREGISTER, (worker_id,))
@@ -211,6 +215,17 @@ class Store:
             return 0, 0
         with self.db.transaction() as conn:
             return workers.release_jobs(conn, worker_ids, now, lost_reason)
+
+    @property
+    def monitor(self) -> monitor.Monitor:
+        """The reads of the dashboard, ``inspect``, ``events`` and ``/metrics``."""
+        return monitor.Monitor(self.db)
+
+    def requeue_failed(self, job_id: str, exc_message: str | None = None) -> bool:
+        """A FAILURE back to PENDING under its own id, the failure kept as an attempt;
+        False if it is not a FAILURE."""
+        with self.db.transaction() as conn:
+            return monitor.requeue_failed(conn, job_id, exc_message)
 
     def purge(self, queues: Sequence[str] | None) -> int:
         with self.db.transaction() as conn:

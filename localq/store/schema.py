@@ -14,7 +14,7 @@ import threading
 
 from ..exceptions import DatabaseError
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 BUSY_TIMEOUT_MS = 60_000
 # Every delay() commits a table page and an index page to the WAL; at 1 KiB they
 # cost ~4 us less to checksum, copy and write than at SQLite's default 4 KiB:
@@ -86,7 +86,10 @@ CREATE TABLE workers (
     started     REAL NOT NULL,
     heartbeat   REAL NOT NULL,
     queues      TEXT NOT NULL,
-    concurrency INTEGER NOT NULL
+    concurrency INTEGER NOT NULL,
+    processed   INTEGER NOT NULL DEFAULT 0,
+    failed      INTEGER NOT NULL DEFAULT 0,
+    children    TEXT
 );
 CREATE TABLE rate_limits (
     task      TEXT PRIMARY KEY,
@@ -117,6 +120,20 @@ CREATE TABLE beat_entries (
     last_due  REAL NOT NULL,
     last_run  REAL
 );
+-- Monitoring, written by each supervisor with its heartbeat (store/monitor.py): outcomes
+-- per second for the last hour, and per task since the file was made.
+CREATE TABLE throughput (
+    second    INTEGER PRIMARY KEY,
+    succeeded INTEGER NOT NULL DEFAULT 0,
+    failed    INTEGER NOT NULL DEFAULT 0,
+    retried   INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE task_totals (
+    task      TEXT NOT NULL,
+    kind      TEXT NOT NULL,
+    n         REAL NOT NULL DEFAULT 0,
+    PRIMARY KEY (task, kind)
+) WITHOUT ROWID;
 """
 CANVAS_DDL = """
 CREATE INDEX jobs_parent ON jobs(parent_id) WHERE parent_id IS NOT NULL;
@@ -146,6 +163,14 @@ MIGRATIONS: dict[int, str] = {
 )""",   # periodic tasks
     4: "CREATE TABLE IF NOT EXISTS task_states (seq INTEGER PRIMARY KEY, "   # update_state
        "attempt INTEGER NOT NULL, state TEXT NOT NULL, meta BLOB, updated REAL NOT NULL)",
+    5: """ALTER TABLE workers ADD COLUMN processed INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE workers ADD COLUMN failed INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE workers ADD COLUMN children TEXT;
+        CREATE TABLE throughput (second INTEGER PRIMARY KEY,
+            succeeded INTEGER NOT NULL DEFAULT 0, failed INTEGER NOT NULL DEFAULT 0,
+            retried INTEGER NOT NULL DEFAULT 0);
+        CREATE TABLE task_totals (task TEXT NOT NULL, kind TEXT NOT NULL,
+            n REAL NOT NULL DEFAULT 0, PRIMARY KEY (task, kind)) WITHOUT ROWID""",  # monitoring
 }
 
 

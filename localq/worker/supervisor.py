@@ -54,6 +54,7 @@ from ..wakeup import Doorbell, Ringer, supervisor_name, wake_folder
 from . import execute, protocol
 from .execute import LimitCache, revoked_outcome
 from .pool import DIED, Child, Inflight, death_outcome, fork_child
+from .tally import Tally
 from .throttle import FlowControl
 from .timers import Clock, Now, Timers, system_clock
 from .upkeep import RECOVERY_EVERY, Checkpointer, Upkeep, safely
@@ -152,6 +153,7 @@ class Supervisor:
         self.selector = selectors.DefaultSelector()
         self.run_beat = options.beat              # also run the periodic tasks (-B)
         self.beat: Scheduler | None = None
+        self.tally = Tally()                      # outcomes, for the monitoring tools
 
     # -------------------------------------------------------------- lifecycle
 
@@ -364,7 +366,8 @@ class Supervisor:
         return True
 
     def _heartbeat(self, now: Now) -> None:
-        if safely(self.upkeep.heartbeat, self.worker_id, now.wall) is False:
+        if safely(self.upkeep.heartbeat, self.worker_id, now.wall, self.tally,
+                  list(self.children.values())) is False:
             safely(self._rejoin, now)
 
     def _recover(self, now: Now) -> bool:
@@ -483,6 +486,7 @@ class Supervisor:
         child.last_report = now.mono
         busy = 0.0
         pop = child.pop
+        note = self.tally.note
         stale = None
         for o in outcomes:
             job = pop(o.seq)
@@ -490,6 +494,7 @@ class Supervisor:
                 stale = stale or set()
                 stale.add(o.seq)
                 continue
+            note(job.task, o)
             busy += o.ended - (o.started or o.ended)
             if o.state == "REVOKED":        # skipped by the child: revoked meanwhile
                 self._signal_revoked(job)
@@ -802,6 +807,8 @@ class Supervisor:
                           "worker %d until another worker recovers them",
                           len(self.outcomes) + self.stranded, self.worker_id)
             else:
+                safely(self.upkeep.heartbeat, self.worker_id, time.time(), self.tally,
+                       ())  # last counts
                 self.store.unregister_worker(self.worker_id)
         finally:
             self.waiters.ring()

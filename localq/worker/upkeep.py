@@ -14,7 +14,7 @@ import os
 import socket
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterable, TypeVar
 
 from ..exceptions import DatabaseError, WorkerLostError
 from ..serializer import encode_exception
@@ -22,6 +22,8 @@ from ..serializer import encode_exception
 if TYPE_CHECKING:
     from ..config import Settings
     from ..store import Store
+    from .pool import Child
+    from .tally import Tally
     from .timers import Now
 
 log = logging.getLogger("localq.worker")
@@ -148,9 +150,16 @@ class Upkeep:
         return self.store.register_worker(pid, process_start_time(pid), socket.gethostname(),
                                           self.queues, self.concurrency, now)
 
-    def heartbeat(self, worker_id: int, now: float) -> bool:
-        """False when this worker's row is gone: another presumed it dead."""
-        return self.store.heartbeat(worker_id, now)
+    def heartbeat(self, worker_id: int, now: float, tally: Tally | None = None,
+                  children: Iterable[Child] = ()) -> bool:
+        """False when this worker's row is gone: another presumed it dead. With a
+        ``tally``, its report (outcome counts, the children) goes with it."""
+        if tally is None:
+            return self.store.heartbeat(worker_id, now)
+        alive = self.store.heartbeat(worker_id, now, tally.report(children))
+        if alive:                  # else nothing was written: the counts wait for the next
+            tally.written()
+        return alive
 
     def recover(self, worker_id: int, now: float) -> int:
         """Take back the jobs of dead workers; how many were put back or failed."""
