@@ -124,7 +124,7 @@ def test_the_superset_configuration_loads_and_says_what_means_nothing(project):
     assert "beat_schedule" not in text         # it runs now (test_beat.py)
     assert "task_annotations['email_reports.send']: soft_time_limit 150s is above " \
            "time_limit 120s" in text
-    assert len(said) == 5, said        # one each, nothing else
+    assert len(said) == 4, said        # one each, nothing else
 
 
 def test_the_superset_annotation_throttles_email_reports_on_a_real_worker(project, db_path):
