@@ -390,7 +390,7 @@ def test_a_database_from_before_beat_gets_the_beat_table(beat_app):
     beat_app.close()
     con = sqlite3.connect(beat_app.path)          # make it what localq wrote before beat
     con.execute("DROP TABLE beat_entries")
-    from test_dashboard import strip_monitoring     # and of every later version
+    from test_dashboard import strip_monitoring  # and of every later version
     strip_monitoring(con)
     con.execute("UPDATE localq_meta SET value = '3' WHERE key = 'schema_version'")
     con.commit()

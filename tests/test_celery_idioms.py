@@ -346,7 +346,7 @@ def test_a_database_from_before_custom_states_gets_the_task_states_table(worker_
     worker_app.close()
     con = sqlite3.connect(worker_app.path)       # make it what the previous version wrote
     con.execute("DROP TABLE task_states")
-    from test_dashboard import strip_monitoring     # and of every later version
+    from test_dashboard import strip_monitoring  # and of every later version
     strip_monitoring(con)
     con.execute("UPDATE localq_meta SET value = '4' WHERE key = 'schema_version'")
     con.commit()
