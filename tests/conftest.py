@@ -33,6 +33,16 @@ def wait_for(predicate: Callable[[], object], timeout: float = 20.0, what: str =
         delay = min(delay * 2, 0.05)
 
 
+def need(present: object, what: str, how: str) -> None:
+    """Skip when ``what`` is missing, saying how to get it; fail instead under CI."""
+    if present:
+        return
+    message = f"{what} is not installed: {how}"
+    if os.environ.get("CI"):
+        pytest.fail(f"{message} (CI is set, so this fails instead of skipping)")
+    pytest.skip(message)
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

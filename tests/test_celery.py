@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-from conftest import HERE, ROOT, child_pids, pid_alive, wait_for
+from conftest import HERE, ROOT, child_pids, need, pid_alive, wait_for
 
 from localq import ConfigurationError, Localq, Task, crontab, schedule
 
@@ -34,16 +34,6 @@ try:
     import celery.schedules
 except ImportError:          # the README's test command installs it (the [test] extra)
     celery = None
-
-
-def need(present: object, what: str, how: str) -> None:
-    """Skip when ``what`` is missing, saying how to get it; fail instead under CI."""
-    if present:
-        return
-    message = f"{what} is not installed: {how}"
-    if os.environ.get("CI"):
-        pytest.fail(f"{message} (CI is set, so this fails instead of skipping)")
-    pytest.skip(message)
 
 
 @pytest.fixture

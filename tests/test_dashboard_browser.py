@@ -12,7 +12,7 @@ from typing import Any, Iterator
 
 import pytest
 import sample_tasks
-from conftest import wait_for
+from conftest import need, wait_for
 from dashboard_proc import DashboardProcess
 
 APT = "apt-get install -y chromium chromium-driver (and pip install selenium)"
@@ -28,11 +28,7 @@ def _driver_or_skip(profile: str) -> Any:
         from selenium.webdriver.chrome.service import Service
     except ImportError:
         missing.append("selenium")
-    if missing:
-        message = f"the browser test needs {', '.join(missing)}: {APT}"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    need(not missing, ", ".join(missing), APT)
     options = webdriver.ChromeOptions()
     options.binary_location = browser
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
