@@ -11,13 +11,29 @@ cost of ``delay()`` on the machines we measured). Any other id a user passes
 from __future__ import annotations
 
 import os
+import random
 import threading
 import time
 
 _MARK = 0x0_6C6F_6361_6C71 & ((1 << 53) - 1)    # "localq", in the low 53 bits
 _COUNTER_BITS = 21
 _lock = threading.Lock()
-_state = {"pid": -1, "ms": -1, "n": 0}
+_state = {"ms": -1, "n": 0}
+# A random start for each millisecond's counter, from a PRNG: an id is no secret (it
+# is the row number), and a clash is detected at insert. ``random`` is seeded from
+# the OS, and again in a forked child, so that processes draw different starts.
+_start = random.Random().getrandbits
+
+
+def _after_fork() -> None:
+    """A forked child must not repeat its parent's numbers: its counter starts anew."""
+    global _lock, _start
+    _lock = threading.Lock()
+    _start = random.Random().getrandbits
+    _state["ms"] = -1
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 def new_seq() -> int:
@@ -40,15 +56,12 @@ def _take(count: int) -> int:
     """The first of ``count`` (>= 1) numbers after the last one given (under _lock)."""
     ms = time.time_ns() // 1_000_000
     state = _state
-    if state["pid"] != os.getpid():        # a fork must not repeat its parent's numbers
-        state["pid"] = os.getpid()
-        state["ms"] = -1
     if ms > state["ms"]:
         state["ms"] = ms
         # A random start in the lower half leaves room to count up within one ms
         # and makes two processes unlikely to pick the same number (a clash is
         # detected at insert, and a new number taken).
-        state["n"] = int.from_bytes(os.urandom(3), "big") >> 4
+        state["n"] = _start(_COUNTER_BITS - 1)
     else:
         state["n"] += 1
     first = (state["ms"] << _COUNTER_BITS) + state["n"]
