@@ -187,3 +187,16 @@ def test_get_times_out_with_localq_timeout_error(app):
         r.get(timeout=0.05)
     with pytest.raises(TimeoutError):
         r.get(timeout=0.01)
+
+
+def test_a_producer_with_no_worker_keeps_the_wal_bounded(app):
+    """With no worker (whose thread checkpoints), producers still checkpoint the WAL
+    into the file when it grows past WAL_CHECKPOINT_BYTES, so it never grows for ever."""
+    from sample_tasks import add
+
+    from localq.store.connection import WAL_CHECKPOINT_BYTES
+    for i in range(10_000):                    # ~28 MB written to the WAL
+        add.delay(i, i)
+    assert os.path.getsize(app.path + "-wal") < 1.5 * WAL_CHECKPOINT_BYTES
+    assert os.path.getsize(app.path) > 1 << 20       # the rows went into the file
+    assert app.store.counts() and sum(c for *_, c in app.store.counts()) == 10_000

@@ -5,8 +5,9 @@ lock so that threads may share them: one for reads, which waits for locks the
 SQLite way, and one for writes, which does not. SQLite's own busy wait sleeps
 at least a millisecond, then 2, 5, 10 ms..., each time a write finds the write
 lock taken: on a busy host that was the producers' and the supervisor's main
-stall. Writes therefore fail fast and retry here after 20 us, doubling to 1 ms,
-for up to a minute (see ``_retry_busy``). A Database never crosses a fork:
+stall. Writes therefore fail fast and retry here, yielding the CPU between tries at
+first, then sleeping from 50 us doubling to 1 ms, for up to a minute (see
+``_retry_busy``). A Database never crosses a fork:
 before any fork in the process its connections are closed (and reopened on
 next use on either side), because a forked copy of an open SQLite connection
 can release locks or checkpoint the WAL under the parent.
@@ -28,6 +29,13 @@ from typing import Any, Iterable, Iterator
 from .schema import BUSY_TIMEOUT_MS, database_error, open_database
 
 _LIVE: weakref.WeakSet[Database] = weakref.WeakSet()
+# A commit that takes the WAL past this size checkpoints it (copies it into the file,
+# with an fsync: milliseconds), in the committing process. SQLite's default, 1,000
+# pages, put that on producers' delay() every few hundred jobs, also with a worker
+# running whose checkpoint thread (worker/upkeep.py) does it off everyone's path. At
+# this size a producer checkpoints only when no worker keeps up, or when the thread's
+# checkpoints cannot reset the WAL (writers never pause): the WAL stays bounded.
+WAL_CHECKPOINT_BYTES = 8 << 20
 
 
 class Database:
@@ -51,6 +59,8 @@ class Database:
         if self._wconn is None:
             conn = open_database(self.path, self.synchronous)
             conn.execute("PRAGMA busy_timeout=0")
+            page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+            conn.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_BYTES // page_size}")
             self._wconn = conn
         return self._wconn
 
@@ -114,14 +124,21 @@ class Database:
 _SQLITE_BUSY = 5
 
 
+# The first retries yield the CPU instead of sleeping: a write holds the lock for tens
+# of microseconds, and time.sleep(20e-6) really sleeps ~100 us (the timer's slack and
+# the wake-up), so a sleeping producer lost several lock releases per BUSY. Yielding
+# lets a child run meanwhile on a busy host, and costs ~1 us when nothing else waits.
+SPIN_FOR = 300e-6
+
+
 def _retry_busy(execute: Any, sql: str, params: Any = (),
                 patience: float = BUSY_TIMEOUT_MS / 1000) -> sqlite3.Cursor:
     """Run one statement that takes the write lock, retrying while another process holds
     it. A statement that found the lock taken changed nothing, so running it again is
-    safe. The first retries come within tens of microseconds (a write holds the lock
-    for ~30 us to a few ms); the pause doubles up to 1 ms, and after ``patience``
-    seconds (a minute) the error goes up."""
-    pause, give_up = 20e-6, None
+    safe. For the first SPIN_FOR seconds it is tried again after each sched_yield; then
+    after sleeps from 50 us doubling to 1 ms; after ``patience`` seconds (a minute) the
+    error goes up."""
+    pause, spin_until, give_up = 50e-6, 0.0, 0.0
     while True:
         try:
             return execute(sql, params)
@@ -129,11 +146,15 @@ def _retry_busy(execute: Any, sql: str, params: Any = (),
             if exc.sqlite_errorcode & 0xFF != _SQLITE_BUSY:
                 raise
             now = time.monotonic()
-            give_up = give_up or now + patience
-            if now > give_up:
+            if not give_up:
+                spin_until, give_up = now + SPIN_FOR, now + patience
+            elif now > give_up:
                 raise
-        time.sleep(pause)
-        pause = min(pause * 2, 0.001)
+        if now < spin_until:
+            os.sched_yield()
+        else:
+            time.sleep(pause)
+            pause = min(pause * 2, 0.001)
 
 
 @contextmanager

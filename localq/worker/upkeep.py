@@ -36,16 +36,15 @@ CHECKPOINT_EVERY = 0.05  # seconds between WAL checkpoints, at most, while jobs 
 class Checkpointer:
     """Keeps the WAL short from a thread of the supervisor, so producers need not.
 
-    SQLite checkpoints in whichever connection's commit takes the WAL past 1,000
-    pages: with a worker running, that was a producer's ``delay()`` (a few ms,
-    with an fsync, every ~500 jobs; ~6 us per job on average) or the
-    supervisor's own turn (the whole pool waits). Here a thread, woken by the loop
-    after it writes, checkpoints at most every CHECKPOINT_EVERY seconds; SQLite
-    releases the GIL meanwhile. The WAL is then mostly reset before it reaches
-    1,000 pages. Not always: a reset needs a moment with no reader on the WAL,
-    and a client that polls the database without pause (the benchmarks' pollers)
-    can deny it that, and then producers checkpoint too. Its own Store closes
-    its connection around any fork, as every Store does, and the thread is
+    SQLite checkpoints in whichever connection's commit takes the WAL past a size
+    (store/connection.py's WAL_CHECKPOINT_BYTES): that is a producer's ``delay()``
+    (a few ms, with an fsync) or the supervisor's own turn (the whole pool waits).
+    Here a thread, woken by the loop after it writes, checkpoints at most every
+    CHECKPOINT_EVERY seconds; SQLite releases the GIL meanwhile. A reset of the
+    WAL to its start also needs a moment when every frame is copied and no
+    writer or reader is on the WAL, which a steady stream of jobs rarely leaves:
+    then the commit that takes the WAL past that size checkpoints and resets it.
+    Its own Store closes its connection around any fork, as every Store does, and the thread is
     paused around the supervisor's forks, so that a child is never forked from a
     process with a second thread (a deadlock risk Python 3.12 warns about).
     """
