@@ -159,6 +159,16 @@ class Supervisor:
 
     def run(self) -> int:
         self._catch_signals()
+        try:
+            self._run()
+        except DatabaseError:
+            # Every database call of the loop waits or is tried again later: one that
+            # gets here is a bug, and its traceback says which call it was.
+            log.critical("the worker stops on a database error:", exc_info=True)
+            raise
+        return self.exit_code
+
+    def _run(self) -> None:
         self.open()
         try:
             app = self.app
@@ -172,7 +182,6 @@ class Supervisor:
             run_profiled("supervisor", self._loop)
         finally:
             self.close()
-        return self.exit_code
 
     def open(self) -> None:
         """Register this worker, open what the loop uses and start the children (``run``
