@@ -9,16 +9,14 @@ file releases them all.
 """
 from __future__ import annotations
 
-import fcntl
 import os
 import sqlite3
-import struct
 import subprocess
 import sys
 import threading
-import time
 from datetime import timedelta
 
+import pytest
 from conftest import wait_for
 
 from localq.store import Store
@@ -183,3 +181,27 @@ def test_opening_and_checking_the_file_never_drops_a_lock_this_process_holds(tmp
     finally:
         holder.close()
     assert _lock_holders(path) == [0, 0]
+
+
+def test_a_database_file_with_a_second_hard_link_is_refused_and_left_untouched(tmp_path):
+    # SQLite keeps the WAL and the lock file (-shm) beside the name a file is opened
+    # by: through two hard links, two processes would each write their own WAL and
+    # take their own locks, and corrupt the file. Refused before SQLite opens it.
+    from localq import DatabaseError, Localq
+    path = str(tmp_path / "jobs.db")
+    app = Localq(path)
+    try:
+        app.task(lambda: 1, name="t").delay()
+    finally:
+        app.close()
+    os.link(path, str(tmp_path / "other-name.db"))
+    files = lambda: {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}  # noqa: E731
+    before = files()
+    for name in ("jobs.db", "other-name.db"):
+        other = Localq(str(tmp_path / name))
+        try:
+            with pytest.raises(DatabaseError, match=r"2 names \(hard links\).*one name"):
+                other.task(lambda: 1, name="t").delay()
+        finally:
+            other.close()
+    assert files() == before
