@@ -241,6 +241,15 @@ def _inspect(path: str) -> None:
         raise DatabaseError(f"{path} is not a regular file, so it cannot be a localq "
                             f"database. Point localq at another path (Localq(path) or "
                             f"$LOCALQ_DB).")
+    if st.st_nlink > 1:
+        # SQLite keeps the WAL and the lock file (-shm) beside the name it opens: two
+        # processes using two names of one file would each have their own, two writers
+        # at once, and a corrupt file. (A symlink is fine: SQLite resolves it.)
+        raise DatabaseError(f"{path} has {st.st_nlink} names (hard links): SQLite keeps a "
+                            f"database's WAL and locks beside the name it is opened by, so "
+                            f"two names would corrupt it. The file was left untouched: "
+                            f"keep one name only (remove the other links), or point "
+                            f"localq at a copy.")
     # The main file alone, as SQLite sees it with no locks, journal or WAL: cannot
     # write anything, not even a -shm.
     names = _objects(path, "immutable=1") if st.st_size else []

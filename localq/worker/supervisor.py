@@ -159,7 +159,7 @@ class Supervisor:
 
     def run(self) -> int:
         self._catch_signals()
-        self.open()
+        self.open()          # a file it cannot use: one clear message, no traceback
         try:
             app = self.app
             self.checkpointer = Checkpointer(Store(app.path, app.conf.database_synchronous))
@@ -169,7 +169,13 @@ class Supervisor:
                 os.write(self.ready_fd, b"ready\n")
                 os.close(self.ready_fd)
                 self.ready_fd = None
-            run_profiled("supervisor", self._loop)
+            try:
+                run_profiled("supervisor", self._loop)
+            except DatabaseError:
+                # Every database call of the loop waits, or fails and is tried again
+                # later: one that ends up here is a bug, and the traceback names it.
+                log.critical("the worker stops on a database error:", exc_info=True)
+                raise
         finally:
             self.close()
         return self.exit_code
