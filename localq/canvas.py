@@ -26,7 +26,7 @@ from .exceptions import ChordError, ConfigurationError, NotRegistered, TimeoutEr
 from .ids import format_id, new_seq, new_seqs
 from .result import AsyncResult, EagerResult, Waiter, result_content
 from .serializer import check_accepted, decode_value, encode_call, encode_exception
-from .store.canvas import WAITING, RowClash
+from .store.canvas import GROUP_BODY, WAITING, RowClash
 from .store.records import FINAL_STATES, JobRow, decode_options
 from .task import Task, check_call, expires_at
 
@@ -756,7 +756,7 @@ class _Build:
                 yield t
 
     def _header(self, header: Iterator[Signature], gid: str, waiting: bool,
-                parent: str | None, body_seq: int, body_splice: bool,
+                parent: str | None, body_seq: int | None, splice: int,
                 entries: list[tuple[int, bool]], results: list) -> Iterator[None]:
         """Build a chord's header, one member per step; then its counter."""
         counted = json.dumps({"ok": [["chord", gid]], "err": [["chord", gid]]})
@@ -766,14 +766,14 @@ class _Build:
             count += 1
             if bulk and _plain(h):     # the bulk send's path
                 seq = self.plain(h, gid, i)
-                if body_splice:
+                if splice:
                     _json_result(self.app, self.types[h["task"]][0])
                 self.fixed_specs.append((seq, counted))
                 yield None
                 continue
             node = self.node(h, waiting, parent, (gid, i))
             assert node.tail is not None
-            if body_splice:
+            if splice:
                 _json_result(self.app, node.tail_task)
             self.spec(node.tail)["ok"].append(["chord", gid])
             self.spec(node.tail)["err"].append(["chord", gid])
@@ -781,7 +781,7 @@ class _Build:
                 entries.extend(node.entries)
                 results.append(node.result)
             yield None
-        self.groups.append((gid, count, count, body_seq, 1 if body_splice else 0, self.now))
+        self.groups.append((gid, count, count, body_seq, splice, self.now))
 
     def chord(self, sig: chord, waiting: bool, parent: str | None,
               member: tuple[str, int] | None) -> _Node:
@@ -796,16 +796,32 @@ class _Build:
             itertools.chain([first], members)
         body_sig = _normal(sig.body)
         if first is None:      # Celery runs the body at once with []
-            body_sig = body_sig.clone(([],))
-            self.fixed_args = True
+            if isinstance(body_sig, group):     # each member, and nothing else
+                body_sig = group([m.clone(([],)).set(immutable=True) if m.subtask_type is None else
+                                  m.clone(([],)) for m in body_sig.tasks], **body_sig.options)
+            else:
+                body_sig = body_sig.clone(([],))
+                self.fixed_args = True
         body = self.node(body_sig, True if first is not None else waiting, None, member)
-        if len(body.entries) != 1:
-            raise ConfigurationError(f"{sig!r}: a chord's body must start with one task "
-                                     f"(a task, a chain or a chord), not a group")
-        body_seq, body_splice = body.entries[0]
+        body_seq: int | None
+        if isinstance(body_sig, group):
+            # Each member of a group body gets the header's results (Celery's): they are
+            # listed under the negated seq of the first, which no job has.
+            body_seq, splice = None, GROUP_BODY
+            if first is not None and body.entries:
+                body_seq = body.entries[0][0]
+                self.fixed_specs.append((-body_seq, json.dumps(
+                    {"bodies": [[seq, 1 if takes else 0] for seq, takes in body.entries]})))
+        elif len(body.entries) != 1:
+            raise ConfigurationError(
+                f"{sig!r}: a chord's body must start with one task or be a group; a chain "
+                f"or chord that starts with a group cannot. Make the body a chain that "
+                f"starts with one task, or send the inner group as its own chord")
+        else:
+            body_seq, splice = body.entries[0][0], 1 if body.entries[0][1] else 0
         entries: list[tuple[int, bool]] = []
         results: list = []
-        steps = self._header(header, gid, waiting, parent, body_seq, body_splice, entries,
+        steps = self._header(header, gid, waiting, parent, body_seq, splice, entries,
                              results)
         if first is not None and not waiting and parent is None:
             # Nothing waits on the header's members: read them while they are inserted.
@@ -816,7 +832,7 @@ class _Build:
                 pass
             body.result.parent = GroupResult(gid, results, app=self.app)
         if first is None:
-            entries = [(body_seq, False)]
+            entries = [(seq, False) for seq, _ in body.entries]
         return _Node(entries, body.tail, body.tail_id, body.result, body.tail_task)
 
 
@@ -1004,8 +1020,11 @@ class GroupResult:
             r.revoke(terminate=terminate)
 
     def forget(self) -> None:
+        """Forget every member's result, then the group itself (Celery's)."""
         for r in self.results:
             r.forget()
+        if not self._eager_run:
+            self.app.store.forget_group(self.id)
 
     def get(self, timeout: float | None = None, propagate: bool = True,
             **ignored: Any) -> list:

@@ -171,9 +171,10 @@ class Ringer:
     turns out to be dead, so that its successor is rung in the same call.
     """
 
-    def __init__(self, folder: str, prefix: str) -> None:
+    def __init__(self, folder: str, prefix: str, skip: str | None = None) -> None:
         self.folder = folder
         self.prefix = prefix
+        self.skip = skip            # a bell of one's own, not rung
         self._mtime: int | None = None
         self._checked = 0.0
         self._listed = 0.0
@@ -219,8 +220,8 @@ class Ringer:
             names = os.listdir(self.folder)
         except OSError:
             names = []
-        self._targets = [os.path.join(self.folder, n) for n in names
-                         if _bell_name(n, self.prefix)]
+        self._targets = [path for n in names if _bell_name(n, self.prefix)
+                         and (path := os.path.join(self.folder, n)) != self.skip]
         self._disconnect(keep=self._targets)
 
     def _send_all(self, message: bytes) -> bool:

@@ -254,3 +254,12 @@ def send_signature(sig, value):
 @app.task(bind=True)
 def lineage(self, *ignored):
     return [self.request.parent_id, self.request.root_id]
+
+
+@app.task
+def wait_file(path, value=None):
+    """Return ``value`` once ``path`` exists (at most a minute): the test decides when."""
+    deadline = time.monotonic() + 60
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return value

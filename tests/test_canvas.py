@@ -167,6 +167,66 @@ def test_chord_header_failure_never_runs_the_body(app, tmp_path):
     assert not os.path.exists(path)
 
 
+def test_a_group_as_a_chords_body_gives_each_member_the_header_results(app, tmp_path):
+    path = str(tmp_path / "body")
+    with app.worker(concurrency=2):
+        res = chord([t.add.s(i, i) for i in range(4)],
+                    group(t.tsum.s(), t.tsum.s(extra=100), t.listed.si(7))).apply_async()
+        assert isinstance(res, GroupResult) and res.get(timeout=20) == [12, 112, [7]]
+        assert isinstance(res.parent, GroupResult) and res.parent.get() == [0, 2, 4, 6]
+        # in a chain, after a failed header, with an empty header
+        res = (t.add.s(1, 2) | chord([t.add.s(1), t.add.s(2)],
+                                     group(t.tsum.s(), t.tsum.s(extra=1)))).apply_async()
+        assert res.get(timeout=20) == [9, 10]
+        res = chord([t.add.s(1, 1), t.boom.s("no")],
+                    group(t.body_record.s(path), t.body_record.s(path))).apply_async()
+        for member in res.results:
+            with pytest.raises(ChordError, match="ValueError"):
+                member.get(timeout=20)
+        assert chord([], group(t.tsum.s(), t.tsum.s(extra=1))).apply_async() \
+            .get(timeout=20) == [0, 1]
+    assert not os.path.exists(path)
+    app.conf.task_always_eager = True
+    assert chord([t.add.s(1, 1)], group(t.tsum.s(), t.listed.s())).apply_async().get() \
+        == [2, [[2]]]
+
+
+def test_result_expiry_keeps_a_waiting_chords_header_and_cleans_groups(app, tmp_path):
+    gate = str(tmp_path / "gate")
+    app.conf.result_expires = 0.5
+    with app.worker(concurrency=2):
+        forgotten = group(t.add.s(1, 1), t.add.s(2, 2)).apply_async()
+        assert forgotten.get(timeout=20) == [2, 4]
+        forgotten.forget()
+        assert GroupResult.restore(forgotten.id, app=app) is None
+        done = group(t.add.s(1, 1), t.add.s(2, 2)).apply_async()
+        assert done.get(timeout=20) == [2, 4]
+        res = chord([t.add.s(1, 1), t.wait_file.s(gate, 3)], t.tsum.s()).apply_async()
+        first = res.parent.results[0]
+        assert first.get(timeout=20) == 2
+        # a pass of expiry deletes the finished group's members, then the group...
+        wait_for(lambda: GroupResult.restore(done.id, app=app) is None, timeout=30,
+                 what="the finished group to expire")
+        assert app.store.job(done.results[0].id) is None
+        # ...but keeps the header results the chord's body will read
+        assert app.store.job(first.id) is not None
+        open(gate, "w").close()
+        assert res.get(timeout=20) == 5
+
+
+def test_jobs_a_worker_has_no_room_for_ring_the_other_workers(app, monkeypatch):
+    # Without the fallback check, a worker learns of new jobs only from a ring.
+    from localq.worker import supervisor
+    monkeypatch.setattr(supervisor, "FALLBACK_CHECK", 3600.0)
+    with app.worker(concurrency=1), app.worker(concurrency=1):
+        # whoever runs the first step has room for one of the two jobs it releases
+        res = (t.sleep_then.si(0.05) | group(t.sleep_then.si(1.0, i) for i in range(2))) \
+            .apply_async()
+        assert res.get(timeout=20) == [0, 1]
+    pids = {app.store.job(r.id)["pid"] for r in res.results}
+    assert len(pids) == 2          # ran side by side on the two workers
+
+
 def test_options_of_a_chain_group_or_chord_go_to_their_tasks(app, tmp_path):
     res = group(t.add.s(1, 1), t.add.s(2, 2).set(queue="own")).apply_async(queue="elsewhere")
     assert [app.store.job(r.id)["queue"] for r in res.results] == ["elsewhere", "own"]

@@ -17,6 +17,12 @@ off has a row in ``canvas``: its ``spec`` says what to do on success
   releases the body with every header result in header order, and a failure
   ends the body FAILURE with a ChordError instead.
 
+A chord's ``canvas_groups`` row names its body job (``splice``: 1 when the body
+takes the results). A group as the body (``splice`` = GROUP_BODY) has a canvas
+row of its own under the negated seq of its first member (no job has a negative
+seq, so it never fires as an outcome): ``{"bodies": [[seq, splice], ...]}``,
+every member released, failed or dropped together.
+
 ``settle`` runs inside the transaction that writes outcomes (``jobs.finish``),
 so a follow-up is written exactly when its cause is: a kill -9 at any moment
 leaves both or neither. A canvas row is deleted when it fires, so it fires
@@ -39,6 +45,7 @@ from ..ids import format_id
 from .records import INSERT_JOB, JobRow
 
 WAITING = -1.0        # the eta of a job that waits for its parent's outcome
+GROUP_BODY = 2        # canvas_groups.splice of a chord whose body is a group
 CHORD_ERROR = "localq.exceptions.ChordError"
 _CHUNK = 500
 
@@ -74,9 +81,10 @@ _parse = functools.lru_cache(maxsize=1024)(json.loads)   # a chord's members sha
 
 def settle(conn: sqlite3.Connection, seqs: Sequence[int]) -> int:
     """Fire the follow-ups of those of ``seqs`` that are final now (in the caller's
-    transaction); returns how many jobs became ready (an upper bound). Jobs with no
-    canvas row cost one index probe per chunk; a batch of a chord's members counts
-    them with one UPDATE."""
+    transaction); returns how many jobs became ready: exact for a chain's step and a
+    chord's members (the supervisor rings other workers on it), an upper bound after a
+    failure. Jobs with no canvas row cost one index probe per chunk; a batch of a
+    chord's members counts them with one UPDATE."""
     found: list[tuple] = []
     for start in range(0, len(seqs), _CHUNK):
         chunk = seqs[start:start + _CHUNK]
@@ -86,15 +94,15 @@ def settle(conn: sqlite3.Connection, seqs: Sequence[int]) -> int:
             f"({','.join('?' * len(chunk))}) AND j.state IN {_FINAL}", chunk).fetchall())
     if not found:
         return 0
-    before = conn.total_changes
     conn.executemany("DELETE FROM canvas WHERE seq = ?", [(row[0],) for row in found])
+    before = conn.total_changes
     counts: Counter[str] = Counter()
     for seq, spec, state, result, exc_type, traceback, custom_id in found:
         _follow(conn, seq, _parse(spec), state, result, exc_type, traceback, custom_id, counts)
     now = time.time()
-    for group_id, succeeded in counts.items():
-        _count(conn, group_id, succeeded, now)
-    return conn.total_changes - before
+    counted = sum(_count(conn, group_id, succeeded, now)
+                  for group_id, succeeded in counts.items())
+    return conn.total_changes - before - counted      # less the counters' own updates
 
 
 def _fire(conn: sqlite3.Connection, seq: int) -> None:
@@ -184,29 +192,45 @@ def _drop(conn: sqlite3.Connection, seq: int) -> None:
     actions = json.loads(spec[0])
     for action in (*actions.get("ok", ()), *actions.get("err", ())):
         if action[0] == "chord":
-            body = conn.execute("DELETE FROM canvas_groups WHERE id = ? RETURNING body",
-                                (action[1],)).fetchone()
+            body = conn.execute("DELETE FROM canvas_groups WHERE id = ? RETURNING body, "
+                                "splice", (action[1],)).fetchone()
             if body is not None and body[0] is not None:
-                _drop(conn, body[0])
+                for seq, _ in _bodies(conn, body[0], body[1]):
+                    _drop(conn, seq)
         else:
             _drop(conn, action[1])
 
 
-def _count(conn: sqlite3.Connection, group_id: str, succeeded: int, now: float) -> None:
+def _count(conn: sqlite3.Connection, group_id: str, succeeded: int, now: float) -> int:
     """Header members of a chord succeeded; the last one releases the body. (A failed
-    member never counts, so a chord that failed never reaches 0.)"""
+    member never counts, so a chord that failed never reaches 0.) Returns how many
+    rows of the counter it updated (0 or 1)."""
     row = conn.execute("UPDATE canvas_groups SET remaining = remaining - ? WHERE id = ? AND "
                        "remaining > 0 RETURNING remaining, body, splice",
                        (succeeded, group_id)).fetchone()
-    if row is None or row[0] != 0 or row[1] is None:
-        return
+    if row is None:
+        return 0
+    if row[0] != 0 or row[1] is None:
+        return 1
     _, body, splice = row
+    bodies = _bodies(conn, body, splice)
     results = None
-    if splice:
+    if any(takes for _, takes in bodies):
         results = "[" + ",".join(r if r is not None else "null" for (r,) in conn.execute(
             "SELECT result FROM jobs WHERE group_id = ? ORDER BY group_index",
             (group_id,))) + "]"
-    _release(conn, body, results)
+    for seq, takes in bodies:
+        _release(conn, seq, results if takes else None)
+    return 1
+
+
+def _bodies(conn: sqlite3.Connection, body: int, splice: int) -> list[tuple[int, int]]:
+    """The jobs a chord's body starts with, (seq, takes the results): its one job, or
+    each member of a group body (whose list is deleted: it is used once)."""
+    if splice != GROUP_BODY:
+        return [(body, splice)]
+    row = conn.execute("DELETE FROM canvas WHERE seq = ? RETURNING spec", (-body,)).fetchone()
+    return [] if row is None else [(seq, takes) for seq, takes in json.loads(row[0])["bodies"]]
 
 
 def _chord_failed(conn: sqlite3.Connection, group_id: str, failure: tuple,
@@ -214,7 +238,7 @@ def _chord_failed(conn: sqlite3.Connection, group_id: str, failure: tuple,
     """A header member failed: the body never runs; it ends FAILURE with a ChordError
     naming the member and its exception (once, for the first failure written)."""
     row = conn.execute("UPDATE canvas_groups SET remaining = -1 WHERE id = ? AND "
-                       "remaining > 0 RETURNING body", (group_id,)).fetchone()
+                       "remaining > 0 RETURNING body, splice", (group_id,)).fetchone()
     if row is None or row[0] is None:
         return
     result, exc_type, _, culprit = failure
@@ -229,7 +253,34 @@ def _chord_failed(conn: sqlite3.Connection, group_id: str, failure: tuple,
     message = f"Dependency {culprit} raised {name}({str(info.get('exc_message', ''))!r})"
     error = json.dumps({"exc_type": CHORD_ERROR, "exc_message": message,
                         "exc_args": [message]})
-    _fail(conn, row[0], (error, CHORD_ERROR, None, culprit), now)
+    for seq, _ in _bodies(conn, row[0], row[1]):
+        _fail(conn, seq, (error, CHORD_ERROR, None, culprit), now)
+
+
+# ------------------------------------------------------------------ expiry
+
+def awaited(conn: sqlite3.Connection) -> str:
+    """A condition on ``jobs`` that keeps the results a waiting chord's body will read
+    (its header's), for result expiry; "" while no chord waits (the common case)."""
+    if conn.execute("SELECT 1 FROM canvas_groups WHERE remaining > 0 LIMIT 1").fetchone():
+        return (" AND (group_id IS NULL OR group_id NOT IN "
+                "(SELECT id FROM canvas_groups WHERE remaining > 0))")
+    return ""
+
+
+def expire_groups(conn: sqlite3.Connection, before: float) -> int:
+    """Delete the groups sent before ``before`` that no chord waits on and whose every
+    member is gone (expired or forgotten), as Celery's group results expire."""
+    return conn.execute(
+        "DELETE FROM canvas_groups WHERE created < ? AND (remaining IS NULL OR remaining <= 0) "
+        "AND NOT EXISTS (SELECT 1 FROM jobs WHERE group_id = canvas_groups.id)",
+        (before,)).rowcount
+
+
+def forget_group(conn: sqlite3.Connection, group_id: str) -> None:
+    """Forget a group (``GroupResult.forget``), unless a chord's body still waits on it."""
+    conn.execute("DELETE FROM canvas_groups WHERE id = ? AND (remaining IS NULL OR "
+                 "remaining <= 0)", (group_id,))
 
 
 # ------------------------------------------------------------------ reading

@@ -280,6 +280,10 @@ class Store:
         with self.db.read() as conn:
             return canvas.group(conn, group_id)
 
+    def forget_group(self, group_id: str) -> None:
+        with self.db.transaction() as conn:
+            canvas.forget_group(conn, group_id)
+
     def group_members(self, group_id: str) -> list[tuple[int, str | None]]:
         with self.db.read() as conn:
             return canvas.members(conn, group_id)

@@ -101,14 +101,16 @@ def expire_results(conn: sqlite3.Connection, before: float, after_seq: int,
                         "LIMIT 1 OFFSET ?", (after_seq, scan - 1)).fetchone()
     hi = last[0] if last else (1 << 63) - 1
     span = (after_seq, hi, before)
-    conn.execute("DELETE FROM attempts WHERE job_seq IN (SELECT seq FROM jobs WHERE "
-                 "seq > ? AND seq <= ? AND done < ?)", span)
-    conn.execute("DELETE FROM task_states WHERE seq IN (SELECT seq FROM jobs WHERE "
-                 "seq > ? AND seq <= ? AND done < ?)", span)
-    deleted = conn.execute("DELETE FROM jobs WHERE seq > ? AND seq <= ? AND done < ?",
-                           span).rowcount
+    expired = "seq > ? AND seq <= ? AND done < ?" + canvas.awaited(conn)
+    conn.execute(f"DELETE FROM attempts WHERE job_seq IN (SELECT seq FROM jobs WHERE "
+                 f"{expired})", span)
+    conn.execute(f"DELETE FROM task_states WHERE seq IN (SELECT seq FROM jobs WHERE "
+                 f"{expired})", span)
+    deleted = conn.execute(f"DELETE FROM jobs WHERE {expired}", span).rowcount
     # Jobs created after the cutoff cannot have finished before it: the pass ends there.
     more = last is not None and last[1] < before
+    if not more:
+        canvas.expire_groups(conn, before)
     return deleted, (hi if more else 0)
 
 

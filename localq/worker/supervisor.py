@@ -198,6 +198,8 @@ class Supervisor:
         self.store.patience = WRITE_PATIENCE
         self.bell = Doorbell(wake_folder(app.path), supervisor_name())
         self.waiters = Ringer(wake_folder(app.path), "g")
+        self.peers = Ringer(wake_folder(app.path), "w", skip=self.bell.path)   # other workers
+        self.peers_have_work = False    # the canvas made more jobs ready than we took
         self.selector.register(self.bell, selectors.EVENT_READ, "bell")
         if self.parent_fd is not None:
             self.selector.register(self.parent_fd, selectors.EVENT_READ, "parent")
@@ -631,6 +633,9 @@ class Supervisor:
             if self.final_outcomes or revoked:   # first: someone may be waiting on these
                 self.final_outcomes = False
                 self.waiters.ring()
+            if self.peers_have_work:
+                self.peers_have_work = False
+                self.peers.ring()
             for job in revoked:
                 self._signal_revoked(job, expired=not job.revoke)
             if self.checkpointer is not None:
@@ -653,7 +658,8 @@ class Supervisor:
                 raise _PresumedDead
             if self.task_states:      # before the outcomes: a finished job takes none
                 tx.set_task_states(self.worker_id, list(self.task_states.values()), now)
-            if tx.finish(self.worker_id, outcomes):   # the canvas made jobs ready
+            released = tx.finish(self.worker_id, outcomes)
+            if released:                  # the canvas made jobs ready
                 self.want_work = True
                 claim = slots > 0
             claimed = self.flow.claim(tx, self.worker_id, self.queues, slots, now) \
@@ -667,6 +673,9 @@ class Supervisor:
                 claimed = [c for c in claimed if c not in revoked]
             drained = claim and len(claimed) + len(revoked) < slots
             due = tx.next_due(self.queues) if drained else None
+        # More released than this worker took: ring the others (after the commit), or
+        # they would find those jobs only at their fallback check.
+        self.peers_have_work = bool(released) and not drained
         return claimed, revoked, drained, due
 
     def _write_failed(self, exc: Exception, now: Now) -> None:
@@ -822,6 +831,7 @@ class Supervisor:
                 self.checkpointer.stop()
             self.bell.close()
             self.waiters.close()
+            self.peers.close()
             if self.beat is not None:
                 self.beat.close()
             self.store.close()
