@@ -1,6 +1,6 @@
 """The canvas: bulk send of a group, streaming groups, a chord's body latency, a long chain.
 
-    python benchmarks/canvas_bench.py [--quick] [--jobs 100000] [--json PATH]
+    python benchmarks/canvas_bench.py [--quick] [--jobs 100000] [--celery] [--json PATH]
 
 Prints, beside multiprocessing.Pool(2) measured in the same run:
 
@@ -13,16 +13,27 @@ Prints, beside multiprocessing.Pool(2) measured in the same run:
   latency after the last header task (its start and its end, from the file's own
   timestamps; target <= 5 ms);
 - a chain of 1,000 steps: seconds per step, send to the last result (target <= 1 ms).
+
+``--celery`` also runs the group send and the chord on Celery with Redis (a redis-server
+of its own on a free loopback port with a password, and ``celery worker --pool=prefork
+-c 2``; both stopped by pid), and prints localq's figure over Celery's. Needs the
+``[test]`` extra (celery[redis]) and redis-server. Celery publishes one message per
+task, so its group send is of 20,000 jobs (rates compared, not totals).
 """
 from __future__ import annotations
 
 import argparse
 import multiprocessing
 import os
+import secrets
+import shutil
+import socket
 import sqlite3
+import subprocess
 import sys
 import tempfile
 import time
+from typing import Any
 
 import _common as c
 
@@ -120,10 +131,132 @@ def bench_chain(steps: int) -> float:
         return (time.perf_counter() - t0) / steps
 
 
+# ------------------------------------------------------------------ Celery with Redis
+
+CELERY_SEND = 20_000       # Celery's group send publishes one message per job
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class CeleryRedis:
+    """A redis-server (free loopback port, password, data in a private temp folder,
+    nothing saved) and ``celery -A canvas_celery worker --pool=prefork -c 2`` on it."""
+
+    def __init__(self, folder: str) -> None:
+        server = shutil.which("redis-server")
+        if server is None:
+            raise SystemExit("--celery needs redis-server (apt-get install redis-server)")
+        try:
+            import celery  # noqa: F401
+            import redis
+        except ImportError:
+            raise SystemExit("--celery needs Celery and redis-py: pip install -e '.[test]'")
+        port, password = _free_port(), secrets.token_hex(16)
+        conf = os.path.join(folder, "redis.conf")
+        fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(f"port {port}\nbind 127.0.0.1\ndir {folder}\nsave \"\"\n"
+                    f"appendonly no\nrequirepass {password}\n"
+                    f"logfile {os.path.join(folder, 'redis.log')}\n")
+        self.leftovers: list[int] = []
+        self.redis = subprocess.Popen([server, conf], stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL, start_new_session=True)
+        self.url = f"redis://:{password}@127.0.0.1:{port}/0"
+        client = redis.Redis(host="127.0.0.1", port=port, password=password)
+        self.worker: subprocess.Popen | None = None
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    client.ping()
+                    break
+                except redis.exceptions.ConnectionError:
+                    if self.redis.poll() is not None or time.monotonic() > deadline:
+                        raise SystemExit("redis-server did not start: see "
+                                         f"{os.path.join(folder, 'redis.log')}")
+                    time.sleep(0.02)
+            client.close()
+            os.environ["CANVAS_BENCH_REDIS"] = self.url
+            self.log = os.path.join(folder, "celery-worker.log")
+            here = os.path.dirname(os.path.abspath(__file__))
+            env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+                [here, os.environ.get("PYTHONPATH", "")]))
+            with open(self.log, "w") as log:
+                self.worker = subprocess.Popen(
+                    [sys.executable, "-m", "celery", "-A", "canvas_celery", "worker",
+                     "--pool=prefork", "-c", "2", "-l", "WARNING", "-n",
+                     f"canvas-bench-{os.getpid()}@%h", "--without-gossip",
+                     "--without-mingle", "--without-heartbeat"],
+                    cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT,
+                    start_new_session=True)
+            sys.path.insert(0, here)
+            import canvas_celery
+            self.tasks = canvas_celery
+            # ready when it has run a task (its log says little at WARNING)
+            self.tasks.add.delay(0, 0).get(timeout=120)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self.worker is not None:
+            c.stop_by_pid(self.worker, self.leftovers)
+        c.stop_by_pid(self.redis, self.leftovers)
+
+
+def celery_send(cr: CeleryRedis, jobs: int) -> float:
+    """Celery's group send: jobs published per second (the worker drains them)."""
+    from celery import group as celery_group
+    t0 = time.perf_counter()
+    res = celery_group(cr.tasks.add.s(i, i) for i in range(jobs)).apply_async()
+    rate = jobs / (time.perf_counter() - t0)
+    res.get(timeout=600)          # drained, before the next measurement
+    return rate
+
+
+def celery_chord(cr: CeleryRedis, headers: int) -> tuple[float, float]:
+    """(send to body result s, body start after the last header's end s) on Celery."""
+    from celery import chord as celery_chord_type
+    t0 = time.perf_counter()
+    res = celery_chord_type(cr.tasks.ended.s() for _ in range(headers))(cr.tasks.lag.s())
+    count, lag = res.get(timeout=600)
+    assert count == headers
+    return time.perf_counter() - t0, lag
+
+
+def run_celery(jobs: int, headers: int, ours: dict[str, float]) -> dict[str, Any]:
+    figures: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="localq-canvas-celery-") as folder:
+        cr = CeleryRedis(folder)
+        try:
+            rate = celery_send(cr, jobs)
+            figures.update(celery_group_send=rate)
+            print(f"Celery+Redis group send of {jobs:,} jobs: {rate:10,.0f} jobs/s   "
+                  f"localq/Celery {ours['group_send'] / rate:.2f}x")
+            total, lag = celery_chord(cr, headers)
+            figures.update(celery_chord_total=total, celery_chord_body_start=lag)
+            print(f"Celery+Redis chord of {headers:,} no-op headers: send to body result "
+                  f"{total:.2f} s (localq {ours['chord_total']:.2f} s: "
+                  f"{total / ours['chord_total']:.1f}x faster); "
+                  f"body after the last header: started {lag * 1000:.2f} ms "
+                  f"(localq {ours['chord_body_start'] * 1000:.2f} ms)")
+        finally:
+            cr.close()
+    if cr.leftovers:
+        print(f"warning: killed leftover processes {cr.leftovers}")
+    return figures
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes")
     parser.add_argument("--jobs", type=int, default=100_000)
+    parser.add_argument("--celery", action="store_true",
+                        help="also run the group send and the chord on Celery with Redis")
     c.add_json_option(parser)
     args = parser.parse_args()
     jobs = 20_000 if args.quick else args.jobs
@@ -157,6 +290,8 @@ def main() -> int:
         print(f"chain of {steps:,} steps: {per_step * 1000:.3f} ms/step "
               f"(target <= 1 ms: {'OK' if per_step <= 0.001 else 'MISS'})")
         app.close()
+    if args.celery:
+        figures.update(run_celery(min(jobs, CELERY_SEND), headers, figures))
     print(c.background_load(load, time.perf_counter() - started))
     if args.json:
         c.write_json(args.json, {"figures": figures, **c.run_info()})

@@ -59,6 +59,16 @@ class Signature(dict):
                          immutable=immutable, **extra)
         self._app = app
 
+    @classmethod
+    def of_call(cls, task: Task, args: tuple, kwargs: dict, immutable: bool) -> Signature:
+        """``task.s(...)``: the common case, built without __init__'s conversions (the
+        caller's ``*args``/``**kwargs`` are fresh)."""
+        sig = cls.__new__(cls)
+        dict.__init__(sig, task=task.name, args=args, kwargs=kwargs, options={},
+                      subtask_type=None, immutable=immutable)
+        sig._app = task.app
+        return sig
+
     # Celery's attribute names
     @property
     def name(self) -> str:
@@ -749,6 +759,9 @@ class _Build:
 
     def _flat(self, tasks: Iterable[Signature]) -> Iterator[Signature]:
         for t in tasks:
+            if type(t) is Signature and t["subtask_type"] is None:
+                yield t              # a task's signature (the bulk send's members)
+                continue
             t = _normal(t)
             if isinstance(t, group):
                 yield from self._flat(t.tasks)     # Celery flattens a group in a group

@@ -9,6 +9,7 @@ Celery's hooks and class-attribute defaults.
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 import sys
@@ -349,13 +350,11 @@ class Task(Generic[P, R]):
 
     def s(self, *args: Any, **kwargs: Any) -> Signature:
         """A signature of a call (Celery's ``add.s(2, 2)``): see localq.canvas."""
-        from .canvas import Signature
-        return Signature(self, args, kwargs)
+        return _signature_type().of_call(self, args, kwargs, False)
 
     def si(self, *args: Any, **kwargs: Any) -> Signature:
         """An immutable signature: it ignores a parent's result in a chain or callback."""
-        from .canvas import Signature
-        return Signature(self, args, kwargs, immutable=True)
+        return _signature_type().of_call(self, args, kwargs, True)
 
     def signature(self, args: tuple | list | None = None, kwargs: dict | None = None,
                   immutable: bool = False, **options: Any) -> Signature:
@@ -588,3 +587,11 @@ def check_priority(priority: Any, where: str) -> int:
 def job_options(task: Task, time_limit: float | None, soft_time_limit: float | None) -> str | None:
     """The options that travel with a job: per-call limits, and acks_late when False."""
     return encode_options(time_limit, soft_time_limit, bool(task.option("acks_late")))
+
+
+@functools.cache
+def _signature_type() -> type[Signature]:
+    """canvas.Signature, imported once (canvas imports this module): ``task.s()`` is
+    called once per member of a group of 100,000."""
+    from .canvas import Signature
+    return Signature

@@ -216,9 +216,12 @@ def _count(conn: sqlite3.Connection, group_id: str, succeeded: int, now: float) 
     bodies = _bodies(conn, body, splice)
     results = None
     if any(takes for _, takes in bodies):
-        results = "[" + ",".join(r if r is not None else "null" for (r,) in conn.execute(
-            "SELECT result FROM jobs WHERE group_id = ? ORDER BY group_index",
-            (group_id,))) + "]"
+        # Joined by SQLite: a chord of 10,000 is one text, not 10,000 Python rows (the
+        # body's start waits for this; half the time of fetching the rows).
+        results = conn.execute(
+            "SELECT '[' || coalesce(group_concat(coalesce(result, 'null'), ','), '') || ']' "
+            "FROM (SELECT result FROM jobs WHERE group_id = ? ORDER BY group_index)",
+            (group_id,)).fetchone()[0]
     for seq, takes in bodies:
         _release(conn, seq, results if takes else None)
     return 1
