@@ -1045,11 +1045,18 @@ class GroupResult:
         if not self._stored():
             return [r.get(timeout=timeout, propagate=propagate) for r in self.results]
         app = self.app
-        total = len(self)
         waiter: Waiter | None = None
         # Members mostly finish in order: while the last one is not final, one lookup by
         # key per wake-up instead of a pass over the group (the caller shares the CPU).
-        last = self.results[-1] if total else None
+        # A group sent here or restored knows its members only as rows: the size and the
+        # last one are read, not 1,000 AsyncResults built to look at one.
+        last: AsyncResult | None
+        if self._results is not None:
+            total = len(self)
+            last = self.results[-1] if total else None
+        else:
+            total, tail = app.store.group_tail(self.id)
+            last = None if tail is None else AsyncResult(tail[1] or format_id(tail[0]), app)
         try:
             while True:
                 if last is not None and last.state not in FINAL_STATES and waiter is not None:
@@ -1080,12 +1087,17 @@ class GroupResult:
 
     def _values(self) -> list:
         app = self.app
-        out = []
+        forced = app.conf.result_serializer
+        checked: set[tuple[str, str]] = set()      # (serializer, task): checked once
+        out: list = []
+        append = out.append
         for state, serializer, result, _, _, task, _, _ in app.store.group_results(self.id):
-            serializer = app.conf.result_serializer or serializer
-            check_accepted(serializer, result_content(app, task),
-                           f"a result of group {self.id}", "result_accept_content")
-            out.append(decode_value(serializer, result))
+            serializer = forced or serializer
+            if (serializer, task) not in checked:
+                check_accepted(serializer, result_content(app, task),
+                               f"a result of group {self.id}", "result_accept_content")
+                checked.add((serializer, task))
+            append(decode_value(serializer, result))
         return out
 
 

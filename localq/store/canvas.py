@@ -300,6 +300,15 @@ def members(conn: sqlite3.Connection, group_id: str) -> list[tuple[int, str | No
                         (group_id,)).fetchall()
 
 
+def tail(conn: sqlite3.Connection, group_id: str) -> tuple[int, tuple[int, str | None] | None]:
+    """(how many members, (seq, custom id) of the last one or None) of a group: two
+    probes of the index, where ``members`` reads the whole group."""
+    size = conn.execute("SELECT count(*) FROM jobs WHERE group_id = ?", (group_id,)).fetchone()
+    last = conn.execute("SELECT seq, id FROM jobs WHERE group_id = ? ORDER BY group_index DESC "
+                        "LIMIT 1", (group_id,)).fetchone()
+    return size[0], last
+
+
 def progress(conn: sqlite3.Connection, group_id: str) -> tuple[int, int, int | None]:
     """(finished, succeeded, index of the first member not SUCCESS) of a group."""
     done, ok, first = conn.execute(

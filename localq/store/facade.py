@@ -288,6 +288,10 @@ class Store:
         with self.db.read() as conn:
             return canvas.members(conn, group_id)
 
+    def group_tail(self, group_id: str) -> tuple[int, tuple[int, str | None] | None]:
+        with self.db.read() as conn:
+            return canvas.tail(conn, group_id)
+
     def group_progress(self, group_id: str) -> tuple[int, int, int | None]:
         with self.db.read() as conn:
             return canvas.progress(conn, group_id)
