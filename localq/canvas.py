@@ -303,6 +303,10 @@ class chain(Signature):  # noqa: N801 - Celery's name
         new["immutable"] = self.immutable
         return new
 
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Send it (Celery's ``(a.s() | b.s())()``), these arguments to its first task."""
+        return self.apply_async(args, kwargs)
+
     def __or__(self, other: Any) -> Signature:
         if isinstance(other, Signature):
             return chain(*self.tasks, other)
@@ -376,6 +380,10 @@ class group(Signature):  # noqa: N801 - Celery's name
         new = group([t.clone(args) for t in self.tasks], **{**self.options, **options})
         new["immutable"] = self.immutable
         return new
+
+    def __call__(self, *args: Any, **options: Any) -> Any:  # type: ignore[override]
+        """Send it (Celery's ``group(...)()``), these arguments to each member."""
+        return self.apply_async(args, **options)
 
     def __or__(self, other: Any) -> Signature:
         if isinstance(other, Signature):

@@ -138,6 +138,10 @@ def test_chord_body_gets_every_header_result_in_order(app, tmp_path):
         assert chord([], t.tsum.s(extra=1)).apply_async().get(timeout=20) == 1
         res = (group(t.add.s(i, 0) for i in range(4)) | t.tsum.s()).apply_async()
         assert res.get(timeout=20) == 6                # group | task is a chord
+        # calling a chain or a group sends it, as in Celery
+        assert (t.add.s(1, 2) | t.add.s(3))().get(timeout=20) == 6
+        assert (t.add.s(1) | t.add.s(3))(2).get(timeout=20) == 6
+        assert group(t.add.s(1), t.add.s(2))(10).get(timeout=20) == [11, 12]
     with open(path) as f:
         assert f.read() == "10 90\n"
 
