@@ -827,6 +827,7 @@ class Supervisor:
                 self.store.unregister_worker(self.worker_id)
         finally:
             self.waiters.ring()
+            self.peers.ring()      # what it put back or released: the others take it now
             if self.checkpointer is not None:
                 self.checkpointer.stop()
             self.bell.close()
