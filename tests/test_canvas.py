@@ -146,6 +146,17 @@ def test_chord_body_gets_every_header_result_in_order(app, tmp_path):
         assert f.read() == "10 90\n"
 
 
+def test_chord_body_gets_long_short_and_empty_results_in_order(app):
+    # Short results are joined from an index, long ones from the rows: both in order.
+    values = ["x" * 300, None, 7, "y" * 256, {"k": [1, 2]}, "z" * 257]
+    with app.worker(concurrency=2):
+        header = [t.sleep_then.s(0.01 * (6 - i), v) for i, v in enumerate(values)]
+        assert chord(header, t.listed.s()).apply_async().get(timeout=20) == [values]
+        short = values[1:5]
+        header = [t.sleep_then.s(0.01 * (4 - i), v) for i, v in enumerate(short)]
+        assert chord(header, t.listed.s()).apply_async().get(timeout=20) == [short]
+
+
 def test_chord_header_failure_never_runs_the_body(app, tmp_path):
     path = str(tmp_path / "body")
     with app.worker(concurrency=2):
@@ -495,6 +506,24 @@ def test_a_database_of_schema_2_gets_the_canvas(app):
     con.close()
     with app.worker(concurrency=1):
         assert (t.add.s(1, 1) | t.add.s(1)).apply_async().get(timeout=20) == 3
+
+
+def test_a_database_of_schema_6_gets_the_header_results_index(app):
+    t.add.delay(1, 1)
+    app.close()
+    con = sqlite3.connect(app.path)
+    con.execute("DROP INDEX jobs_group_results")
+    con.execute("UPDATE localq_meta SET value = '6' WHERE key = 'schema_version'")
+    con.commit()
+    con.close()
+    with app.worker(concurrency=1):
+        assert chord(t.add.s(i, 1) for i in range(3))(t.listed.s()).get(timeout=20) == [[1, 2, 3]]
+    con = sqlite3.connect(app.path)
+    try:
+        assert con.execute("SELECT count(*) FROM sqlite_master WHERE name = "
+                           "'jobs_group_results'").fetchone()[0] == 1
+    finally:
+        con.close()
 
 
 def test_a_taken_task_id_stores_nothing_and_says_so(app):

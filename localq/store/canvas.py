@@ -43,6 +43,7 @@ from typing import Any, Iterable, Sequence
 
 from ..ids import format_id
 from .records import INSERT_JOB, JobRow
+from .schema import SHORT_RESULT
 
 WAITING = -1.0        # the eta of a job that waits for its parent's outcome
 GROUP_BODY = 2        # canvas_groups.splice of a chord whose body is a group
@@ -206,25 +207,35 @@ def _count(conn: sqlite3.Connection, group_id: str, succeeded: int, now: float) 
     member never counts, so a chord that failed never reaches 0.) Returns how many
     rows of the counter it updated (0 or 1)."""
     row = conn.execute("UPDATE canvas_groups SET remaining = remaining - ? WHERE id = ? AND "
-                       "remaining > 0 RETURNING remaining, body, splice",
+                       "remaining > 0 RETURNING remaining, body, splice, total",
                        (succeeded, group_id)).fetchone()
     if row is None:
         return 0
     if row[0] != 0 or row[1] is None:
         return 1
-    _, body, splice = row
+    _, body, splice, total = row
     bodies = _bodies(conn, body, splice)
-    results = None
-    if any(takes for _, takes in bodies):
-        # Joined by SQLite: a chord of 10,000 is one text, not 10,000 Python rows (the
-        # body's start waits for this; half the time of fetching the rows).
-        results = conn.execute(
-            "SELECT '[' || coalesce(group_concat(coalesce(result, 'null'), ','), '') || ']' "
-            "FROM (SELECT result FROM jobs WHERE group_id = ? ORDER BY group_index)",
-            (group_id,)).fetchone()[0]
+    results = _header_results(conn, group_id, total) if any(t for _, t in bodies) else None
     for seq, takes in bodies:
         _release(conn, seq, results if takes else None)
     return 1
+
+
+def _header_results(conn: sqlite3.Connection, group_id: str, total: int) -> str:
+    """The header's results as one JSON list in header order, joined by SQLite (a chord
+    of 10,000 is one text, not 10,000 Python rows). The body's start waits for this, so
+    it is read from ``jobs_group_results`` when every result is short (it covers the
+    query: no lookup of 10,000 table rows); else from the rows themselves."""
+    count, joined = conn.execute(
+        "SELECT count(*), '[' || coalesce(group_concat(result, ','), '') || ']' FROM "
+        f"(SELECT result FROM jobs WHERE group_id = ? AND length(result) <= {SHORT_RESULT} "
+        "ORDER BY group_index)", (group_id,)).fetchone()
+    if count == total:
+        return joined
+    return conn.execute(
+        "SELECT '[' || coalesce(group_concat(coalesce(result, 'null'), ','), '') || ']' "
+        "FROM (SELECT result FROM jobs WHERE group_id = ? ORDER BY group_index)",
+        (group_id,)).fetchone()[0]
 
 
 def _bodies(conn: sqlite3.Connection, body: int, splice: int) -> list[tuple[int, int]]:

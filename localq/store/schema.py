@@ -14,7 +14,7 @@ import threading
 
 from ..exceptions import DatabaseError
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 BUSY_TIMEOUT_MS = 60_000
 # Every delay() commits a table page and an index page to the WAL; at 1 KiB they
 # cost ~4 us less to checksum, copy and write than at SQLite's default 4 KiB:
@@ -151,6 +151,16 @@ CREATE TABLE canvas_groups (
 """
 DDL += CANVAS_DDL
 
+# A chord's body waits while its header's results are joined into one list: with every
+# result this short, the join reads this index alone (no lookup of the header's table
+# rows, about 3x faster for a chord of 10,000). Each short result of a group member is
+# written twice: the cost that buys it; long results are left out and read the slow way.
+SHORT_RESULT = 256
+GROUP_RESULTS_DDL = (
+    "CREATE INDEX IF NOT EXISTS jobs_group_results ON jobs(group_id, group_index, result) "
+    f"WHERE group_id IS NOT NULL AND length(result) <= {SHORT_RESULT};")
+DDL += GROUP_RESULTS_DDL + "\n"
+
 # From version N to N+1.
 MIGRATIONS: dict[int, str] = {
     1: "ALTER TABLE rate_limits ADD COLUMN override_set REAL",   # when an override was set
@@ -171,6 +181,7 @@ MIGRATIONS: dict[int, str] = {
             retried INTEGER NOT NULL DEFAULT 0);
         CREATE TABLE task_totals (task TEXT NOT NULL, kind TEXT NOT NULL,
             n REAL NOT NULL DEFAULT 0, PRIMARY KEY (task, kind)) WITHOUT ROWID""",  # monitoring
+    6: GROUP_RESULTS_DDL,       # a chord's header results, read by its body's release
 }
 
 
