@@ -183,3 +183,22 @@ def test_a_retry_at_nan_fails_the_job(mode):
     with pytest.raises(ValueError, match="countdown=nan"):
         result.get(timeout=10)
     assert result.state == "FAILURE" and result.retries == 0
+
+
+def test_a_setting_changed_between_two_jobs_applies_to_the_second(tmp_path):
+    """What running a job asks of its task (ignore_result, the accepted serializers,
+    the result serializer) is kept per version of the settings: a change between two
+    jobs run in one process applies to the second."""
+    here = Localq(str(tmp_path / "never.db"), main="settings_between_jobs")
+    here.conf.task_always_eager = True
+
+    @here.task
+    def echo(x):
+        return x
+
+    assert echo.delay([1]).get(timeout=10) == [1]
+    here.conf.task_ignore_result = True
+    assert echo.delay([1]).get(timeout=10) is None
+    here.conf.task_ignore_result = False
+    assert echo.delay([1]).get(timeout=10) == [1]
+    assert not os.path.exists(tmp_path / "never.db")

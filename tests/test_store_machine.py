@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from localq import Localq
-from localq.store import Outcome
+from localq.store import Outcome, records
 from localq.store.records import FINAL_STATES
 
 OWNER_PID = 1
@@ -78,6 +78,28 @@ class StoreMachine(RuleBasedStateMachine):
             self.finals[seq] = "REVOKED"
         assert self._state(seq)[0] == self.finals.get(seq, "RETRY" if state == "RETRY"
                                                       else "PENDING")
+
+    @precondition(lambda self: self.workers)
+    @rule(data=st.data(), pad=st.integers(0, 40))
+    def finish_many(self, data: st.DataObject, pad: int) -> None:
+        """One report of many SUCCESS outcomes, as a supervisor writes a batch (16 and
+        more are written by chunks): its own jobs finish; late reports, and reports of
+        another worker's jobs, change nothing."""
+        wid = data.draw(st.sampled_from(sorted(self.workers)))
+        own = sorted(self.workers[wid])
+        others = sorted(seq for w, held in self.workers.items() if w != wid for seq in held)
+        foreign = others + sorted(self.finals)
+        seqs = own + foreign + (data.draw(st.lists(st.sampled_from(foreign), min_size=pad,
+                                                   max_size=pad)) if foreign else [])
+        now = time.time()
+        self.store.finish(wid, [records.succeeded(seq, "1", now, now, 1)
+                                for seq in data.draw(st.permutations(seqs))])
+        for seq in own:
+            self.finals[seq] = "SUCCESS"
+            assert self._state(seq) == ("SUCCESS", None)
+        self.workers[wid].clear()
+        for seq in others:
+            assert self._state(seq)[0] == "STARTED"
 
     @precondition(lambda self: self.finals)
     @rule(data=st.data(), state=st.sampled_from(["SUCCESS", "FAILURE", "RETRY", "PENDING"]))

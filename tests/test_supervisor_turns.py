@@ -25,7 +25,13 @@ from localq.store import records
 from localq.worker import protocol
 from localq.worker.options import resolve
 from localq.worker.pool import KILL_GRACE, Child
-from localq.worker.supervisor import FALLBACK_CHECK, Supervisor
+from localq.worker.supervisor import (
+    CLAIM_MAX,
+    DRAIN_HOLD,
+    FALLBACK_CHECK,
+    HOLD_QUEUED,
+    Supervisor,
+)
 from localq.worker.timers import Now, Timers
 
 
@@ -345,3 +351,39 @@ def test_timers_run_in_order_and_say_when_jobs_may_be_claimable():
     assert ran == [("tick", 1.0)]
     assert timers.wait(Now(1.0, 101)) == 1.0
     assert timers.wait(Now(3.0, 103)) == 0.0
+
+
+def test_while_a_backlog_drains_outcomes_wait_for_a_fuller_transaction(app, clock):
+    """A child's batch of outcomes is not a transaction of its own while every child
+    has plenty queued: it waits, at most DRAIN_HOLD after the last write (any event
+    ends the wait early, to look again), and a child running low ends it at once."""
+    turns = Turns(app, clock, concurrency=1)
+    try:
+        results = [app.tasks["plain"].delay(i) for i in range(600)]
+        [child] = turns.children
+        [first] = turns.settle(succeed=False)      # one job until a duration is known
+        child.answer(first, turns.success(first))
+        handed = turns.settle(succeed=False)       # written; CLAIM_MAX handed over
+        for job in handed[:10]:                    # 246 left: under half its prefetch
+            child.answer(job, turns.success(job))
+        handed += turns.settle(succeed=False)      # written at once, and topped up
+        assert results[10].state == "SUCCESS" and len(handed) == 2 * CLAIM_MAX
+        queued = len(handed) - 10
+        assert 2 * (queued - 40) >= child.prefetch() and queued - 40 >= HOLD_QUEUED
+        for job in handed[10:50]:
+            child.answer(job, turns.success(job))
+        assert turns.settle(succeed=False) == []
+        assert results[11].state == results[50].state == "STARTED"     # held
+        assert 0 < turns.wait() <= DRAIN_HOLD
+        clock.advance(DRAIN_HOLD)
+        handed += turns.settle(succeed=False)      # written, and topped up
+        assert [r.state for r in results[11:51]] == ["SUCCESS"] * 40
+        # Running low (under half its prefetch queued) ends the hold at once.
+        low = len(handed) - child.prefetch() // 2 + 1
+        for job in handed[50:low]:
+            child.answer(job, turns.success(job))
+        assert len(handed) - low < child.prefetch() // 2          # left queued
+        turns.settle(succeed=False)
+        assert results[low].state == "SUCCESS"
+    finally:
+        turns.close()

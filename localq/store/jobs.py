@@ -11,6 +11,7 @@ moves a job that was already finished, recovered or revoked.
 from __future__ import annotations
 
 import sqlite3
+from itertools import chain
 from operator import itemgetter
 from typing import Any, Sequence
 
@@ -152,7 +153,7 @@ def finish(conn: sqlite3.Connection, owner: int, outcomes: Sequence[Outcome]) ->
     for o in outcomes:
         st = o.state
         if st == "SUCCESS" and o.started is not None:
-            success.append((o.result, o.ended, o.pid, o.started, o.seq, owner))
+            success.append((o.seq, o.result, o.ended, o.pid, o.started))
         elif st == "RETRY":
             retry.append(o)
         elif st == "PENDING":
@@ -161,10 +162,7 @@ def finish(conn: sqlite3.Connection, owner: int, outcomes: Sequence[Outcome]) ->
             done.append((st, o.result, o.exc_type, o.traceback, o.ended, o.pid,
                          o.started, o.seq, owner))
     if success:    # the common case, with fewer columns to bind (~20% faster)
-        conn.executemany(
-            "UPDATE jobs SET state = 'SUCCESS', result = ?, done = ?, pid = ?, started = ?, "
-            "owner = NULL, exc_type = NULL, traceback = NULL "    # an earlier retry's
-            "WHERE seq = ? AND state = 'STARTED' AND owner = ?", success)
+        _succeed(conn, owner, success)
     if done:
         conn.executemany(
             "UPDATE jobs SET state = ?, result = ?, exc_type = ?, traceback = ?, done = ?, "
@@ -189,6 +187,35 @@ def finish(conn: sqlite3.Connection, owner: int, outcomes: Sequence[Outcome]) ->
     # What these outcomes set off (a chain's next step, a chord's body), in this
     # same transaction: written exactly when the outcome is.
     return canvas.settle(conn, [o.seq for o in outcomes])
+
+
+# SUCCESS outcomes: (seq, result, done, pid, started) each. Chunks of a fixed size are
+# one statement each, joined to their values (UPDATE ... FROM (VALUES ...)): ~20 %
+# cheaper per row than one execution per row; fixed sizes, so that a handful of
+# statements is prepared once and stays in the connection's statement cache. The rest
+# (fewer than the smallest chunk) is one execution per row.
+_SUCCESS_SET = ("state = 'SUCCESS', result = {0}2, done = {0}3, pid = {0}4, started = {0}5, "
+                "owner = NULL, exc_type = NULL, traceback = NULL")   # and an earlier retry's
+_SUCCESS_ONE = (f"UPDATE jobs SET {_SUCCESS_SET.format('?')} "
+                "WHERE seq = ?1 AND state = 'STARTED' AND owner = ?6")
+_SUCCESS_CHUNKS = {
+    size: (f"UPDATE jobs SET {_SUCCESS_SET.format('v.column')} FROM (VALUES "
+           f"{','.join(['(?,?,?,?,?)'] * size)}) AS v WHERE jobs.seq = v.column1 "
+           "AND jobs.state = 'STARTED' AND jobs.owner = ?")
+    for size in (256, 64, 16)}
+
+
+def _succeed(conn: sqlite3.Connection, owner: int, rows: list[tuple]) -> None:
+    start, count = 0, len(rows)
+    for size, sql in _SUCCESS_CHUNKS.items():
+        while count - start >= size:
+            params = list(chain.from_iterable(rows[start:start + size]))
+            params.append(owner)
+            conn.execute(sql, params)
+            start += size
+    if start < count:
+        own = (owner,)
+        conn.executemany(_SUCCESS_ONE, [row + own for row in rows[start:]])
 
 
 def record_attempt(conn: sqlite3.Connection, seq: int, started: float | None, ended: float,

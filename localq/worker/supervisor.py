@@ -27,10 +27,22 @@ production) at the start of a turn and after a write (which may wait for the
 lock), and passed down as ``now``: tests drive ``turn`` with fake children and a
 fake clock (tests/test_supervisor_turns.py).
 
-While jobs stream in (several rings since the last write), it writes at most once
-per COALESCE and sleeps deaf in between: a stream of single enqueues then meets
-one claim per millisecond, not one per job, and the producers find the write lock
-free far more often. A lone job (a round trip) is never held back.
+A transaction costs ~80 us however few jobs it carries, so writes are held back
+while that costs no one anything (``_held``):
+
+- while jobs stream in (several rings since the last write), it writes at most
+  once per COALESCE and sleeps deaf in between: a stream of single enqueues then
+  meets one claim per millisecond, not one per job, and the producers find the
+  write lock free far more often;
+- while a backlog drains (every child has at least half its prefetch, and
+  HOLD_QUEUED jobs, still queued), outcomes wait up to DRAIN_HOLD after the last
+  write, so that one transaction carries a few milliseconds of outcomes and claims
+  rather than each child's batch on its own. A child running low ends the hold.
+
+A lone job (a round trip) is never held back: its ring is the only one, and its
+outcome finds its child with nothing queued. (A ring while jobs are in flight is
+not taken for a stream: with two clients each waiting on its own job, that would
+hold one client's job back for the other's.)
 """
 from __future__ import annotations
 
@@ -76,6 +88,8 @@ FALLBACK_CHECK = 0.5     # seconds between data_version checks when idle
 MAX_QUEUED_BYTES = 64 * 1024   # arguments queued in a busy child's channel, at most
 CLAIM_MAX = 256         # jobs claimed in one transaction, at most: holds the write lock ~2 ms
 COALESCE = 0.001         # seconds: while jobs stream in, one write per this, at most
+DRAIN_HOLD = 0.002       # seconds: while a backlog drains, one write per this, at most
+HOLD_QUEUED = 16         # ... if every child still has this many jobs queued, at least
 # A write that finds the lock held this long gives up, and the loop goes on (children
 # report, time limits are enforced) until it tries again, at most WRITE_BACKOFF_MAX later.
 WRITE_PATIENCE = 0.5
@@ -318,9 +332,15 @@ class Supervisor:
         write waits for its retry (a timer)."""
         if (self.outcomes or self.task_states or self._should_claim(self._free_slots())) \
                 and now.mono >= self.write_again_at:
-            if self._streaming(now.mono):
-                return max(0.0, self.last_write + COALESCE - now.mono), True
-            return 0.0, False
+            held = self._held(now.mono)
+            if held is None:
+                return 0.0, False
+            until, deaf = held
+            if deaf:
+                return max(0.0, until - now.mono), True
+            timeout = self.timers.wait(now)
+            wait = max(0.0, until - now.mono)
+            return (wait if timeout is None else min(wait, timeout)), False
         return self.timers.wait(now), False
 
     def _should_claim(self, slots: int) -> bool:
@@ -334,11 +354,31 @@ class Supervisor:
         return bool(self.outcomes) or any(not c.inflight and self._room(c) > 0
                                           for c in self.children.values())
 
-    def _streaming(self, mono: float) -> bool:
-        """Jobs are arriving one after another (several rings since the last write),
-        and the last write was under COALESCE ago: wait out the rest of it before
-        writing again, so that a stream of jobs is claimed in batches."""
-        return self.rings > 1 and mono - self.last_write < COALESCE and not self.stopping
+    def _held(self, mono: float) -> tuple[float, bool] | None:
+        """Should the write wait? None: write now; else (until when, deaf): deaf waits
+        are slept through, the others end early if an event comes (see the module's
+        docstring)."""
+        if self.stopping:
+            return None
+        rings = self.rings
+        if rings > 1 and mono < self.last_write + COALESCE:
+            return self.last_write + COALESCE, True       # jobs stream in
+        if self.outcomes and not rings and mono < self.last_write + DRAIN_HOLD \
+                and self._all_busy():
+            return self.last_write + DRAIN_HOLD, False     # a backlog drains
+        return None
+
+    def _all_busy(self) -> bool:
+        """Has every child taking work at least half its prefetch (and HOLD_QUEUED)
+        still queued?"""
+        busy = False
+        for child in self.children.values():
+            if child.takes_work:
+                queued = len(child.inflight)
+                if queued < HOLD_QUEUED or 2 * queued < child.prefetch():
+                    return False
+                busy = True
+        return busy
 
     # -------------------------------------------------------------- timers
 
@@ -606,8 +646,8 @@ class Supervisor:
         slots = 0 if self.stopping else min(self._free_slots(), CLAIM_MAX)
         claim = self._should_claim(slots)
         mono = now.mono
-        if (self.outcomes or claim or self.task_states) and not self._streaming(mono) \
-                and mono >= self.write_again_at:
+        if (self.outcomes or claim or self.task_states) and mono >= self.write_again_at \
+                and self._held(mono) is None:
             # The outcomes stay in self.outcomes until the transaction that writes them
             # commits: a write that fails loses nothing and is tried again.
             outcomes = self.outcomes
