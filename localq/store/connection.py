@@ -26,7 +26,14 @@ import weakref
 from contextlib import contextmanager
 from typing import Any, Iterable, Iterator
 
-from .schema import BUSY_TIMEOUT_MS, database_error, open_database
+from ..exceptions import DatabaseError
+from .schema import (
+    BUSY_TIMEOUT_MS,
+    WAL_RESET_BUG,
+    checkpoint_guarded,
+    database_error,
+    open_database,
+)
 
 _LIVE: weakref.WeakSet[Database] = weakref.WeakSet()
 # A commit that takes the WAL past this size checkpoints it (copies it into the file,
@@ -35,7 +42,12 @@ _LIVE: weakref.WeakSet[Database] = weakref.WeakSet()
 # running whose checkpoint thread (worker/upkeep.py) does it off everyone's path. At
 # this size a producer checkpoints only when no worker keeps up, or when the thread's
 # checkpoints cannot reset the WAL (writers never pause): the WAL stays bounded.
+# With SQLite's WAL-reset bug (schema.py's WAL_RESET_BUG) SQLite's own checkpoint is off
+# and the Database does it, under the write lock, when it sees the -wal file past this
+# size: it looks every WAL_LOOK_EVERY writes (an os.stat, ~1 us), so a process's own
+# writes add at most a few hundred KiB past it before it looks.
 WAL_CHECKPOINT_BYTES = 8 << 20
+WAL_LOOK_EVERY = 64
 
 
 class Database:
@@ -48,6 +60,8 @@ class Database:
         self._conn: sqlite3.Connection | None = None     # reads
         self._wconn: sqlite3.Connection | None = None    # writes: fails fast when locked
         self._lock = threading.RLock()
+        # Writes until the next look at the WAL's size (never, if SQLite checkpoints).
+        self._until_look = WAL_LOOK_EVERY if WAL_RESET_BUG else 1 << 62
         _LIVE.add(self)
 
     def _reader(self) -> sqlite3.Connection:
@@ -59,8 +73,9 @@ class Database:
         if self._wconn is None:
             conn = open_database(self.path, self.synchronous)
             conn.execute("PRAGMA busy_timeout=0")
-            page_size = conn.execute("PRAGMA page_size").fetchone()[0]
-            conn.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_BYTES // page_size}")
+            if not WAL_RESET_BUG:
+                page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+                conn.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_BYTES // page_size}")
             self._wconn = conn
         return self._wconn
 
@@ -91,6 +106,9 @@ class Database:
                     conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
+            self._until_look -= 1
+            if self._until_look <= 0:
+                self._look_at_wal()
 
     def write(self, sql: str, params: Any = ()) -> sqlite3.Cursor:
         """One statement in its own transaction, on the writing connection."""
@@ -98,6 +116,10 @@ class Database:
         with self._lock:
             try:
                 conn = self._wconn or self._writer()
+                # Before the statement: its cursor may still hold the statement open.
+                self._until_look -= 1
+                if self._until_look <= 0:
+                    self._look_at_wal()
                 return _retry_busy(conn.execute, sql, params, self.patience)
             except sqlite3.Error as exc:
                 raise database_error(self.path, exc) from None
@@ -109,9 +131,30 @@ class Database:
 
     def checkpoint(self) -> None:
         """Copy committed pages from the WAL into the database file (PASSIVE: it never
-        waits for, nor blocks, readers and writers)."""
+        waits for readers and writers). With SQLite's WAL-reset bug it is taken while
+        the writing connection holds the write lock (waiting for it as long as a write
+        does), so writers wait for it: a few ms for a few MiB, with its fsync."""
         with self._lock, _errors(self.path):
-            (self._wconn or self._writer()).execute("PRAGMA wal_checkpoint(PASSIVE)")
+            writer = self._wconn or self._writer()
+            if not WAL_RESET_BUG:
+                writer.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                return
+            _retry_busy(writer.execute, "BEGIN IMMEDIATE", (), self.patience)
+            checkpoint_guarded(self._reader(), writer)
+
+    def _look_at_wal(self) -> None:
+        """Checkpoint if the WAL has grown past WAL_CHECKPOINT_BYTES (only with the bug,
+        where SQLite's automatic checkpoint is off)."""
+        self._until_look = WAL_LOOK_EVERY
+        try:
+            size = os.stat(self.path + "-wal").st_size
+        except OSError:
+            return
+        if size > WAL_CHECKPOINT_BYTES:
+            try:
+                self.checkpoint()
+            except DatabaseError:  # the write itself stands; the next look tries again
+                pass
 
     def data_version(self) -> int:
         """Changes when another connection commits: a cheap "anything new?" check.

@@ -22,6 +22,40 @@ BUSY_TIMEOUT_MS = 60_000
 # fits either way; a database made with another page size keeps it.
 PAGE_SIZE = 1024
 
+
+def has_wal_reset_bug(version: tuple[int, int, int]) -> bool:
+    """Whether this SQLite has the WAL-reset bug (https://sqlite.org/wal.html#walresetbug):
+    a checkpoint that starts while another connection's first write resets the WAL can
+    later make a checkpoint skip committed frames (a corrupt file). 3.7.0 to 3.51.2 have
+    it; 3.51.3 fixed it, with backports to 3.44.6 and 3.50.7."""
+    if version >= (3, 51, 3):
+        return False
+    if version[:2] == (3, 50):
+        return version < (3, 50, 7)
+    if version[:2] == (3, 44):
+        return version < (3, 44, 6)
+    return version >= (3, 7, 0)
+
+
+# With the bug, localq never lets a WAL reset coincide with a checkpoint: a reset is done
+# only by a writer holding the write lock, at the start of its write transaction, so every
+# checkpoint localq runs is taken while this process holds the write lock on another
+# connection (checkpoint_guarded), and SQLite's automatic checkpoints, which run in
+# whichever connection commits with no such lock, are off on every connection. The
+# Database checkpoints instead when the WAL's size says so: journal_size_limit=0 makes
+# the first commit after a reset truncate the -wal file, so its size tracks its content.
+WAL_RESET_BUG = has_wal_reset_bug(sqlite3.sqlite_version_info)
+
+
+def checkpoint_guarded(conn: sqlite3.Connection, holder: sqlite3.Connection) -> None:
+    """A PASSIVE checkpoint on ``conn`` while ``holder`` (another connection of this
+    process, which has just run BEGIN IMMEDIATE) holds the write lock, so that no WAL
+    reset can start meanwhile; the holder then rolls back, having written nothing."""
+    try:
+        conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+    finally:
+        holder.execute("ROLLBACK")
+
 # Partial indexes keep the claim query's index as small as the backlog:
 # rows leave jobs_ready as soon as they are claimed. A job with an ETA waits in
 # jobs_delayed only, and the claim moves it to jobs_ready (eta = 0) once due, so
@@ -203,6 +237,9 @@ def open_database(path: str, synchronous: str = "NORMAL") -> sqlite3.Connection:
                             f"{unwritable(path) or exc}") from None
     try:
         conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        if WAL_RESET_BUG:          # before anything it does could checkpoint
+            conn.execute("PRAGMA wal_autocheckpoint=0")
+            conn.execute("PRAGMA journal_size_limit=0")
         _check_or_create_schema(conn, path)
         conn.execute(f"PRAGMA synchronous={synchronous}")
     except sqlite3.Error as exc:
@@ -397,7 +434,16 @@ def _check_or_create_schema(conn: sqlite3.Connection, path: str) -> None:
         raise
     # The schema into the file itself, so that the next open knows it from the main
     # file alone (see _inspect) rather than reading through the WAL.
-    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+    if not WAL_RESET_BUG:
+        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        return
+    holder = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+    try:
+        holder.execute("PRAGMA wal_autocheckpoint=0")
+        holder.execute("BEGIN IMMEDIATE")
+        checkpoint_guarded(conn, holder)
+    finally:
+        holder.close()
 
 
 def _check_version(conn: sqlite3.Connection, path: str) -> None:
