@@ -129,16 +129,23 @@ class Database:
         with self.transaction() as conn:
             return conn.executemany(sql, rows).rowcount
 
-    def checkpoint(self) -> None:
+    def checkpoint(self, past: int = 0) -> None:
         """Copy committed pages from the WAL into the database file (PASSIVE: it never
         waits for readers and writers). With SQLite's WAL-reset bug it is taken while
         the writing connection holds the write lock (waiting for it as long as a write
-        does), so writers wait for it: a few ms for a few MiB, with its fsync."""
+        does), so writers wait for it: ~10 ms for an 8 MiB WAL here, with its fsync;
+        and only if the -wal file is larger than ``past`` bytes."""
         with self._lock, _errors(self.path):
             writer = self._wconn or self._writer()
             if not WAL_RESET_BUG:
                 writer.execute("PRAGMA wal_checkpoint(PASSIVE)")
                 return
+            if past:
+                try:
+                    if os.stat(self.path + "-wal").st_size <= past:
+                        return
+                except FileNotFoundError:
+                    return
             _retry_busy(writer.execute, "BEGIN IMMEDIATE", (), self.patience)
             checkpoint_guarded(self._reader(), writer)
 
@@ -147,14 +154,9 @@ class Database:
         where SQLite's automatic checkpoint is off)."""
         self._until_look = WAL_LOOK_EVERY
         try:
-            size = os.stat(self.path + "-wal").st_size
-        except OSError:
-            return
-        if size > WAL_CHECKPOINT_BYTES:
-            try:
-                self.checkpoint()
-            except DatabaseError:  # the write itself stands; the next look tries again
-                pass
+            self.checkpoint(past=WAL_CHECKPOINT_BYTES)
+        except DatabaseError:  # the write itself stands; the next look tries again
+            pass
 
     def data_version(self) -> int:
         """Changes when another connection commits: a cheap "anything new?" check.

@@ -110,8 +110,8 @@ class Store:
         with self.db.transaction() as conn:
             yield Transaction(conn)
 
-    def checkpoint(self) -> None:
-        self.db.checkpoint()
+    def checkpoint(self, past: int = 0) -> None:
+        self.db.checkpoint(past)
 
     def data_version(self) -> int:
         return self.db.data_version()

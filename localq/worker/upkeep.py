@@ -31,6 +31,10 @@ T = TypeVar("T")
 
 RECOVERY_EVERY = 5.0     # seconds between looks for dead workers
 CHECKPOINT_EVERY = 0.05  # seconds between WAL checkpoints, at most, while jobs flow
+# With SQLite's WAL-reset bug a checkpoint holds the write lock (store/schema.py's
+# WAL_RESET_BUG): the thread then skips it while the -wal file is smaller than this,
+# so that writers wait for one checkpoint of ~1 MiB rather than one every 50 ms.
+CHECKPOINT_PAST = 1 << 20
 
 
 class Checkpointer:
@@ -44,6 +48,8 @@ class Checkpointer:
     WAL to its start also needs a moment when every frame is copied and no
     writer or reader is on the WAL, which a steady stream of jobs rarely leaves:
     then the commit that takes the WAL past that size checkpoints and resets it.
+    With SQLite's WAL-reset bug each checkpoint holds the write lock (store/schema.py's
+    WAL_RESET_BUG), so the thread skips it while the WAL is under CHECKPOINT_PAST.
     Its own Store closes its connection around any fork, as every Store does, and the thread is
     paused around the supervisor's forks, so that a child is never forked from a
     process with a second thread (a deadlock risk Python 3.12 warns about).
@@ -89,7 +95,7 @@ class Checkpointer:
                 return
             wake.clear()
             try:
-                self.store.checkpoint()
+                self.store.checkpoint(past=CHECKPOINT_PAST)
             except Exception as exc:      # never fatal: SQLite checkpoints on its own
                 log.warning("WAL checkpoint failed: %s", exc)
             if stopping.wait(CHECKPOINT_EVERY):
