@@ -146,8 +146,11 @@ class Database:
                         return
                 except FileNotFoundError:
                     return
+            # The reader first: opening it may fail, and nothing may fail between
+            # BEGIN and the rollback that checkpoint_guarded's finally takes.
+            reader = self._reader()
             _retry_busy(writer.execute, "BEGIN IMMEDIATE", (), self.patience)
-            checkpoint_guarded(self._reader(), writer)
+            checkpoint_guarded(reader, writer)
 
     def _look_at_wal(self) -> None:
         """Checkpoint if the WAL has grown past WAL_CHECKPOINT_BYTES (only with the bug,
