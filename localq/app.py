@@ -42,6 +42,9 @@ from .task import (
 from .wakeup import Ringer, wake_folder
 
 
+_INBOX = os.environ.get("LOCALQ_INBOX") == "1"   # PROTOTYPE switch
+
+
 class Localq:
     """The app: ``Localq("jobs.db")``, or as Celery's ``Celery("proj", ...)``.
 
@@ -281,6 +284,12 @@ class Localq:
         expires = None if d.expires is None else expires_at(d.expires, now)
         store = self.store
         seq = new_seq()
+        if _INBOX:
+            self.nudge_workers(store.enqueue_inbox(
+                wake_folder(self._path), JobRow(seq, None, task.name, d.queue, d.lane,
+                                                d.priority, d.serializer, payload, d.options,
+                                                0.0, expires, now)))
+            return Result(format_id(seq), self)
         while not store.enqueue(JobRow(seq, None, task.name, d.queue, d.lane, d.priority,
                                           d.serializer, payload, d.options, 0.0, expires,
                                           now)):

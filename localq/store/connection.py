@@ -62,6 +62,7 @@ class Database:
         self._lock = threading.RLock()
         # Writes until the next look at the WAL's size (never, if SQLite checkpoints).
         self._until_look = WAL_LOOK_EVERY if WAL_RESET_BUG else 1 << 62
+        self.attached: dict[str, str] = {}
         _LIVE.add(self)
 
     def _reader(self) -> sqlite3.Connection:
@@ -77,7 +78,23 @@ class Database:
                 page_size = conn.execute("PRAGMA page_size").fetchone()[0]
                 conn.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_BYTES // page_size}")
             self._wconn = conn
+            self.attached = {}
         return self._wconn
+
+    def attach(self, folder: str, names: Iterable[str]) -> dict[str, str]:
+        """PROTOTYPE: attach inbox files to the writing connection (outside a transaction)."""
+        from .inbox import attach
+        with self._lock, _errors(self.path):
+            conn = self._wconn or self._writer()
+            for name in names:
+                if name not in self.attached and len(self.attached) < 8:
+                    alias = f"ib{len(self.attached)}"
+                    try:
+                        attach(conn, folder, name, alias)
+                    except sqlite3.Error:
+                        continue
+                    self.attached[name] = alias
+            return self.attached
 
     def close(self) -> None:
         with self._lock:

@@ -10,6 +10,7 @@ store stays the only code that speaks SQL.
 """
 from __future__ import annotations
 
+import os
 import sqlite3
 from contextlib import contextmanager
 from typing import Any, Iterable, Iterator, Sequence
@@ -83,6 +84,11 @@ class Transaction:
         """Insert one job; False when its id already exists."""
         return self._conn.execute(INSERT_JOB, tuple(job)).rowcount == 1
 
+    def drain_inboxes(self, attached: dict[str, str]) -> int:
+        """PROTOTYPE: copy inbox rows into jobs."""
+        from .inbox import drain
+        return sum(drain(self._conn, name, alias) for name, alias in attached.items())
+
 
 class Store:
     """The database file as localq's modules use it: one method per transaction."""
@@ -124,6 +130,27 @@ class Store:
     def enqueue(self, job: JobRow) -> bool:
         """Insert one job in its own transaction; False when its id already exists."""
         return self.db.write(INSERT_JOB, tuple(job)).rowcount == 1
+
+    _inbox = None
+
+    def enqueue_inbox(self, folder: str, job: JobRow) -> bytes:
+        """PROTOTYPE: one job into this process's inbox file; the ring message."""
+        from .inbox import Inbox
+        box = self._inbox
+        if box is None or box.pid != os.getpid():
+            self.db.write("CREATE TABLE IF NOT EXISTS inboxes (name TEXT PRIMARY KEY, "
+                          "pos INTEGER NOT NULL)")
+            box = self._inbox = Inbox(folder, self.path)
+        box.put(tuple(job), self._inbox_pos)
+        return box.message
+
+    def _inbox_pos(self, name: str) -> int | None:
+        with self.db.read() as conn:
+            row = conn.execute("SELECT pos FROM inboxes WHERE name = ?", (name,)).fetchone()
+        return row[0] if row else None
+
+    def attach_inboxes(self, folder: str, names: Iterable[str]) -> dict[str, str]:
+        return self.db.attach(folder, names)
 
     def enqueue_rows(self, rows: Iterable[JobRow]) -> int:
         """Insert jobs in one transaction; returns how many were new (a job whose id

@@ -218,6 +218,8 @@ class Supervisor:
         if self.parent_fd is not None:
             self.selector.register(self.parent_fd, selectors.EVENT_READ, "parent")
         self._version = self.store.data_version()
+        self.inboxes: set[str] = set()
+        self._scan_inboxes()
         self._add_timers(now)
         execute.hostname[0] = self.hostname        # the children's request.hostname
         try:
@@ -403,9 +405,22 @@ class Supervisor:
             return self.write_again_at
         return None
 
+    def _scan_inboxes(self) -> bool:
+        """PROTOTYPE: inbox files in the folder."""
+        try:
+            names = {n for n in os.listdir(self.bell.folder)
+                     if n.startswith("inbox.") and n.endswith(".db")}
+        except OSError:
+            return False
+        new = names - self.inboxes
+        self.inboxes |= names
+        return bool(new)
+
     def _fallback_check(self, now: Now) -> bool:
         """Has the file changed without a ring reaching this worker? Then claim, and look
         for revokes."""
+        if self._scan_inboxes() or self.inboxes:
+            self.want_work = True
         version = safely(self.store.data_version)
         if version is None or version == self._version:
             return False
@@ -435,6 +450,9 @@ class Supervisor:
                     self._check_revokes(now)
                 elif message == b"L":
                     self.flow.refresh()
+                elif message[:1] == b"I":
+                    self.inboxes.add(message[1:].decode())
+                    self.rings += 1
                 else:
                     self.rings += 1
             self.want_work = True
@@ -693,9 +711,13 @@ class Supervisor:
         """One transaction: the outcomes, then the claim. Raises _PresumedDead, without
         writing anything, when another worker has taken this one's jobs back."""
         now = when.wall
+        attached = self.store.attach_inboxes(self.bell.folder, self.inboxes) \
+            if self.inboxes else {}
         with self.store.transaction() as tx:
             if not tx.is_registered(self.worker_id):
                 raise _PresumedDead
+            if attached and tx.drain_inboxes(attached):
+                claim = slots > 0
             if self.task_states:      # before the outcomes: a finished job takes none
                 tx.set_task_states(self.worker_id, list(self.task_states.values()), now)
             released = tx.finish(self.worker_id, outcomes)
