@@ -353,7 +353,28 @@ class Lab:
             conn.close()
 
     def not_final(self) -> int:
-        return self.count("state IN ('PENDING', 'RETRY', 'STARTED')")
+        """Jobs waiting or running: in the file, and still in producers' inboxes."""
+        return self.count("state IN ('PENDING', 'RETRY', 'STARTED')") + self.in_inboxes()
+
+    def in_inboxes(self) -> int:
+        ro = self.ro()
+        if ro is None:
+            return 0
+        left = 0
+        folder = os.path.realpath(self.db) + ".d"
+        for name, pos in ro.execute("SELECT name, pos FROM inboxes WHERE name IS NOT NULL"):
+            try:
+                box = sqlite3.connect(f"file:{os.path.join(folder, name)}?mode=ro", uri=True)
+            except sqlite3.Error:
+                continue
+            try:
+                left += box.execute("SELECT count(*) FROM inbox WHERE n > ?",
+                                    (pos,)).fetchone()[0]
+            except sqlite3.Error:
+                pass
+            finally:
+                box.close()
+        return left
 
     def count(self, where: str) -> int:
         ro = self.ro()

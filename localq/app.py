@@ -39,10 +39,7 @@ from .task import (
     job_options,
     seconds,
 )
-from .wakeup import Ringer, wake_folder
-
-
-_INBOX = os.environ.get("LOCALQ_INBOX") == "1"   # PROTOTYPE switch
+from .wakeup import Ringer, safe_folder, wake_folder
 
 
 class Localq:
@@ -112,6 +109,9 @@ class Localq:
             if not self.finalized:
                 self.finalize()          # first use of the file, as Celery finalizes
             self._store = Store(self._path, self.conf.database_synchronous.upper())
+            folder = wake_folder(self._path)
+            if folder.endswith(".d") and safe_folder(folder):   # inboxes are read there
+                self._store.inbox_folder = folder
         return self._store
 
     def set_current(self) -> None:
@@ -147,6 +147,22 @@ class Localq:
         if self._ringer is None:
             self._ringer = Ringer(wake_folder(self._path), "w")
         self._ringer.ring(message)
+
+    def _use_inbox(self, store: Store) -> bool:
+        """Send through this process's inbox (store/inbox.py)? Only while a worker runs,
+        to copy it (its bell is there), and when the wake-up folder is <db>.d/ beside
+        the file (not the temporary folder a long path gets) and private (the Ringer
+        checked). With no worker, jobs go straight into the file, as a script expects."""
+        if self._ringer is None:
+            self._ringer = Ringer(wake_folder(self._path), "w")
+        if not self._ringer.has_bells():
+            return False
+        if store.inbox_folder is None:
+            folder = self._ringer.folder
+            if not folder.endswith(".d"):
+                return False
+            store.inbox_folder = folder
+        return True
 
     def nudge_waiters(self) -> None:
         """Wake processes waiting in ``get()`` on this database (best effort)."""
@@ -283,18 +299,10 @@ class Localq:
         now = time.time()
         expires = None if d.expires is None else expires_at(d.expires, now)
         store = self.store
-        seq = new_seq()
-        if _INBOX:
-            self.nudge_workers(store.enqueue_inbox(
-                wake_folder(self._path), JobRow(seq, None, task.name, d.queue, d.lane,
-                                                d.priority, d.serializer, payload, d.options,
-                                                0.0, expires, now)))
-            return Result(format_id(seq), self)
-        while not store.enqueue(JobRow(seq, None, task.name, d.queue, d.lane, d.priority,
-                                          d.serializer, payload, d.options, 0.0, expires,
-                                          now)):
-            seq = new_seq()              # two producers drew the same row number
-        self.nudge_workers()
+        inbox = self._use_inbox(store)
+        seq = store.send(JobRow(new_seq(), None, task.name, d.queue, d.lane, d.priority,
+                                d.serializer, payload, d.options, 0.0, expires, now), inbox)
+        self.nudge_workers(store.inbox_bell if inbox else b"!")
         return Result(format_id(seq), self)
 
     def send_job(self, task: Task, args: tuple, kwargs: dict, *, countdown: float | None,
@@ -318,9 +326,14 @@ class Localq:
             before_task_publish.send(job.task, body=body, exchange="", routing_key=job.queue,
                                      headers=headers, properties={"priority": job.priority},
                                      declare=[], retry_policy=None)
-        while not self.store.enqueue(job) and task_id is None:
-            job = job._replace(seq=new_seq())   # two producers drew the same row number
-        self.nudge_workers()
+        if task_id is None:              # a generated id: any inbox will do
+            store = self.store
+            inbox = self._use_inbox(store)
+            job = job._replace(seq=store.send(job, inbox))
+            self.nudge_workers(store.inbox_bell if inbox else b"!")
+        else:                            # a chosen id: checked at once, in jobs
+            self.store.enqueue(job)
+            self.nudge_workers()
         if publishing:
             headers["id"] = job.id
             after_task_publish.send(job.task, body=body, exchange="", routing_key=job.queue,

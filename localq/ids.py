@@ -7,6 +7,13 @@ table. Because the id *is* the key, looking a job up by such an id needs no
 index, and inserting a job writes one index page fewer (about a fifth of the
 cost of ``delay()`` on the machines we measured). Any other id a user passes
 (``task_id="invoice-42"``) is stored as text under a unique index of its own.
+
+The counter's top bit splits the numbers in two spaces that never meet. Numbers
+drawn with it clear (``new_seq``, ``new_seqs``) are inserted at once and a clash is
+detected at insert. Numbers with it set belong to a producer's inbox
+(store/inbox.py): the next 10 bits are the inbox's slot, unique among live
+inboxes, and the last 10 count within the millisecond (``SlotSeqs``), so no two
+processes can draw the same one even though the row reaches ``jobs`` only later.
 """
 from __future__ import annotations
 
@@ -17,6 +24,10 @@ import time
 
 _MARK = 0x0_6C6F_6361_6C71 & ((1 << 53) - 1)    # "localq", in the low 53 bits
 _COUNTER_BITS = 21
+INBOX_BIT = 1 << (_COUNTER_BITS - 1)   # the counter's top bit: an inbox's number
+SLOT_BITS = 10                         # then the inbox's slot
+_LOCAL_BITS = _COUNTER_BITS - 1 - SLOT_BITS
+SLOTS = 1 << SLOT_BITS
 _lock = threading.Lock()
 _state = {"ms": -1, "n": 0}
 # A random start for each millisecond's counter, from a PRNG: an id is no secret (it
@@ -53,21 +64,65 @@ def new_seqs(count: int) -> range:
 
 
 def _take(count: int) -> int:
-    """The first of ``count`` (>= 1) numbers after the last one given (under _lock)."""
+    """The first of ``count`` (1 to INBOX_BIT) numbers after the last one given (under
+    _lock), all with the counter's top bit clear."""
     ms = time.time_ns() // 1_000_000
     state = _state
     if ms > state["ms"]:
         state["ms"] = ms
-        # A random start in the lower half leaves room to count up within one ms
+        # A random start in the lower quarter leaves room to count up within one ms
         # and makes two processes unlikely to pick the same number (a clash is
         # detected at insert, and a new number taken).
-        state["n"] = _start(_COUNTER_BITS - 1)
+        n = _start(_COUNTER_BITS - 2)
     else:
-        state["n"] += 1
-    first = (state["ms"] << _COUNTER_BITS) + state["n"]
-    last = first + count - 1                 # past the counter's bits: the next ms
-    state["ms"], state["n"] = last >> _COUNTER_BITS, last & ((1 << _COUNTER_BITS) - 1)
-    return first
+        n = state["n"] + 1
+    if n + count > INBOX_BIT:                # the inboxes' half: go on in the next ms
+        state["ms"] += 1
+        n = _start(_COUNTER_BITS - 2) if count <= INBOX_BIT // 2 else 0
+    state["n"] = n + count - 1
+    return (state["ms"] << _COUNTER_BITS) + n
+
+
+class SlotSeqs:
+    """The row numbers of one inbox (its slot's space): increasing, at most 1,024 per
+    millisecond (then the next millisecond's), above ``floor`` (the last number a
+    previous holder of the slot gave out, should the clock have gone back since).
+    Not thread-safe: the inbox calls it under its lock."""
+
+    __slots__ = ("high", "last")
+
+    def __init__(self, slot: int, floor: int) -> None:
+        if not 0 <= slot < SLOTS:
+            raise ValueError(f"inbox slot {slot} out of range")
+        self.high = INBOX_BIT | (slot << _LOCAL_BITS)
+        self.last = floor
+
+    def take(self) -> int:
+        # Under the module's lock: this process's numbers, direct and inbox, increase
+        # together, so that its jobs run in the order it sent them. An inbox number
+        # sorts after every direct one of its millisecond; the next direct one is
+        # drawn in a later millisecond.
+        with _lock:
+            state = _state
+            ms = max(time.time_ns() // 1_000_000, state["ms"])
+            last_ms = self.last >> _COUNTER_BITS
+            if ms > last_ms:
+                n = 0
+            else:
+                ms, n = last_ms, (self.last & ((1 << _LOCAL_BITS) - 1)) + 1
+                if n >> _LOCAL_BITS:
+                    ms, n = ms + 1, 0
+            self.last = seq = (ms << _COUNTER_BITS) | self.high | n
+            if ms >= state["ms"]:
+                state["ms"], state["n"] = ms, INBOX_BIT - 1
+        return seq
+
+
+def inbox_slot(seq: int) -> int | None:
+    """The slot of the inbox a row number was drawn for; None for a direct one."""
+    if not seq & INBOX_BIT:
+        return None
+    return (seq >> _LOCAL_BITS) & (SLOTS - 1)
 
 
 def _low_hex(low9: int) -> str:

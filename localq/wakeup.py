@@ -192,8 +192,17 @@ class Ringer:
         except Exception:
             pass    # best effort, by design
 
-    def _ring(self, message: bytes) -> None:
-        now = time.monotonic()
+    def has_bells(self) -> bool:
+        """Is there a bell to ring (as of the last look at the folder, at most RELIST
+        ago)? Then the folder is private to this user, too."""
+        try:
+            with self._lock:
+                self._look(time.monotonic())
+                return bool(self._targets)
+        except Exception:
+            return False
+
+    def _look(self, now: float) -> None:
         # Look at the folder at most every RELIST seconds: a bell that appears
         # meanwhile belongs to a process that checks the database when it starts.
         if now - self._checked >= RELIST:
@@ -210,6 +219,10 @@ class Ringer:
             if mtime != self._mtime or now - self._listed >= REFRESH:
                 self._mtime = mtime
                 self._list(now)
+
+    def _ring(self, message: bytes) -> None:
+        now = time.monotonic()
+        self._look(now)
         if self._targets and not self._send_all(message):
             self._list(now)               # a bell was dead: ring whoever is there now
             self._send_all(message)

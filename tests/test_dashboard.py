@@ -241,7 +241,8 @@ def test_pages_answer_while_another_process_holds_the_write_lock(app, live, db_p
 
 def strip_monitoring(con: sqlite3.Connection) -> None:
     """Make a database what localq wrote before the monitoring tables (schema 5)."""
-    con.executescript("DROP INDEX IF EXISTS jobs_group_results; "  # of schema 7
+    con.executescript("DROP TABLE IF EXISTS inboxes; "             # of schema 8
+                      "DROP INDEX IF EXISTS jobs_group_results; "  # of schema 7
                       "DROP TABLE throughput; DROP TABLE task_totals; "
                       "ALTER TABLE workers DROP COLUMN processed; "
                       "ALTER TABLE workers DROP COLUMN failed; "

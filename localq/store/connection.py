@@ -27,6 +27,7 @@ from contextlib import contextmanager
 from typing import Any, Iterable, Iterator
 
 from ..exceptions import DatabaseError
+from .inbox import Attachments
 from .schema import (
     BUSY_TIMEOUT_MS,
     WAL_RESET_BUG,
@@ -62,7 +63,9 @@ class Database:
         self._lock = threading.RLock()
         # Writes until the next look at the WAL's size (never, if SQLite checkpoints).
         self._until_look = WAL_LOOK_EVERY if WAL_RESET_BUG else 1 << 62
-        self.attached: dict[str, str] = {}
+        # Producers' inboxes attached to each connection (store/inbox.py).
+        self.read_inboxes = Attachments()
+        self.write_inboxes = Attachments()
         _LIVE.add(self)
 
     def _reader(self) -> sqlite3.Connection:
@@ -78,23 +81,7 @@ class Database:
                 page_size = conn.execute("PRAGMA page_size").fetchone()[0]
                 conn.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_BYTES // page_size}")
             self._wconn = conn
-            self.attached = {}
         return self._wconn
-
-    def attach(self, folder: str, names: Iterable[str]) -> dict[str, str]:
-        """PROTOTYPE: attach inbox files to the writing connection (outside a transaction)."""
-        from .inbox import attach
-        with self._lock, _errors(self.path):
-            conn = self._wconn or self._writer()
-            for name in names:
-                if name not in self.attached and len(self.attached) < 8:
-                    alias = f"ib{len(self.attached)}"
-                    try:
-                        attach(conn, folder, name, alias)
-                    except sqlite3.Error:
-                        continue
-                    self.attached[name] = alias
-            return self.attached
 
     def close(self) -> None:
         with self._lock:
@@ -141,6 +128,22 @@ class Database:
             except sqlite3.Error as exc:
                 raise database_error(self.path, exc) from None
 
+    def attach_inboxes(self, folder: str, names: Iterable[str], writer: bool = True
+                       ) -> dict[str, str]:
+        """Attach producers' inboxes (read-only) to the writing or the reading
+        connection, outside any transaction; name -> alias of those attached."""
+        with self._lock, _errors(self.path):
+            if writer:
+                return self.write_inboxes.ensure(self._wconn or self._writer(), folder, names)
+            return self.read_inboxes.ensure(self._reader(), folder, names)
+
+    def detach_inbox(self, name: str) -> None:
+        with self._lock, _errors(self.path):
+            for conn, att in ((self._wconn, self.write_inboxes),
+                              (self._conn, self.read_inboxes)):
+                if conn is not None:
+                    att.drop(conn, name)
+
     def write_many(self, sql: str, rows: Iterable[Any]) -> int:
         """One statement over many rows in one transaction; how many rows it changed."""
         with self.transaction() as conn:
@@ -155,7 +158,7 @@ class Database:
         with self._lock, _errors(self.path):
             writer = self._wconn or self._writer()
             if not WAL_RESET_BUG:
-                writer.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                writer.execute("PRAGMA main.wal_checkpoint(PASSIVE)")   # not inboxes
                 return
             if past:
                 try:

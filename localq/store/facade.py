@@ -12,12 +12,17 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from contextlib import contextmanager
 from typing import Any, Iterable, Iterator, Sequence
 
-from . import beat, canvas, flow, jobs, maps, monitor, workers
+from ..exceptions import DatabaseError
+from ..ids import new_seq, parse_id
+from . import beat, canvas, flow, inbox, jobs, maps, monitor, workers
 from .connection import Database
 from .records import INSERT_JOB, Claimed, JobRow, Outcome
+
+INBOX_RETRY = 1.0   # seconds before trying again to make an inbox, after a failure
 
 
 class Transaction:
@@ -84,10 +89,15 @@ class Transaction:
         """Insert one job; False when its id already exists."""
         return self._conn.execute(INSERT_JOB, tuple(job)).rowcount == 1
 
-    def drain_inboxes(self, attached: dict[str, str]) -> int:
-        """PROTOTYPE: copy inbox rows into jobs."""
-        from .inbox import drain
-        return sum(drain(self._conn, name, alias) for name, alias in attached.items())
+    def absorb(self, name: str, alias: str, limit: int = inbox.COPY_MAX) -> tuple[int, bool]:
+        """Copy an attached inbox's new rows into jobs (at most ``limit``); returns
+        (rows copied, more left)."""
+        return inbox.absorb(self._conn, name, alias, limit)
+
+    def free_inbox(self, name: str, alias: str) -> bool:
+        """Free the slot of a gone producer's inbox if it has been copied whole (the
+        caller removes the file after the commit: ``Store.remove_inbox``)."""
+        return inbox.free(self._conn, name, alias)
 
 
 class Store:
@@ -95,7 +105,13 @@ class Store:
 
     def __init__(self, path: str, synchronous: str = "NORMAL") -> None:
         self.path = path
+        self.synchronous = synchronous
         self.db = Database(path, synchronous)
+        # The private folder producers' inboxes live in (<db>.d/), once the caller has
+        # checked it is this user's (wakeup.py); None: no inbox is made or read.
+        self.inbox_folder: str | None = None
+        self._inbox: inbox.Inbox | None = None
+        self._inbox_retry_at = 0.0
 
     @property
     def patience(self) -> float:
@@ -107,6 +123,12 @@ class Store:
         self.db.patience = seconds
 
     def close(self) -> None:
+        box, self._inbox = self._inbox, None
+        if box is not None:
+            try:
+                box.close(self.db)
+            except Exception:  # noqa: BLE001 - a gone producer's inbox is freed by a worker
+                pass
         self.db.close()
 
     @contextmanager
@@ -131,26 +153,91 @@ class Store:
         """Insert one job in its own transaction; False when its id already exists."""
         return self.db.write(INSERT_JOB, tuple(job)).rowcount == 1
 
-    _inbox = None
+    def send(self, job: JobRow, use_inbox: bool) -> int:
+        """Store a job with a generated id (``job.seq`` is a first draw): into this
+        process's inbox if ``use_inbox`` (a worker runs to copy it), else into jobs,
+        drawing again on a clash. Returns the job's seq."""
+        if use_inbox and self.inbox_folder is not None:
+            box = self._inbox
+            if box is None or box.pid != os.getpid():
+                if time.monotonic() < self._inbox_retry_at:
+                    return self.send(job, False)
+                try:
+                    box = self._inbox = inbox.Inbox(self.db, self.inbox_folder,
+                                                    self.synchronous)
+                except (OSError, OverflowError, DatabaseError):
+                    # No inbox now (a full disk, every slot taken): straight into jobs,
+                    # which says what is wrong if it is wrong there too.
+                    self._inbox_retry_at = time.monotonic() + INBOX_RETRY
+                    return self.send(job, False)
+            return box.put(job, self._inbox_position)
+        while not self.enqueue(job):
+            job = job._replace(seq=new_seq())  # two producers drew the same row number
+        return job.seq or 0
 
-    def enqueue_inbox(self, folder: str, job: JobRow) -> bytes:
-        """PROTOTYPE: one job into this process's inbox file; the ring message."""
-        from .inbox import Inbox
+    @property
+    def inbox_bell(self) -> bytes:
+        """What a ring after ``send`` says: which inbox has work (b"I<slot>")."""
         box = self._inbox
-        if box is None or box.pid != os.getpid():
-            self.db.write("CREATE TABLE IF NOT EXISTS inboxes (name TEXT PRIMARY KEY, "
-                          "pos INTEGER NOT NULL)")
-            box = self._inbox = Inbox(folder, self.path)
-        box.put(tuple(job), self._inbox_pos)
-        return box.message
+        return box.message if box is not None and box.pid == os.getpid() else b"!"
 
-    def _inbox_pos(self, name: str) -> int | None:
+    def _inbox_position(self, slot: int) -> int | None:
         with self.db.read() as conn:
-            row = conn.execute("SELECT pos FROM inboxes WHERE name = ?", (name,)).fetchone()
-        return row[0] if row else None
+            return inbox.position(conn, slot)
 
-    def attach_inboxes(self, folder: str, names: Iterable[str]) -> dict[str, str]:
-        return self.db.attach(folder, names)
+    def inboxes(self) -> list[tuple[int, str, int | None, str | None, int]]:
+        """(slot, name, pid, pid_start, pos) of every registered inbox."""
+        with self.db.read() as conn:
+            return inbox.registered(conn)
+
+    def attach_inboxes(self, names: Iterable[str]) -> dict[str, str]:
+        """Attach inboxes to the writing connection for ``Transaction.absorb``."""
+        if self.inbox_folder is None:
+            return {}
+        return self.db.attach_inboxes(self.inbox_folder, names)
+
+    def detach_inbox(self, name: str) -> None:
+        self.db.detach_inbox(name)
+
+    def remove_inbox(self, name: str) -> None:
+        """Unlink a freed inbox's files."""
+        if self.inbox_folder is not None:
+            inbox.remove(self.inbox_folder, name)
+
+    def free_missing_inbox(self, name: str) -> None:
+        """Free the slot of a gone producer that never made its file (if it is still
+        missing: checked inside the transaction)."""
+        if self.inbox_folder is None:
+            return
+        with self.db.transaction() as conn:
+            if not os.path.lexists(os.path.join(self.inbox_folder, name)):
+                conn.execute("UPDATE inboxes SET name = NULL, pid = NULL, pid_start = NULL "
+                             "WHERE name = ?", (name,))
+
+    def _absorbing(self) -> dict[str, str]:
+        """Before a transaction that must see every job (revoke, purge): attach every
+        registered inbox (when there are more than can be attached, the rest is read
+        by the next such call or by a worker)."""
+        if self.inbox_folder is None:
+            return {}
+        names = [r[1] for r in self.inboxes()]
+        return self.attach_inboxes(names) if names else {}
+
+    def _absorb_all(self, conn: Any, attached: dict[str, str]) -> None:
+        for name, alias in attached.items():
+            while inbox.absorb(conn, name, alias)[1]:
+                pass
+
+    def _in_inbox(self, job_id: str) -> dict | None:
+        """A job that jobs does not have (yet): still in a producer's inbox?"""
+        seq = parse_id(job_id)
+        if seq is None or self.inbox_folder is None:
+            return None
+        with self.db.read() as conn:
+            found = inbox.find(conn, self.db.read_inboxes, self.inbox_folder, seq)
+            if found is None:     # copied between the two reads? jobs has it now
+                return jobs.job(conn, job_id)
+            return found
 
     def enqueue_rows(self, rows: Iterable[JobRow]) -> int:
         """Insert jobs in one transaction; returns how many were new (a job whose id
@@ -159,16 +246,24 @@ class Store:
 
     def job(self, job_id: str) -> dict | None:
         with self.db.read() as conn:
-            return jobs.job(conn, job_id)
+            found = jobs.job(conn, job_id)
+        return found if found is not None else self._in_inbox(job_id)
 
     def state(self, job_id: str) -> str | None:
         """One job's state (None when there is no such job): a fraction of job()'s cost."""
         with self.db.read() as conn:
-            return jobs.state(conn, job_id)
+            found = jobs.state(conn, job_id)
+        if found is None and (job := self._in_inbox(job_id)) is not None:
+            return job["state"]
+        return found
 
     def states(self, job_ids: Sequence[str]) -> dict[str, str]:
         with self.db.read() as conn:
-            return jobs.states(conn, job_ids)
+            found = jobs.states(conn, job_ids)
+        for job_id in job_ids:
+            if job_id not in found and (job := self._in_inbox(job_id)) is not None:
+                found[job_id] = job["state"]
+        return found
 
     def attempts(self, seq: int) -> list[dict]:
         with self.db.read() as conn:
@@ -193,8 +288,11 @@ class Store:
     def revoke(self, job_id: str, terminate: bool, reason: Any, now: float) -> str:
         """Revoke a job: waiting -> REVOKED at once; running -> marked (and killed if
         ``terminate``); unknown -> a REVOKED tombstone, so a later send with that id
-        never runs. Returns the state after the call."""
+        never runs (nor the copy of a job still in an inbox). Returns the state after
+        the call."""
+        attached = self._absorbing()
         with self.db.transaction() as conn:
+            self._absorb_all(conn, attached)
             return jobs.revoke(conn, job_id, terminate, reason, now)
 
     # -------------------------------------------------------------- workers
@@ -255,7 +353,9 @@ class Store:
             return monitor.requeue_failed(conn, job_id, exc_message)
 
     def purge(self, queues: Sequence[str] | None) -> int:
+        attached = self._absorbing()
         with self.db.transaction() as conn:
+            self._absorb_all(conn, attached)
             return workers.purge(conn, queues)
 
     def expire_results(self, before: float, after_seq: int, scan: int) -> tuple[int, int]:
@@ -265,7 +365,10 @@ class Store:
     def counts(self) -> list[tuple[str, str, str, int]]:
         """(queue, task, state, count) over every job."""
         with self.db.read() as conn:
-            return workers.counts(conn)
+            rows = workers.counts(conn)
+            if self.inbox_folder is not None:
+                rows += inbox.pending_counts(conn, self.db.read_inboxes, self.inbox_folder)
+            return rows
 
     def recent(self, states: Sequence[str], limit: int) -> list[dict]:
         with self.db.read() as conn:

@@ -14,7 +14,7 @@ import threading
 
 from ..exceptions import DatabaseError
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 BUSY_TIMEOUT_MS = 60_000
 # Every delay() commits a table page and an index page to the WAL; at 1 KiB they
 # cost ~4 us less to checksum, copy and write than at SQLite's default 4 KiB:
@@ -52,7 +52,7 @@ def checkpoint_guarded(conn: sqlite3.Connection, holder: sqlite3.Connection) -> 
     process, which has just run BEGIN IMMEDIATE) holds the write lock, so that no WAL
     reset can start meanwhile; the holder then rolls back, having written nothing."""
     try:
-        conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        conn.execute("PRAGMA main.wal_checkpoint(PASSIVE)").fetchall()   # not inboxes
     finally:
         holder.execute("ROLLBACK")
 
@@ -195,6 +195,19 @@ GROUP_RESULTS_DDL = (
     f"WHERE group_id IS NOT NULL AND length(result) <= {SHORT_RESULT};")
 DDL += GROUP_RESULTS_DDL + "\n"
 
+# Producers' inboxes (store/inbox.py): one row per slot ever used. ``name`` is the
+# inbox file in <db>.d/ (NULL: the slot is free), ``pos`` how far its rows have been
+# copied into jobs, ``floor`` the highest row number the slot has given out.
+INBOXES_DDL = """CREATE TABLE inboxes (
+    slot      INTEGER PRIMARY KEY,
+    name      TEXT UNIQUE,
+    pid       INTEGER,
+    pid_start TEXT,
+    pos       INTEGER NOT NULL DEFAULT 0,
+    floor     INTEGER NOT NULL DEFAULT 0
+)"""
+DDL += INBOXES_DDL + ";\n"
+
 # From version N to N+1.
 MIGRATIONS: dict[int, str] = {
     1: "ALTER TABLE rate_limits ADD COLUMN override_set REAL",   # when an override was set
@@ -216,6 +229,7 @@ MIGRATIONS: dict[int, str] = {
         CREATE TABLE task_totals (task TEXT NOT NULL, kind TEXT NOT NULL,
             n REAL NOT NULL DEFAULT 0, PRIMARY KEY (task, kind)) WITHOUT ROWID""",  # monitoring
     6: GROUP_RESULTS_DDL,       # a chord's header results, read by its body's release
+    7: INBOXES_DDL,             # producers' inboxes
 }
 
 

@@ -60,6 +60,7 @@ from ..exceptions import DatabaseError
 from ..profiling import run_profiled
 from ..serializer import encode_exception, exception_type_name
 from ..store import Claimed, Outcome, Store, records
+from ..store.inbox import owner_gone
 from ..store.schema import BUSY_TIMEOUT_MS
 from ..task import Request
 from ..wakeup import Doorbell, Ringer, supervisor_name, wake_folder
@@ -218,8 +219,11 @@ class Supervisor:
         if self.parent_fd is not None:
             self.selector.register(self.parent_fd, selectors.EVENT_READ, "parent")
         self._version = self.store.data_version()
-        self.inboxes: set[str] = set()
-        self._scan_inboxes()
+        if self.bell.bound and self.bell.folder.endswith(".d"):   # private, beside the file
+            self.store.inbox_folder = self.bell.folder
+        self.inbox_names: list[str] = []
+        self.absorb_due = False
+        self._refresh_inboxes()
         self._add_timers(now)
         execute.hostname[0] = self.hostname        # the children's request.hostname
         try:
@@ -332,8 +336,8 @@ class Supervisor:
         coalescing window (to be slept through deaf) rather than an ordinary wait that
         any event ends. No wait while there is something to write, unless a failed
         write waits for its retry (a timer)."""
-        if (self.outcomes or self.task_states or self._should_claim(self._free_slots())) \
-                and now.mono >= self.write_again_at:
+        if (self.outcomes or self.task_states or self.absorb_due
+                or self._should_claim(self._free_slots())) and now.mono >= self.write_again_at:
             held = self._held(now.mono)
             if held is None:
                 return 0.0, False
@@ -400,30 +404,49 @@ class Supervisor:
     def _next_write_retry(self, now: Now) -> float | None:
         """A failed write is tried again at ``write_again_at`` (by the write step), if
         there is still something to write."""
-        if self.write_failures and (self.outcomes or self.task_states
+        if self.write_failures and (self.outcomes or self.task_states or self.absorb_due
                                     or self._should_claim(self._free_slots())):
             return self.write_again_at
         return None
 
-    def _scan_inboxes(self) -> bool:
-        """PROTOTYPE: inbox files in the folder."""
-        try:
-            names = {n for n in os.listdir(self.bell.folder)
-                     if n.startswith("inbox.") and n.endswith(".db")}
-        except OSError:
-            return False
-        new = names - self.inboxes
-        self.inboxes |= names
-        return bool(new)
+    def _refresh_inboxes(self) -> None:
+        """Read which producers' inboxes are registered; copy them at the next write.
+        An inbox whose producer is gone is copied whole and removed."""
+        if self.store.inbox_folder is None:
+            return
+        rows = safely(self.store.inboxes)
+        if rows is None:
+            return
+        self.inbox_names = [r[1] for r in rows]
+        if rows:
+            self.absorb_due = True
+        for _slot, name, pid, pid_start, _pos in rows:
+            if owner_gone(pid, pid_start):
+                safely(self._free_inbox, name)
+
+    def _free_inbox(self, name: str) -> None:
+        """Copy a gone producer's inbox whole, free its slot, remove its file."""
+        store = self.store
+        alias = store.attach_inboxes([name, *self.inbox_names]).get(name)
+        if alias is None:          # no file (it died before making it): free the slot
+            store.free_missing_inbox(name)
+            return
+        with store.transaction() as tx:
+            while tx.absorb(name, alias)[1]:
+                pass
+            freed = tx.free_inbox(name, alias)
+        store.detach_inbox(name)
+        if freed:
+            store.remove_inbox(name)
+        self.want_work = True
 
     def _fallback_check(self, now: Now) -> bool:
         """Has the file changed without a ring reaching this worker? Then claim, and look
-        for revokes."""
-        if self._scan_inboxes() or self.inboxes:
-            self.want_work = True
+        for revokes. Registered inboxes are looked at too."""
+        self._refresh_inboxes()
         version = safely(self.store.data_version)
         if version is None or version == self._version:
-            return False
+            return self.absorb_due
         self._version = version
         self._check_revokes(now)
         return True
@@ -450,9 +473,11 @@ class Supervisor:
                     self._check_revokes(now)
                 elif message == b"L":
                     self.flow.refresh()
-                elif message[:1] == b"I":
-                    self.inboxes.add(message[1:].decode())
+                elif message[:1] == b"I":         # a producer's inbox has work
+                    self.absorb_due = True
                     self.rings += 1
+                    if message[1:].decode(errors="replace") not in self.inbox_names:
+                        self._refresh_inboxes()
                 else:
                     self.rings += 1
             self.want_work = True
@@ -664,8 +689,8 @@ class Supervisor:
         slots = 0 if self.stopping else min(self._free_slots(), CLAIM_MAX)
         claim = self._should_claim(slots)
         mono = now.mono
-        if (self.outcomes or claim or self.task_states) and mono >= self.write_again_at \
-                and self._held(mono) is None:
+        if (self.outcomes or claim or self.task_states or self.absorb_due) \
+                and mono >= self.write_again_at and self._held(mono) is None:
             # The outcomes stay in self.outcomes until the transaction that writes them
             # commits: a write that fails loses nothing and is tried again.
             outcomes = self.outcomes
@@ -711,13 +736,17 @@ class Supervisor:
         """One transaction: the outcomes, then the claim. Raises _PresumedDead, without
         writing anything, when another worker has taken this one's jobs back."""
         now = when.wall
-        attached = self.store.attach_inboxes(self.bell.folder, self.inboxes) \
-            if self.inboxes else {}
+        attached = self.store.attach_inboxes(self.inbox_names) if self.absorb_due else {}
+        more = False
         with self.store.transaction() as tx:
             if not tx.is_registered(self.worker_id):
                 raise _PresumedDead
-            if attached and tx.drain_inboxes(attached):
-                claim = slots > 0
+            for name, alias in attached.items():    # producers' new jobs, into jobs
+                copied, left = tx.absorb(name, alias)
+                more = more or left
+                if copied:
+                    self.want_work = True
+                    claim = slots > 0
             if self.task_states:      # before the outcomes: a finished job takes none
                 tx.set_task_states(self.worker_id, list(self.task_states.values()), now)
             released = tx.finish(self.worker_id, outcomes)
@@ -738,6 +767,9 @@ class Supervisor:
         # More released than this worker took: ring the others (after the commit), or
         # they would find those jobs only at their fallback check.
         self.peers_have_work = bool(released) and not drained
+        self.absorb_due = more
+        if more:
+            self.want_work = True
         return claimed, revoked, drained, due
 
     def _write_failed(self, exc: Exception, now: Now) -> None:

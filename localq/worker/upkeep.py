@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, TypeVar
 
 from ..exceptions import DatabaseError, WorkerLostError
 from ..serializer import encode_exception
+from ..store.inbox import process_start_time
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -100,16 +101,6 @@ class Checkpointer:
                 log.warning("WAL checkpoint failed: %s", exc)
             if stopping.wait(CHECKPOINT_EVERY):
                 return
-
-
-def process_start_time(pid: int) -> str | None:
-    """The kernel's start time of a process: tells a live pid from a reused one."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-        return data[data.rindex(b")") + 2:].split()[19].decode()
-    except (OSError, IndexError, ValueError):
-        return None
 
 
 def worker_is_gone(w: dict, now: float, lost_after: float) -> bool:
