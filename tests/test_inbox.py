@@ -1,0 +1,231 @@
+"""Producers' inboxes (store/inbox.py): while a worker runs, delay() writes into a file of
+the producer's own and supervisors copy it into the database. Real processes and real
+SQLite files; faults by kill -9 and SIGSTOP."""
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import stat
+import subprocess
+import sys
+import textwrap
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from conftest import HERE, ROOT, wait_for
+
+from localq.ids import inbox_slot, parse_id
+from localq.wakeup import Doorbell, supervisor_name, wake_folder
+
+
+@contextmanager
+def bell_nobody_answers(db_path: str) -> Iterator[None]:
+    """A supervisor's bell that no supervisor reads: producers see a worker and use
+    their inboxes, and nothing copies them (no worker runs, and none holds a lock)."""
+    bell = Doorbell(wake_folder(db_path), supervisor_name())
+    assert bell.bound
+    try:
+        yield
+    finally:
+        bell.close()
+
+
+def inbox_files(db_path: str) -> list[str]:
+    folder = os.path.realpath(db_path) + ".d"
+    try:
+        return sorted(n for n in os.listdir(folder) if n.startswith("inbox-")
+                      and n.endswith(".db"))
+    except FileNotFoundError:
+        return []
+
+
+def registered(db_path: str) -> list[tuple]:
+    con = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    try:
+        return con.execute("SELECT slot, name, pid, pos FROM inboxes "
+                           "WHERE name IS NOT NULL").fetchall()
+    finally:
+        con.close()
+
+
+def states(db_path: str) -> dict[int, str]:
+    con = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    try:
+        return dict(con.execute("SELECT seq, state FROM jobs"))
+    finally:
+        con.close()
+
+
+PRODUCER = textwrap.dedent("""\
+    import os, sys, time
+    import sample_tasks
+    ids = open(sys.argv[1], "a", buffering=1)
+    n = int(sys.argv[2])
+    for i in range(n):
+        r = sample_tasks.add.delay(i, i)
+        ids.write(r.id + "\\n")          # only once delay() has returned
+    ids.write("done\\n")
+    if len(sys.argv) > 3:
+        time.sleep(float(sys.argv[3]))   # stay alive (a registered inbox), then exit
+    """)
+
+
+def start_producer(db_path: str, tmp_path: Path, ids: Path, n: int, linger: float = 0
+                   ) -> subprocess.Popen:
+    script = tmp_path / "producer.py"
+    script.write_text(PRODUCER)
+    env = dict(os.environ, LOCALQ_DB=db_path,
+               PYTHONPATH=os.pathsep.join([str(HERE), str(ROOT)]))
+    args = [sys.executable, str(script), str(ids), str(n)] + ([str(linger)] if linger else [])
+    return subprocess.Popen(args, env=env, start_new_session=True)
+
+
+def all_succeeded(db_path: str, seqs: list) -> bool:
+    now = states(db_path)
+    return all(now.get(s) == "SUCCESS" for s in seqs)
+
+
+def sent_ids(ids: Path) -> list[str]:
+    return [line for line in ids.read_text().splitlines() if line and line != "done"]
+
+
+def test_delay_goes_through_an_inbox_while_a_worker_runs(app, db_path, start_worker):
+    assert parse_id(app.tasks["sample_tasks.add"].delay(0, 0).id) is not None
+    assert inbox_files(db_path) == []                # no worker: straight into the file
+    start_worker("-c", "1").ready()
+    results = [app.tasks["sample_tasks.add"].delay(i, i) for i in range(50)]
+    assert [r.get(timeout=30) for r in results] == [2 * i for i in range(50)]
+    assert any(inbox_slot(parse_id(r.id)) is not None for r in results)
+    (name,) = inbox_files(db_path)
+    folder = os.path.realpath(db_path) + ".d"
+    assert stat.S_IMODE(os.stat(os.path.join(folder, name)).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(folder).st_mode) == 0o700
+    app.close()                                      # drained: removed, slot freed
+    assert inbox_files(db_path) == [] and registered(db_path) == []
+
+
+def test_a_job_waiting_in_an_inbox_is_seen_revoked_and_purged(app, db_path, start_worker,
+                                                              tmp_path):
+    """Jobs that wait in an inbox, not copied yet, are seen by status, AsyncResult, show,
+    revoke and purge."""
+    add = app.tasks["sample_tasks.add"]
+    with bell_nobody_answers(db_path):
+        kept, revoked, also = add.delay(2, 2), add.delay(3, 3), add.delay(4, 4)
+        assert inbox_slot(parse_id(kept.id)) is not None
+        assert parse_id(kept.id) not in states(db_path)        # not copied yet
+        assert kept.state == "PENDING"
+        job = app.store.job(kept.id)
+        assert job is not None and job["task"] == "sample_tasks.add" and job["id"] == kept.id
+        assert app.store.states([kept.id, also.id]) == {kept.id: "PENDING",
+                                                        also.id: "PENDING"}
+        pending = sum(n for _q, task, st, n in app.store.counts()
+                      if task == "sample_tasks.add" and st == "PENDING")
+        assert pending == 3
+        revoked.revoke()
+        assert revoked.state == "REVOKED"
+        assert app.store.job(revoked.id)["task"] == "sample_tasks.add"
+        assert len(inbox_files(db_path)) == 1
+    worker = start_worker("-c", "1").ready()
+    assert kept.get(timeout=30) == 4 and also.get(timeout=30) == 8
+    assert revoked.state == "REVOKED"
+    worker.kill_all()
+    # purge: jobs in an inbox are purged with the others
+    with bell_nobody_answers(db_path):
+        queued = [add.delay(i, i) for i in range(5)]
+        assert inbox_slot(parse_id(queued[-1].id)) is not None
+        assert app.control.purge() == 5
+    assert all(app.store.job(r.id) is None for r in queued)
+    start_worker("-c", "1").ready()
+    assert add.delay(9, 9).get(timeout=30) == 18
+    assert all(app.store.job(r.id) is None for r in queued)
+
+
+def test_kill9_of_producers_loses_nothing_and_their_inboxes_are_drained(
+        app, db_path, start_worker, tmp_path):
+    """Producers killed (-9) in the middle of their delay() loop: every id delay()
+    returned ends SUCCESS, and their inboxes are copied, then removed."""
+    worker = start_worker("-c", "2").ready()
+    everything: list[str] = []
+    for round_ in range(3):
+        ids = tmp_path / f"ids-{round_}.txt"
+        ids.touch()
+        proc = start_producer(db_path, tmp_path, ids, 1_000_000)
+        wait_for(lambda: len(sent_ids(ids)) > 2000, what="the producer to send")
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        everything += sent_ids(ids)
+    wait_for(lambda: inbox_files(db_path) == [] and registered(db_path) == [], timeout=60,
+             what="the dead producers' inboxes to be drained and removed")
+    seqs = [parse_id(i) for i in everything]
+    wait_for(lambda: all_succeeded(db_path, seqs), timeout=60,
+             what="every job sent to end SUCCESS")
+    assert worker.proc.poll() is None
+
+
+def test_kill9_of_the_supervisor_while_it_copies_an_inbox(app, db_path, start_worker,
+                                                           tmp_path):
+    """A dead producer's inbox of 30,000 jobs; the worker that copies it is killed (-9)
+    at random points, again and again: each job is copied once and runs."""
+    ids = tmp_path / "ids.txt"
+    ids.touch()
+    with bell_nobody_answers(db_path):
+        proc = start_producer(db_path, tmp_path, ids, 30_000)
+        assert proc.wait(120) == 0
+    assert len(inbox_files(db_path)) == 1
+    sent = [parse_id(i) for i in sent_ids(ids)]
+    assert len(sent) == 30_000 and all(inbox_slot(s) is not None for s in sent)
+    for delay in (0.05, 0.15, 0.3, 0.5):
+        worker = start_worker("-c", "1")
+        time.sleep(delay)
+        worker.kill_all()
+    start_worker("-c", "2").ready()
+    wait_for(lambda: all_succeeded(db_path, sent), timeout=120,
+             what="every job of the inbox to end SUCCESS")
+    wait_for(lambda: inbox_files(db_path) == [], what="the inbox to be removed")
+    assert len(states(db_path)) == 30_000
+
+
+def test_a_live_producers_inbox_is_left_alone(app, db_path, start_worker, tmp_path):
+    """A producer still running keeps its (drained) inbox; it goes when the producer
+    exits, freed by the worker if the producer could not."""
+    start_worker("-c", "1").ready()
+    ids = tmp_path / "ids.txt"
+    ids.touch()
+    proc = start_producer(db_path, tmp_path, ids, 200, linger=60)
+    wait_for(lambda: ids.read_text().endswith("done\n"), what="the producer to send")
+    sent = [parse_id(i) for i in sent_ids(ids)]
+    wait_for(lambda: all_succeeded(db_path, sent),
+             what="its jobs to run")
+    time.sleep(1.2)                       # two fallback checks of the worker
+    assert len(inbox_files(db_path)) == 1 and len(registered(db_path)) == 1
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+    wait_for(lambda: inbox_files(db_path) == [] and registered(db_path) == [],
+             what="the gone producer's inbox to be removed")
+
+
+@pytest.mark.parametrize("forked", [False, True])
+def test_a_forked_process_gets_an_inbox_of_its_own(app, db_path, start_worker, forked):
+    start_worker("-c", "2").ready()
+    add = app.tasks["sample_tasks.add"]
+    first = add.delay(1, 2)
+    assert first.get(timeout=30) == 3
+    if not forked:
+        return
+    pid = os.fork()
+    if pid == 0:                          # the child: its own slot, its jobs run
+        code = 1
+        try:
+            r = add.delay(5, 5)
+            code = 0 if r.get(timeout=30) == 10 and \
+                inbox_slot(parse_id(r.id)) != inbox_slot(parse_id(first.id)) else 2
+            app.close()
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0
+    assert add.delay(2, 2).get(timeout=30) == 4      # the parent's inbox still works
