@@ -107,6 +107,8 @@ def task_info(app: Localq, job_id: str) -> dict[str, Any] | None:
     monitor = app.store.monitor
     job = monitor.job(job_id)
     if job is None:
+        job = app.store.job(job_id)          # still in a producer's inbox?
+    if job is None:
         return None
     args, kwargs = _call(job)
     info = task_row(job, _worker_pids(app))

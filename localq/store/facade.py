@@ -157,7 +157,7 @@ class Store:
         """Store a job with a generated id (``job.seq`` is a first draw): into this
         process's inbox if ``use_inbox`` (a worker runs to copy it), else into jobs,
         drawing again on a clash. Returns the job's seq."""
-        if use_inbox and self.inbox_folder is not None:
+        if use_inbox and self.inbox_folder is not None and inbox.allowed():
             box = self._inbox
             if box is None or box.pid != os.getpid():
                 if time.monotonic() < self._inbox_retry_at:

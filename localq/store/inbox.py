@@ -95,6 +95,18 @@ def remove(folder: str, name: str) -> None:
 # ------------------------------------------------------------------ the producer's side
 
 _LIVE: weakref.WeakSet[Inbox] = weakref.WeakSet()
+# A supervisor's own sends (a task or a timer of its process calling delay()) go straight
+# into the file: an inbox there would wait for a ring that process never reads.
+_no_inbox_in: set[int] = set()
+
+
+def no_inbox_here(off: bool = True) -> None:
+    """No inbox for this process (a supervisor), or again one (``off=False``)."""
+    (_no_inbox_in.add if off else _no_inbox_in.discard)(os.getpid())
+
+
+def allowed() -> bool:
+    return os.getpid() not in _no_inbox_in
 
 
 class Inbox:

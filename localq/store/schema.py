@@ -198,7 +198,7 @@ DDL += GROUP_RESULTS_DDL + "\n"
 # Producers' inboxes (store/inbox.py): one row per slot ever used. ``name`` is the
 # inbox file in <db>.d/ (NULL: the slot is free), ``pos`` how far its rows have been
 # copied into jobs, ``floor`` the highest row number the slot has given out.
-INBOXES_DDL = """CREATE TABLE inboxes (
+INBOXES_DDL = """CREATE TABLE IF NOT EXISTS inboxes (
     slot      INTEGER PRIMARY KEY,
     name      TEXT UNIQUE,
     pid       INTEGER,

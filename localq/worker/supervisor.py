@@ -60,7 +60,7 @@ from ..exceptions import DatabaseError
 from ..profiling import run_profiled
 from ..serializer import encode_exception, exception_type_name
 from ..store import Claimed, Outcome, Store, records
-from ..store.inbox import owner_gone
+from ..store.inbox import no_inbox_here, owner_gone
 from ..store.schema import BUSY_TIMEOUT_MS
 from ..task import Request
 from ..wakeup import Doorbell, Ringer, supervisor_name, wake_folder
@@ -221,6 +221,7 @@ class Supervisor:
         self._version = self.store.data_version()
         if self.bell.bound and self.bell.folder.endswith(".d"):   # private, beside the file
             self.store.inbox_folder = self.bell.folder
+        no_inbox_here()
         self.inbox_names: list[str] = []
         self.absorb_due = False
         self._refresh_inboxes()
@@ -894,6 +895,7 @@ class Supervisor:
 
     def close(self) -> None:
         """Stop what is left, write back every job still held, unregister, close."""
+        no_inbox_here(False)
         signals.worker_shutdown.send(self)
         for child in list(self.children.values()):
             child.escalate()
