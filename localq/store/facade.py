@@ -190,6 +190,14 @@ class Store:
         with self.db.read() as conn:
             return inbox.registered(conn)
 
+    def inboxes_waiting(self, rows: list[tuple[int, str, int | None, str | None, int]]
+                        ) -> bool:
+        """Have any of these inboxes (``inboxes()``'s rows) rows not copied yet?"""
+        if self.inbox_folder is None or not rows:
+            return False
+        with self.db.read() as conn:
+            return inbox.waiting(conn, self.db.read_inboxes, self.inbox_folder, rows)
+
     def attach_inboxes(self, names: Iterable[str]) -> dict[str, str]:
         """Attach inboxes to the writing connection for ``Transaction.absorb``."""
         if self.inbox_folder is None:

@@ -354,6 +354,19 @@ def find(conn: sqlite3.Connection, attachments: Attachments, folder: str, seq: i
     return None if found is None else job_dict(_JOB_NAMES, found)
 
 
+def waiting(conn: sqlite3.Connection, attachments: Attachments, folder: str,
+            rows: list[tuple[int, str, int | None, str | None, int]]) -> bool:
+    """Has any of these registered inboxes (``registered``'s rows) rows past its
+    position? An inbox that cannot be attached counts as having some."""
+    attached = attachments.ensure(conn, folder, [r[1] for r in rows])
+    for _slot, name, _pid, _start, pos in rows:
+        alias = attached.get(name)
+        if alias is None or (conn.execute(f"SELECT max(n) FROM {alias}.inbox"
+                                          ).fetchone()[0] or 0) > pos:
+            return True
+    return False
+
+
 def pending_counts(conn: sqlite3.Connection, attachments: Attachments, folder: str
                    ) -> list[tuple[str, str, str, int]]:
     """(queue, task, 'PENDING', count) of the jobs still in inboxes."""

@@ -419,8 +419,8 @@ class Supervisor:
         if rows is None:
             return
         self.inbox_names = [r[1] for r in rows]
-        if rows:
-            self.absorb_due = True
+        if safely(self.store.inboxes_waiting, rows) is not False:
+            self.absorb_due = True      # (a read that failed: the write will tell)
         for _slot, name, pid, pid_start, _pos in rows:
             if owner_gone(pid, pid_start):
                 safely(self._free_inbox, name)
