@@ -77,7 +77,8 @@ PRODUCER = textwrap.dedent("""\
 def start_producer(db_path: str, tmp_path: Path, ids: Path, n: int, linger: float = 0
                    ) -> subprocess.Popen:
     script = tmp_path / "producer.py"
-    script.write_text(PRODUCER)
+    if not script.exists():               # not rewritten while another one starts
+        script.write_text(PRODUCER)
     env = dict(os.environ, LOCALQ_DB=db_path,
                PYTHONPATH=os.pathsep.join([str(HERE), str(ROOT)]))
     args = [sys.executable, str(script), str(ids), str(n)] + ([str(linger)] if linger else [])
@@ -229,3 +230,22 @@ def test_a_forked_process_gets_an_inbox_of_its_own(app, db_path, start_worker, f
     _, status = os.waitpid(pid, 0)
     assert os.WEXITSTATUS(status) == 0
     assert add.delay(2, 2).get(timeout=30) == 4      # the parent's inbox still works
+
+
+def test_more_producers_than_sqlite_attaches_files(app, db_path, start_worker, tmp_path):
+    """Twelve producers at once (SQLite attaches at most 10 files): every inbox is
+    copied in turn, every job runs, every inbox goes once its producer has exited."""
+    start_worker("-c", "2").ready()
+    files = [tmp_path / f"ids-{i}.txt" for i in range(12)]
+    procs = []
+    for ids in files:
+        ids.touch()
+        procs.append(start_producer(db_path, tmp_path, ids, 300))
+    for proc in procs:
+        assert proc.wait(60) == 0
+    sent = [parse_id(i) for ids in files for i in sent_ids(ids)]
+    assert len(sent) == 12 * 300
+    assert len({inbox_slot(s) for s in sent}) == 12
+    wait_for(lambda: all_succeeded(db_path, sent), timeout=60, what="every job to run")
+    wait_for(lambda: inbox_files(db_path) == [] and registered(db_path) == [],
+             what="the inboxes to be removed")

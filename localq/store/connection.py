@@ -68,6 +68,11 @@ class Database:
         self.write_inboxes = Attachments()
         _LIVE.add(self)
 
+    @property
+    def lock(self) -> threading.RLock:
+        """The lock of this Database's connections (reentrant)."""
+        return self._lock
+
     def _reader(self) -> sqlite3.Connection:
         if self._conn is None:
             self._conn = open_database(self.path, self.synchronous)

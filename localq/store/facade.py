@@ -160,20 +160,30 @@ class Store:
         if use_inbox and self.inbox_folder is not None and inbox.allowed():
             box = self._inbox
             if box is None or box.pid != os.getpid():
-                if time.monotonic() < self._inbox_retry_at:
-                    return self.send(job, False)
-                try:
-                    box = self._inbox = inbox.Inbox(self.db, self.inbox_folder,
-                                                    self.synchronous)
-                except (OSError, OverflowError, DatabaseError):
-                    # No inbox now (a full disk, every slot taken): straight into jobs,
-                    # which says what is wrong if it is wrong there too.
-                    self._inbox_retry_at = time.monotonic() + INBOX_RETRY
+                box = self._new_inbox()
+                if box is None:
                     return self.send(job, False)
             return box.put(job, self._inbox_position)
         while not self.enqueue(job):
             job = job._replace(seq=new_seq())  # two producers drew the same row number
         return job.seq or 0
+
+    def _new_inbox(self) -> inbox.Inbox | None:
+        """This process's inbox, made now (one per process, whatever the threads)."""
+        with self.db.lock:
+            box = self._inbox
+            if box is not None and box.pid == os.getpid():
+                return box
+            if time.monotonic() < self._inbox_retry_at or self.inbox_folder is None:
+                return None
+            try:
+                box = self._inbox = inbox.Inbox(self.db, self.inbox_folder, self.synchronous)
+            except (OSError, OverflowError, DatabaseError):
+                # No inbox now (a full disk, every slot taken): straight into jobs, which
+                # says what is wrong if it is wrong there too.
+                self._inbox_retry_at = time.monotonic() + INBOX_RETRY
+                return None
+            return box
 
     @property
     def inbox_bell(self) -> bytes:

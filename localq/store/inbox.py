@@ -258,14 +258,12 @@ class Attachments:
         if conn is not self.conn:
             self.conn, self.names = conn, {}
         wanted = list(dict.fromkeys(names))[:MAX_ATTACHED]
-        for name in [n for n in self.names if n not in wanted]:
-            if len(self.names) + len([w for w in wanted if w not in self.names]) \
-                    <= MAX_ATTACHED:
-                break
-            self._detach(conn, name)
-        for name in wanted:
-            if name in self.names or len(self.names) >= MAX_ATTACHED:
-                continue
+        missing = [n for n in wanted if n not in self.names]
+        short = len(missing) - (MAX_ATTACHED - len(self.names))
+        if short > 0:                   # make room: detach some that are not wanted now
+            for name in [n for n in self.names if n not in wanted][:short]:
+                self._detach(conn, name)
+        for name in missing:
             used = set(self.names.values())
             alias = next(f"inbox{i}" for i in range(MAX_ATTACHED) if f"inbox{i}" not in used)
             path = os.path.join(folder, name)

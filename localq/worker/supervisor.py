@@ -223,6 +223,7 @@ class Supervisor:
             self.store.inbox_folder = self.bell.folder
         no_inbox_here()
         self.inbox_names: list[str] = []
+        self.inbox_rung: list[str] = []     # rang since the last write: attached first
         self.absorb_due = False
         self._refresh_inboxes()
         self._add_timers(now)
@@ -477,8 +478,11 @@ class Supervisor:
                 elif message[:1] == b"I":         # a producer's inbox has work
                     self.absorb_due = True
                     self.rings += 1
-                    if message[1:].decode(errors="replace") not in self.inbox_names:
+                    name = message[1:].decode(errors="replace")
+                    if name not in self.inbox_names:
                         self._refresh_inboxes()
+                    if name not in self.inbox_rung:
+                        self.inbox_rung.append(name)
                 else:
                     self.rings += 1
             self.want_work = True
@@ -737,7 +741,13 @@ class Supervisor:
         """One transaction: the outcomes, then the claim. Raises _PresumedDead, without
         writing anything, when another worker has taken this one's jobs back."""
         now = when.wall
-        attached = self.store.attach_inboxes(self.inbox_names) if self.absorb_due else {}
+        attached = {}
+        if self.absorb_due:
+            # Those that rang first, then the others; SQLite attaches a few files at most,
+            # so with more inboxes than that the others take turns (see below).
+            rung = [n for n in self.inbox_rung if n in self.inbox_names]
+            attached = self.store.attach_inboxes(
+                rung + [n for n in self.inbox_names if n not in rung])
         more = False
         with self.store.transaction() as tx:
             if not tx.is_registered(self.worker_id):
@@ -769,6 +779,11 @@ class Supervisor:
         # they would find those jobs only at their fallback check.
         self.peers_have_work = bool(released) and not drained
         self.absorb_due = more
+        if attached:
+            self.inbox_rung.clear()
+            if len(self.inbox_names) > len(attached):   # the next write: the next ones
+                self.inbox_names = [n for n in self.inbox_names if n not in attached] \
+                    + [n for n in self.inbox_names if n in attached]
         if more:
             self.want_work = True
         return claimed, revoked, drained, due
