@@ -245,7 +245,7 @@ def test_more_producers_than_sqlite_attaches_files(app, db_path, start_worker, t
         assert proc.wait(60) == 0
     sent = [parse_id(i) for ids in files for i in sent_ids(ids)]
     assert len(sent) == 12 * 300
-    assert len({inbox_slot(s) for s in sent}) == 12
+    assert all(inbox_slot(s) is not None for s in sent)   # (a slot freed may be reused)
     wait_for(lambda: all_succeeded(db_path, sent), timeout=60, what="every job to run")
     wait_for(lambda: inbox_files(db_path) == [] and registered(db_path) == [],
              what="the inboxes to be removed")
