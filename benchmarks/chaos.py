@@ -366,12 +366,13 @@ class Lab:
             try:
                 box = sqlite3.connect(f"file:{os.path.join(folder, name)}?mode=ro", uri=True)
             except sqlite3.Error:
+                left += 1             # cannot be read now: not known to be empty
                 continue
             try:
                 left += box.execute("SELECT count(*) FROM inbox WHERE n > ?",
                                     (pos,)).fetchone()[0]
             except sqlite3.Error:
-                pass
+                left += 1
             finally:
                 box.close()
         return left

@@ -433,10 +433,11 @@ class Supervisor:
         if alias is None:          # no file (it died before making it): free the slot
             store.free_missing_inbox(name)
             return
-        with store.transaction() as tx:
-            while tx.absorb(name, alias)[1]:
-                pass
-            freed = tx.free_inbox(name, alias)
+        freed = more = True
+        while more:              # a transaction per COPY_MAX rows: others get the lock
+            with store.transaction() as tx:
+                more = tx.absorb(name, alias)[1]
+                freed = not more and tx.free_inbox(name, alias)
         store.detach_inbox(name)
         if freed:
             store.remove_inbox(name)
