@@ -219,6 +219,22 @@ MIGRATIONS: dict[int, str] = {
 }
 
 
+# RETURNING (the claim, the canvas) is the newest SQL feature localq uses.
+MIN_SQLITE = (3, 35, 0)
+
+
+def check_sqlite_version(version: tuple[int, int, int] = sqlite3.sqlite_version_info) -> None:
+    """Refuse, with one clear message, an SQLite too old for localq's SQL, before any
+    statement of it fails with a bare syntax error."""
+    if version < MIN_SQLITE:
+        have = ".".join(map(str, version))
+        need = ".".join(map(str, MIN_SQLITE))
+        raise DatabaseError(
+            f"localq needs SQLite {need} or newer, and this Python ({sqlite3.__file__}) is "
+            f"linked with SQLite {have}: use a Python built against a newer SQLite "
+            f"(python.org's installers, pyenv or a current distribution all are)")
+
+
 def open_database(path: str, synchronous: str = "NORMAL") -> sqlite3.Connection:
     """Open (creating if new) the localq database at ``path``, or raise DatabaseError.
 
@@ -228,6 +244,7 @@ def open_database(path: str, synchronous: str = "NORMAL") -> sqlite3.Connection:
     those of another thread's connection in the middle of a transaction: two
     writers at once, and a corrupt file. SQLite's own close keeps those locks.
     """
+    check_sqlite_version()
     _inspect(path)
     try:
         conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
