@@ -196,6 +196,21 @@ def test_get_with_a_worker_or_a_final_job_does_not_warn(app):
         assert r.get(timeout=1) == 2          # finished: nothing to wait for
 
 
+def test_get_of_a_job_in_a_queue_no_worker_takes_warns_naming_the_queue(app):
+    with app.worker(concurrency=1):      # takes "default" only
+        r = sample_tasks.add.apply_async((1, 1), queue="celery")    # Celery's default name
+        with pytest.warns(RuntimeWarning, match="no localq worker on .* takes queue 'celery' "
+                          r"\(they take: default\).*-Q celery"):
+            with pytest.raises(localq.TimeoutError):
+                r.get(timeout=0.05)
+        with warnings.catch_warnings():      # once per queue
+            warnings.simplefilter("error")
+            with pytest.raises(localq.TimeoutError):
+                r.get(timeout=0.05)
+    with app.worker(concurrency=1, queues=["celery"]):
+        assert r.get(timeout=20) == 2
+
+
 def test_revoke_leaves_no_unclosed_socket(tmp_path):
     script = textwrap.dedent(f"""
         import gc
