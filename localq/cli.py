@@ -15,6 +15,7 @@ import os
 import sys
 import time
 from datetime import datetime
+from pprint import pformat
 from typing import Any, Callable, NoReturn, Sequence
 
 from .app import Localq
@@ -86,6 +87,14 @@ def _seconds(text: str) -> float:
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, not {text}")
     return value
+
+
+def _when(text: str) -> datetime:
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 date and time "
+                                         f"(e.g. 2026-12-01T08:00+00:00)") from None
 
 
 def _loglevel(text: str) -> str | int:
@@ -211,6 +220,32 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("what", choices=("active", "reserved", "scheduled", "registered", "stats"))
     i.add_argument("--json", action="store_true", help="print it as JSON")
     i.set_defaults(run=cmd_inspect)
+
+    c = sub.add_parser("call", help="send a job by task name and print its id (Celery's "
+                       "`celery call`)")
+    app_args(c, required=False)
+    c.add_argument("name", help="the task's name, e.g. tasks.add")
+    c.add_argument("-a", "--args", default="[]", help="positional arguments, a JSON list")
+    c.add_argument("-k", "--kwargs", default="{}", help="keyword arguments, a JSON object")
+    c.add_argument("--countdown", type=_seconds, default=None, metavar="SECONDS",
+                   help="not before this many seconds from now")
+    c.add_argument("--eta", type=_when, default=None, metavar="ISO8601",
+                   help="not before this date and time (e.g. 2026-12-01T08:00+00:00)")
+    c.add_argument("--expires", type=_seconds, default=None, metavar="SECONDS",
+                   help="never starts after this many seconds from now")
+    c.add_argument("-Q", "--queue", default=None, help="the queue (default: the task's)")
+    c.set_defaults(run=cmd_call)
+
+    rs = sub.add_parser("result", help="print a job's result, waiting for it (Celery's "
+                        "`celery result`)")
+    app_args(rs, required=False)
+    rs.add_argument("id")
+    rs.add_argument("-t", "--timeout", type=_seconds, default=None, metavar="SECONDS",
+                    help="wait at most this long (default: as long as it takes)")
+    rs.add_argument("--traceback", action="store_true", help="print a failed job's "
+                    "traceback instead")
+    rs.add_argument("--json", action="store_true", help="print the result as JSON")
+    rs.set_defaults(run=cmd_result)
 
     e = sub.add_parser("events", help="print task state changes as they happen (Ctrl-C stops)")
     app_args(e, required=False)
@@ -542,6 +577,47 @@ def _final_state(app: Localq, job_id: str, timeout: float) -> str | None:
             return None
         time.sleep(delay)
         delay = min(delay * 2, 0.1)
+
+
+def cmd_call(args: argparse.Namespace) -> int:
+    call_args, call_kwargs = _json_arg("--args", args.args, list), \
+        _json_arg("--kwargs", args.kwargs, dict)
+    options = {k: v for k, v in (("countdown", args.countdown), ("eta", args.eta),
+                                 ("expires", args.expires), ("queue", args.queue))
+               if v is not None}
+    print(_app(args).send_task(args.name, call_args, call_kwargs, **options).id)
+    return 0
+
+
+def _json_arg(flag: str, text: str, kind: type) -> Any:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        _fail(f"{flag} is not JSON ({exc}): e.g. {flag} '[2, 2]'" if kind is list else
+              f"{flag} is not JSON ({exc}): e.g. {flag} '{{\"x\": 1}}'")
+    if not isinstance(value, kind):
+        _fail(f"{flag} must be a JSON {'list' if kind is list else 'object'}, "
+              f"not {type(value).__name__}")
+    return value
+
+
+def cmd_result(args: argparse.Namespace) -> int:
+    app = _existing_app(args)
+    if app.store.state(args.id) is None:
+        _fail(f"no job {args.id} in {app.path}", 1)
+    result = app.AsyncResult(args.id)
+    try:
+        value = result.get(timeout=args.timeout, propagate=False)
+    except TimeoutError:
+        _fail(f"job {args.id} is still {result.state} after {args.timeout}s", 1)
+    if args.traceback:
+        print(result.traceback or f"job {args.id} ended {result.state}: no traceback")
+        return 0
+    if result.state != "SUCCESS":
+        _fail(f"job {args.id} ended {result.state}: {type(value).__name__}: {value} "
+              f"(--traceback prints where)", 1)
+    print(json.dumps(value, default=repr) if args.json else pformat(value))
+    return 0
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:

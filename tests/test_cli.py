@@ -157,6 +157,32 @@ def test_show_json(app, db_path):
     assert "ValueError" in job["traceback"]
 
 
+def test_call_sends_by_name_and_result_prints_it_as_celery_does(app, db_path):
+    sent = cli("call", "--db", db_path, "sample_tasks.add", "-a", "[2, 3]")
+    assert sent.returncode == 0, sent.stderr
+    job_id = sent.stdout.strip()
+    bad = cli("call", "--db", db_path, "sample_tasks.add", "--args", "[2]", "--countdown", "0.1")
+    with app.worker(concurrency=1):
+        assert app.AsyncResult(job_id).get(timeout=20) == 5
+        done = cli("result", "--db", db_path, job_id, "--timeout", "20")
+        assert (done.returncode, done.stdout) == (0, "5\n"), done.stderr
+        failed = cli("result", "--db", db_path, bad.stdout.strip(), "--timeout", "20")
+    assert "ended FAILURE: TypeError" in one_line_error(failed, 1)
+    tb = cli("result", "--db", db_path, bad.stdout.strip(), "--traceback")
+    assert "Traceback" in tb.stdout and "TypeError" in tb.stdout
+    assert "no job nope" in one_line_error(cli("result", "--db", db_path, "nope"), 1)
+
+
+def test_call_with_arguments_that_are_not_json_says_so_and_sends_nothing(app, db_path):
+    assert "--args is not JSON" in one_line_error(
+        cli("call", "--db", db_path, "sample_tasks.add", "-a", "2, 3"))
+    assert "--kwargs must be a JSON object, not list" in one_line_error(
+        cli("call", "--db", db_path, "sample_tasks.add", "-k", "[1]"))
+    assert "not an ISO 8601" in one_line_error(
+        cli("call", "--db", db_path, "sample_tasks.add", "--eta", "tomorrow"))
+    assert not os.path.exists(db_path)        # nothing was sent: not even the file is made
+
+
 def test_status_into_a_closed_pipe_exits_quietly(app, db_path):
     for i in range(50):
         app.send_task(f"tasks.t{i}", ())
