@@ -333,6 +333,11 @@ class Store:
         with self.db.transaction() as conn:
             return beat.sync_entries(conn, names, now)
 
+    def restore_beat_entry(self, name: str, last_due: float, last_run: float | None) -> None:
+        """Put back a periodic entry another scheduler forgot, anchored where it was."""
+        with self.db.transaction() as conn:
+            beat.restore(conn, name, last_due, last_run)
+
     def beat_entries(self) -> dict[str, tuple[float, float | None]]:
         """name -> (last_due, last_run) of every stored periodic entry."""
         with self.db.read() as conn:
