@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import logging
 import os
 import sys
 import time
@@ -114,6 +115,58 @@ def _global_args(p: argparse.ArgumentParser, default: Any) -> None:
                    "instead of the app's (for status/show/purge without the app)")
 
 
+# Celery's command-line flags that mean nothing on one host: accepted, so that an existing
+# command line (a systemd unit, a Procfile) starts as it is, and named in one warning at
+# start. (flags, value metavar or None for a switch, why it means nothing here)
+_NoOp = tuple[tuple[str, ...], str | None, str]
+_SCHEDULE_FILE: _NoOp = (("-s", "--schedule"), "PATH",
+                         "beat's last runs are kept in the database file")
+_SCHEDULER: _NoOp = (("-S", "--scheduler"), "CLASS", "localq has one scheduler, on the file")
+CELERY_WORKER_NO_OPS: list[_NoOp] = [
+    (("-E", "--task-events"), None, "task events are always read from the file"),
+    (("--without-gossip",), None, "there is no cluster to gossip with"),
+    (("--without-mingle",), None, "there is no cluster to sync with at start"),
+    (("--without-heartbeat",), None, "the heartbeat stays: it is how a dead worker's jobs "
+                                     "are put back"),
+    (("--prefetch-multiplier",), "N", "a child is handed work by how fast it finishes it"),
+    (("--statedb",), "PATH", "revocations are kept in the database file"),
+    _SCHEDULE_FILE, _SCHEDULER,
+]
+CELERY_BEAT_NO_OPS: list[_NoOp] = [_SCHEDULE_FILE, _SCHEDULER,
+                                   (("--max-interval",), "SECONDS",
+                                    "the scheduler sleeps until the next due run")]
+
+
+def _celery_no_ops(parser: argparse.ArgumentParser, flags: list[_NoOp]) -> None:
+    for names, metavar, why in flags:
+        dest = "celery_" + names[-1].lstrip("-").replace("-", "_")
+        if metavar is None:
+            parser.add_argument(*names, dest=dest, action="store_true",
+                                help=f"accepted for Celery's; no effect: {why}")
+        else:
+            parser.add_argument(*names, dest=dest, default=None, metavar=metavar,
+                                help=f"accepted for Celery's; no effect: {why}")
+
+
+def ignored_celery_flags(args: argparse.Namespace, flags: list[_NoOp]) -> str | None:
+    """The one warning naming the Celery flags given that have no effect here."""
+    given = [f"{names[-1]} ({why})" for names, _, why in flags
+             if getattr(args, "celery_" + names[-1].lstrip("-").replace("-", "_"), None)
+             not in (None, False)]
+    return f"localq ignores these Celery flags: {'; '.join(given)}" if given else None
+
+
+def _autoscale(text: str) -> int:
+    """Celery's --autoscale MAX,MIN (or MAX): the MAX."""
+    try:
+        most = int(text.split(",")[0])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not MAX,MIN (e.g. 8,2)") from None
+    if most < 1:
+        raise argparse.ArgumentTypeError(f"MAX must be 1 or more, not {most}")
+    return most
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m localq", epilog=EPILOG,
                      description="A task queue for one host on one SQLite file.")
@@ -160,6 +213,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="soft time limit")
     w.add_argument("-B", "--beat", action="store_true", help="also send the periodic tasks "
                    "of beat_schedule (safe in every worker: each due run is sent once)")
+    w.add_argument("-P", "--pool", default=None, metavar="POOL",
+                   help="Celery's pool: prefork (what localq runs) or solo (one child); "
+                   "threads, gevent and eventlet are refused")
+    w.add_argument("--autoscale", type=_autoscale, default=None, metavar="MAX,MIN",
+                   help="accepted for Celery's: localq keeps MAX children (no autoscaling)")
+    _celery_no_ops(w, CELERY_WORKER_NO_OPS)
     w.set_defaults(run=cmd_worker)
     _beat_parser(sub, app_args)
 
@@ -341,6 +400,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if args.detach and not args.pidfile:
         _fail("--detach needs --pidfile PATH: the pid written there is how you stop the "
               "worker later (kill $(cat PATH))")
+    concurrency = args.concurrency
+    pool = (args.pool or "prefork").lower()
+    if pool in ("solo",):
+        concurrency = concurrency or 1
+    elif pool not in ("prefork", "processes"):
+        _fail(f"localq runs tasks in child processes only (Celery's prefork pool), not "
+              f"{args.pool!r}: drop -P/--pool, or use -P prefork")
+    if args.autoscale is not None and concurrency is None:
+        concurrency = args.autoscale
     app = _app(args)
     from .worker.daemon import PidFile, detach, open_logfile
     from .worker.options import resolve
@@ -350,7 +418,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     except ImportError as exc:
         _fail(f"cannot import a module named in the app's imports/include: {exc}")
     app.finalize()         # autodiscover_tasks, on_after_configure: before the banner
-    options = resolve(app.conf, concurrency=args.concurrency, queues=args.queues,
+    options = resolve(app.conf, concurrency=concurrency, queues=args.queues,
                       max_tasks_per_child=args.max_tasks_per_child,
                       max_memory_per_child=args.max_memory_per_child,
                       time_limit=args.time_limit, soft_time_limit=args.soft_time_limit,
@@ -367,6 +435,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
         os.close(log_fd)
     try:
         setup_worker_logging(options.loglevel, app.conf.worker_hijack_root_logger)
+        ignored = ignored_celery_flags(args, CELERY_WORKER_NO_OPS)
+        if args.autoscale is not None:
+            ignored = (ignored + "; " if ignored else "localq ignores these Celery flags: ") + \
+                f"--autoscale (it keeps {options.concurrency} children)"
+        if ignored:
+            logging.getLogger("localq.worker").warning(ignored)
         options.apply_time_limits(app.conf)
         print(banner(app, options.queues, options.concurrency), file=sys.stderr, flush=True)
         return Supervisor(app, options).run()
@@ -383,6 +457,7 @@ def _beat_parser(sub: Any, app_args: Callable[[argparse.ArgumentParser], None]) 
                    help="DEBUG, INFO (the default: a line per run sent), WARNING, ...")
     b.add_argument("--list", action="store_true",
                    help="print each entry with its schedule, last run and next run, and exit")
+    _celery_no_ops(b, CELERY_BEAT_NO_OPS)
     b.set_defaults(run=cmd_beat)
 
 
@@ -399,6 +474,8 @@ def cmd_beat(args: argparse.Namespace) -> int:
         print(render_listing(listing(app, store, time.time()), zone_of(app.conf)))
         return 0
     setup_worker_logging(args.loglevel, app.conf.worker_hijack_root_logger)
+    if ignored := ignored_celery_flags(args, CELERY_BEAT_NO_OPS):
+        logging.getLogger("localq.beat").warning(ignored)
     return serve(app, Store(app.path, app.conf.database_synchronous))
 
 
