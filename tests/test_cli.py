@@ -374,3 +374,23 @@ def test_celeryd_log_level_in_the_config_is_the_workers_level(tmp_path):
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_a_celery_worker_command_line_starts_as_it_is(app, start_worker):
+    w = start_worker("-E", "--without-gossip", "--without-mingle", "--without-heartbeat",
+                     "-P", "prefork", "--autoscale=3,1", "--prefetch-multiplier", "1").ready()
+    assert sample_tasks.add.delay(1, 2).get(timeout=20) == 3
+    err = w.stderr()
+    assert "concurrency=3" in err
+    assert err.count("localq ignores these Celery flags") == 1
+    assert "--without-gossip (there is no cluster" in err and "--autoscale (it keeps 3" in err
+    w.signal(signal.SIGTERM)
+    assert w.wait(30) == 0
+
+
+def test_a_pool_localq_cannot_run_is_refused_in_one_line(db_path):
+    err = one_line_error(cli("worker", "--app", "sample_tasks:app", "--db", db_path,
+                             "-P", "gevent"))
+    assert "child processes only" in err and "'gevent'" in err
+    solo = cli("beat", "--app", "sample_tasks:app", "--db", db_path, "-s", "x", "--list")
+    assert solo.returncode == 0, solo.stderr
