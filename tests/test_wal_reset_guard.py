@@ -128,3 +128,27 @@ def test_streaming_with_a_worker_keeps_the_wal_bounded_and_the_file_sound(app, s
                             "done IS NOT NULL").fetchone() == (n,)
         assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
     assert "malformed" not in worker.stderr()
+
+
+def test_a_producer_on_a_symlink_keeps_the_wal_bounded(tmp_path):
+    """SQLite keeps the WAL beside the file a symlink leads to: that is the -wal file
+    whose size says when to checkpoint, and the one flushed before a checkpoint."""
+    import sample_tasks
+
+    from localq import Localq
+
+    real = tmp_path / "real" / "jobs.db"
+    real.parent.mkdir()
+    link = tmp_path / "link.db"
+    link.symlink_to(real)
+    real.touch(mode=0o600)                            # an empty file: localq's to fill
+    app = Localq(str(link))
+    add = app.task(sample_tasks.add.run, name="sample_tasks.add")
+    try:
+        for i in range(6_000):                        # ~17 MB written to the WAL
+            add.delay(i, i)
+        assert not os.path.exists(str(link) + "-wal")
+        assert os.path.getsize(str(real) + "-wal") < 1.5 * WAL_CHECKPOINT_BYTES
+        assert os.path.getsize(real) > 512 << 10     # the rows went into the file
+    finally:
+        app.close()

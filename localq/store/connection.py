@@ -55,6 +55,8 @@ WAL_LOOK_EVERY = 64
 class Database:
     def __init__(self, path: str, synchronous: str = "NORMAL") -> None:
         self.path = path
+        # SQLite keeps the WAL beside the file a symlink leads to (it resolves the name).
+        self.wal_path = os.path.realpath(path) + "-wal"
         self.synchronous = synchronous
         # Seconds a write waits for the write lock before DatabaseError: a supervisor
         # waits less and tries again later, so that its loop goes on meanwhile.
@@ -145,14 +147,14 @@ class Database:
                 return
             if past:
                 try:
-                    if os.stat(self.path + "-wal").st_size <= past:
+                    if os.stat(self.wal_path).st_size <= past:
                         return
                 except FileNotFoundError:
                     return
             # The reader first: opening it may fail, and nothing may fail between
             # BEGIN and the rollback that checkpoint_guarded's finally takes.
             reader = self._reader()
-            sync_wal(self.path)
+            sync_wal(self.wal_path)
             _retry_busy(writer.execute, "BEGIN IMMEDIATE", (), self.patience)
             checkpoint_guarded(reader, writer)
 
@@ -173,7 +175,7 @@ class Database:
             return _retry_busy(conn.execute, "PRAGMA data_version").fetchone()[0]
 
 
-def sync_wal(path: str) -> None:
+def sync_wal(wal_path: str) -> None:
     """Flush the -wal file's written pages to disk (fdatasync), as a checkpoint does
     first, but while others may still write: most of a guarded checkpoint's time under
     the write lock was this flush. Best effort: any error leaves it to the checkpoint.
@@ -183,7 +185,7 @@ def sync_wal(path: str) -> None:
     open_database); SQLite holds none on the -wal file: its WAL locks are on the -shm
     and the database file. A symlink, a FIFO or a missing file is left alone."""
     try:
-        fd = os.open(path + "-wal", os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+        fd = os.open(wal_path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
         return
     try:
