@@ -42,9 +42,15 @@ def has_wal_reset_bug(version: tuple[int, int, int]) -> bool:
 # checkpoint localq runs is taken while this process holds the write lock on another
 # connection (checkpoint_guarded), and SQLite's automatic checkpoints, which run in
 # whichever connection commits with no such lock, are off on every connection. The
-# Database checkpoints instead when the WAL's size says so: journal_size_limit=0 makes
-# the first commit after a reset truncate the -wal file, so its size tracks its content.
+# Database checkpoints instead when the -wal file's size says so.
 WAL_RESET_BUG = has_wal_reset_bug(sqlite3.sqlite_version_info)
+# journal_size_limit with the bug: the first commit after a reset cuts the -wal file back
+# to this size, so the file is larger than this only while its content is, and whether
+# the WAL has grown past a size above this one (the checkpoint thread's, a producer's) is
+# read with an os.stat. Under it the file is kept allocated and written over in place: a
+# -wal cut to nothing was grown again frame by frame, with the filesystem's block
+# allocation on every commit and more for each fsync to record.
+WAL_FILE_KEPT = 4 << 20
 
 
 def checkpoint_guarded(conn: sqlite3.Connection, holder: sqlite3.Connection) -> None:
@@ -256,7 +262,7 @@ def open_database(path: str, synchronous: str = "NORMAL") -> sqlite3.Connection:
         conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         if WAL_RESET_BUG:          # before anything it does could checkpoint
             conn.execute("PRAGMA wal_autocheckpoint=0")
-            conn.execute("PRAGMA journal_size_limit=0")
+            conn.execute(f"PRAGMA journal_size_limit={WAL_FILE_KEPT}")
         _check_or_create_schema(conn, path)
         conn.execute(f"PRAGMA synchronous={synchronous}")
     except sqlite3.Error as exc:
