@@ -335,7 +335,8 @@ class _Lazy:
             raise ValueError(f"this {self.where}'s tasks came from an iterator, which its "
                              f"first send read: build it again, or from a list")
         items, self.items = self.items, None
-        return (_check_sig(t, self.where) for t in items)
+        where = self.where
+        return (t if type(t) is Signature else _check_sig(t, where) for t in items)
 
 
 def _members_of(tasks: tuple, where: str) -> tuple[Any, Localq | None]:
@@ -568,6 +569,42 @@ class _Node:
         self.result, self.tail_task = result, tail_task
 
 
+RUN_SIZE = 1000      # bulk-sent members per INSERT, at most (and row numbers per lock)
+# What a batch of a workflow inserts: job rows, canvas rows (seq, spec), runs (_Run.bound)
+Batch = tuple[list[JobRow], list[tuple[int, str]], list[tuple]]
+
+
+class _Run:
+    """Bulk-sent members of one group in a row, of one task with JSON arguments: their
+    row numbers and places in the group both consecutive, so that the store inserts them
+    with one statement (store/canvas.py's ``insert``: the payloads as one JSON array,
+    every other column bound once), ~2x cheaper per row than a row's 16 values."""
+    __slots__ = ("name", "check", "gid", "first_seq", "first_index", "next_index",
+                 "room", "payloads", "fixed")
+
+    def __init__(self, task: Task, d: Any, gid: str, index: int, seq: int, room: int,
+                 now: float) -> None:
+        self.name, self.check, self.gid = task.name, task.check_arguments, gid
+        self.first_seq, self.first_index, self.next_index = seq, index, index
+        self.room = room
+        self.payloads: list[str | bytes] = []
+        self.fixed = (task.name, d.queue, d.lane, d.priority, d.options,
+                      None if d.expires is None else expires_at(d.expires, now), now, gid)
+
+    def add(self, args: Any, kwargs: Any) -> None:
+        self.check(args, kwargs)
+        self.payloads.append(encode_call("json", self.name, args, kwargs))
+        self.next_index += 1
+        self.room -= 1
+
+    def bound(self) -> tuple:
+        """(first seq, task, queue, lane, priority, options, expires, created, group id,
+        first index, the payloads as a JSON array of strings, how many)."""
+        return (self.first_seq, *self.fixed, self.first_index,
+                json.dumps(self.payloads, ensure_ascii=False, separators=(",", ":")),
+                len(self.payloads))
+
+
 class _Build:
     """A workflow as rows: jobs, canvas specs (seq -> ok/err actions), groups."""
 
@@ -580,14 +617,18 @@ class _Build:
         self.root_id: str | None = None
         self.fixed_args = False     # the next task built gets no parent's result
         self.types: dict[str, tuple[Task, Any]] = {}
-        self.seqs: Iterator[int] = iter(())
+        self.block: range = range(0)        # row numbers taken for bulk-sent members
+        self.used = 0                       # ... of which used
         self.fixed_specs: list[tuple[int, str]] = []
         self.pending: list[Iterator[None]] = []    # members read while they are inserted
+        self.runs: list[_Run] = []                 # bulk-sent members, in runs
+        self.run: _Run | None = None               # the run being built
+        self.in_runs = 0                           # members in self.runs and self.run
 
     def spec(self, seq: int) -> dict[str, list]:
         return self._specs.setdefault(seq, {"ok": [], "err": []})
 
-    def batches(self, size: int = 1000) -> Iterator[tuple[list[JobRow], list[tuple[int, str]]]]:
+    def batches(self, size: int = 1000) -> Iterator[Batch]:
         """The rows and canvas specs, in batches, built as they are inserted: the
         members of a top-level group or chord header (``pending``) are read from their
         iterator here, so that a chord of 100,000 is never in memory at once. The
@@ -595,11 +636,11 @@ class _Build:
         yield self._take()
         while self.pending:
             for _ in self.pending.pop(0):
-                if len(self.rows) >= size:
+                if len(self.rows) + self.in_runs >= size:
                     yield self._take()
             yield self._take()
 
-    def _take(self) -> tuple[list[JobRow], list[tuple[int, str]]]:
+    def _take(self) -> Batch:
         """What was built since the last take. A job's spec is complete by then: later
         steps only add to the specs of jobs they build."""
         rows, self.rows = self.rows, []
@@ -608,7 +649,10 @@ class _Build:
                                       separators=(",", ":")))
                      for seq, spec in self._specs.items())
         self._specs = {}
-        return rows, specs
+        self._close_run()
+        runs, self.runs = [r.bound() for r in self.runs], []
+        self.in_runs = 0
+        return rows, specs, runs
 
     def node(self, sig: Signature, waiting: bool, parent: str | None,
              member: tuple[str, int] | None) -> _Node:
@@ -739,28 +783,53 @@ class _Build:
             yield None
         self.groups.append((gid, count, None, None, 0, self.now))
 
-    def plain(self, sig: Signature, gid: str, index: int) -> int:
+    def plain(self, sig: Signature, gid: str, index: int) -> None:
         """The row of a group member with no options and nothing before it: a job like
-        any delay()'s, plus its place in the group. Returns its seq."""
-        known = self.types.get(sig["task"])
+        any delay()'s, plus its place in the group. Members in a row of one task with
+        JSON arguments go into a run (one INSERT for up to RUN_SIZE of them)."""
+        name = sig["task"]
+        run = self.run
+        if run is not None and run.name == name and run.next_index == index and \
+                run.gid == gid and run.room:
+            run.add(sig["args"], sig["kwargs"])
+            self.in_runs += 1
+            return
+        self._close_run()
+        known = self.types.get(name)
         if known is None:
             task = sig.type
-            known = self.types[sig["task"]] = (task, task.send_defaults())
+            known = self.types[name] = (task, task.send_defaults())
         task, d = known
         args, kwargs = sig["args"], sig["kwargs"]
-        task.check_arguments(args, kwargs)
-        seq = next(self.seqs, None)
-        if seq is None:         # row numbers a block at a time: one lock per 1,000 jobs
-            self.seqs = iter(new_seqs(1000))
-            seq = next(self.seqs)
+        seq, room = self._seqs()
         if self.root_id is None:
             self.root_id = format_id(seq)
+        if d.serializer == "json":
+            self.run = _Run(task, d, gid, index, seq, room, self.now)
+            self.run.add(args, kwargs)
+            self.in_runs += 1
+            return
+        task.check_arguments(args, kwargs)
+        self.used += 1
         # JobRow's fields as a plain tuple: what the INSERT binds, without the NamedTuple
         self.rows.append((seq, None, task.name, d.queue, d.lane, d.priority,  # type: ignore[arg-type]
                           d.serializer, encode_call(d.serializer, task.name, args, kwargs),
                           d.options, 0.0, None if d.expires is None else
                           expires_at(d.expires, self.now), self.now, gid, index, None, None))
-        return seq
+
+    def _seqs(self) -> tuple[int, int]:
+        """The next free row number of the block, and how many free ones follow it in a
+        row (itself included): row numbers are taken RUN_SIZE at a time, one lock each."""
+        if self.used >= len(self.block):
+            self.block, self.used = new_seqs(RUN_SIZE), 0
+        return self.block[self.used], len(self.block) - self.used
+
+    def _close_run(self) -> None:
+        run = self.run
+        if run is not None:
+            self.runs.append(run)
+            self.used += len(run.payloads)
+            self.run = None
 
     def _members(self, tasks: Iterable[Signature]) -> list[Signature]:
         return list(self._flat(tasks))
@@ -779,17 +848,16 @@ class _Build:
     def _header(self, header: Iterator[Signature], gid: str, waiting: bool,
                 parent: str | None, body_seq: int | None, splice: int,
                 entries: list[tuple[int, bool]], results: list) -> Iterator[None]:
-        """Build a chord's header, one member per step; then its counter."""
-        counted = json.dumps({"ok": [["chord", gid]], "err": [["chord", gid]]})
+        """Build a chord's header, one member per step; then its counter. A bulk-sent
+        member has no canvas row: its group id counts it (store/canvas.py's settle)."""
         bulk = not waiting and parent is None
         count = 0
         for i, h in enumerate(header):
             count += 1
             if bulk and _plain(h):     # the bulk send's path
-                seq = self.plain(h, gid, i)
+                self.plain(h, gid, i)
                 if splice:
                     _json_result(self.app, self.types[h["task"]][0])
-                self.fixed_specs.append((seq, counted))
                 yield None
                 continue
             node = self.node(h, waiting, parent, (gid, i))

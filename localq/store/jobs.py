@@ -10,6 +10,7 @@ moves a job that was already finished, recovered or revoked.
 """
 from __future__ import annotations
 
+import functools
 import sqlite3
 from itertools import chain
 from operator import itemgetter
@@ -152,7 +153,7 @@ def finish(conn: sqlite3.Connection, owner: int, outcomes: Sequence[Outcome]) ->
     success, done, retry, back = [], [], [], []
     for o in outcomes:
         st = o.state
-        if st == "SUCCESS" and o.started is not None:
+        if st == "SUCCESS":
             success.append((o.seq, o.result, o.ended, o.pid, o.started))
         elif st == "RETRY":
             retry.append(o)
@@ -161,8 +162,8 @@ def finish(conn: sqlite3.Connection, owner: int, outcomes: Sequence[Outcome]) ->
         else:
             done.append((st, o.result, o.exc_type, o.traceback, o.ended, o.pid,
                          o.started, o.seq, owner))
-    if success:    # the common case, with fewer columns to bind (~20% faster)
-        _succeed(conn, owner, success)
+    # (seq, group_id, group_index, root_id) of each job that succeeded here
+    succeeded = _succeed(conn, owner, success) if success else []
     if done:
         conn.executemany(
             "UPDATE jobs SET state = ?, result = ?, exc_type = ?, traceback = ?, done = ?, "
@@ -185,37 +186,46 @@ def finish(conn: sqlite3.Connection, owner: int, outcomes: Sequence[Outcome]) ->
                          "ELSE 'PENDING' END, owner = NULL, started = NULL "
                          "WHERE seq = ? AND state = 'STARTED' AND owner = ?", back)
     # What these outcomes set off (a chain's next step, a chord's body), in this
-    # same transaction: written exactly when the outcome is.
-    return canvas.settle(conn, [o.seq for o in outcomes])
+    # same transaction: written exactly when the outcome is. Only a job sent in a
+    # workflow (root_id) may have a canvas row; a bulk-sent group member (no root_id)
+    # is counted by its group id, once: it is in ``succeeded`` only when this
+    # transaction made it SUCCESS.
+    ended = [seq for seq, _, _, root in succeeded if root is not None]
+    ended.extend(o.seq for o in outcomes if o.state != "SUCCESS")
+    return canvas.settle(conn, ended, [(group, index) for _, group, index, root in succeeded
+                                       if group is not None and root is None])
 
 
-# SUCCESS outcomes: (seq, result, done, pid, started) each. Chunks of a fixed size are
-# one statement each, joined to their values (UPDATE ... FROM (VALUES ...)): ~20 %
-# cheaper per row than one execution per row; fixed sizes, so that a handful of
-# statements is prepared once and stays in the connection's statement cache. The rest
-# (fewer than the smallest chunk) is one execution per row.
-_SUCCESS_SET = ("state = 'SUCCESS', result = {0}2, done = {0}3, pid = {0}4, started = {0}5, "
-                "owner = NULL, exc_type = NULL, traceback = NULL")   # and an earlier retry's
-_SUCCESS_ONE = (f"UPDATE jobs SET {_SUCCESS_SET.format('?')} "
-                "WHERE seq = ?1 AND state = 'STARTED' AND owner = ?6")
-_SUCCESS_CHUNKS = {
-    size: (f"UPDATE jobs SET {_SUCCESS_SET.format('v.column')} FROM (VALUES "
-           f"{','.join(['(?,?,?,?,?)'] * size)}) AS v WHERE jobs.seq = v.column1 "
-           "AND jobs.state = 'STARTED' AND jobs.owner = ?")
-    for size in (256, 64, 16)}
+# SUCCESS outcomes: (seq, result, done, pid, started) each. A chunk is one statement,
+# joined to its values (UPDATE ... FROM (VALUES ...)): ~20 % cheaper per row than one
+# execution per row. Chunks of 256, 64 and 16, then one of the rest's size (1 to 15):
+# a few statements, prepared once each, that stay in the connection's statement cache.
+# RETURNING says which jobs this transaction made SUCCESS (the guard skips a late or
+# repeated report), and what the canvas needs of them.
+_SUCCESS_SET = ("state = 'SUCCESS', result = v.column2, done = v.column3, pid = v.column4, "
+                "started = coalesce(v.column5, started), owner = NULL, exc_type = NULL, "
+                "traceback = NULL")   # and an earlier retry's
+_CHUNKS = (256, 64, 16)
 
 
-def _succeed(conn: sqlite3.Connection, owner: int, rows: list[tuple]) -> None:
+@functools.lru_cache(maxsize=None)
+def _success_sql(size: int) -> str:
+    return (f"UPDATE jobs SET {_SUCCESS_SET} FROM (VALUES {','.join(['(?,?,?,?,?)'] * size)})"
+            " AS v WHERE jobs.seq = v.column1 AND jobs.state = 'STARTED' AND jobs.owner = ? "
+            "RETURNING jobs.seq, jobs.group_id, jobs.group_index, jobs.root_id")
+
+
+def _succeed(conn: sqlite3.Connection, owner: int, rows: list[tuple]) -> list[tuple]:
+    """Write SUCCESS outcomes; (seq, group_id, group_index, root_id) of the jobs changed."""
+    changed: list[tuple] = []
     start, count = 0, len(rows)
-    for size, sql in _SUCCESS_CHUNKS.items():
-        while count - start >= size:
-            params = list(chain.from_iterable(rows[start:start + size]))
-            params.append(owner)
-            conn.execute(sql, params)
-            start += size
-    if start < count:
-        own = (owner,)
-        conn.executemany(_SUCCESS_ONE, [row + own for row in rows[start:]])
+    while start < count:
+        size = next((size for size in _CHUNKS if count - start >= size), count - start)
+        params = list(chain.from_iterable(rows[start:start + size]))
+        params.append(owner)
+        changed.extend(conn.execute(_success_sql(size), params).fetchall())
+        start += size
+    return changed
 
 
 def record_attempt(conn: sqlite3.Connection, seq: int, started: float | None, ended: float,
