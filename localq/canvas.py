@@ -760,8 +760,10 @@ class _Build:
         gid = sig.options.get("group_id") or str(uuid.uuid4())
         if not waiting and parent is None:
             # Nothing waits on its members: read them while they are inserted (batches).
-            self.pending.append(self._top_group(_iter_members(sig, "tasks"), gid))
-            return _Node([], None, None, GroupResult(gid, None, app=self.app), None)
+            ids = MemberIds()
+            self.pending.append(self._top_group(_iter_members(sig, "tasks"), gid, ids))
+            return _Node([], None, None, GroupResult(gid, None, app=self.app, members=ids),
+                         None)
         entries: list[tuple[int, bool]] = []
         results = []
         members = self._members(sig.tasks)
@@ -772,18 +774,19 @@ class _Build:
         self.groups.append((gid, len(members), None, None, 0, self.now))
         return _Node(entries, None, None, GroupResult(gid, results, app=self.app), None)
 
-    def _top_group(self, members: Iterator[Signature], gid: str) -> Iterator[None]:
+    def _top_group(self, members: Iterator[Signature], gid: str,
+                   ids: MemberIds) -> Iterator[None]:
         count = 0
         for i, member in enumerate(self._flat(members)):
             count += 1
             if _plain(member):              # the bulk send's path
-                self.plain(member, gid, i)
+                ids.add_seq(self.plain(member, gid, i))
             else:
-                self.node(member, False, None, (gid, i))
+                ids.add_id(self.node(member, False, None, (gid, i)).tail_id)
             yield None
         self.groups.append((gid, count, None, None, 0, self.now))
 
-    def plain(self, sig: Signature, gid: str, index: int) -> None:
+    def plain(self, sig: Signature, gid: str, index: int) -> int:
         """The row of a group member with no options and nothing before it: a job like
         any delay()'s, plus its place in the group. Members in a row of one task with
         JSON arguments go into a run (one INSERT for up to RUN_SIZE of them)."""
@@ -793,7 +796,7 @@ class _Build:
                 run.gid == gid and run.room:
             run.add(sig["args"], sig["kwargs"])
             self.in_runs += 1
-            return
+            return run.first_seq + run.next_index - run.first_index - 1
         self._close_run()
         known = self.types.get(name)
         if known is None:
@@ -808,7 +811,7 @@ class _Build:
             self.run = _Run(task, d, gid, index, seq, room, self.now)
             self.run.add(args, kwargs)
             self.in_runs += 1
-            return
+            return seq
         task.check_arguments(args, kwargs)
         self.used += 1
         # JobRow's fields as a plain tuple: what the INSERT binds, without the NamedTuple
@@ -816,6 +819,7 @@ class _Build:
                           d.serializer, encode_call(d.serializer, task.name, args, kwargs),
                           d.options, 0.0, None if d.expires is None else
                           expires_at(d.expires, self.now), self.now, gid, index, None, None))
+        return seq
 
     def _seqs(self) -> tuple[int, int]:
         """The next free row number of the block, and how many free ones follow it in a
@@ -847,7 +851,8 @@ class _Build:
 
     def _header(self, header: Iterator[Signature], gid: str, waiting: bool,
                 parent: str | None, body_seq: int | None, splice: int,
-                entries: list[tuple[int, bool]], results: list) -> Iterator[None]:
+                entries: list[tuple[int, bool]], results: list,
+                ids: MemberIds) -> Iterator[None]:
         """Build a chord's header, one member per step; then its counter. A bulk-sent
         member has no canvas row: its group id counts it (store/canvas.py's settle)."""
         bulk = not waiting and parent is None
@@ -855,7 +860,7 @@ class _Build:
         for i, h in enumerate(header):
             count += 1
             if bulk and _plain(h):     # the bulk send's path
-                self.plain(h, gid, i)
+                ids.add_seq(self.plain(h, gid, i))
                 if splice:
                     _json_result(self.app, self.types[h["task"]][0])
                 yield None
@@ -869,6 +874,7 @@ class _Build:
             if not bulk:
                 entries.extend(node.entries)
                 results.append(node.result)
+            ids.add_id(node.tail_id)
             yield None
         self.groups.append((gid, count, count, body_seq, splice, self.now))
 
@@ -910,12 +916,13 @@ class _Build:
             body_seq, splice = body.entries[0][0], 1 if body.entries[0][1] else 0
         entries: list[tuple[int, bool]] = []
         results: list = []
+        ids = MemberIds()
         steps = self._header(header, gid, waiting, parent, body_seq, splice, entries,
-                             results)
+                             results, ids)
         if first is not None and not waiting and parent is None:
             # Nothing waits on the header's members: read them while they are inserted.
             self.pending.append(steps)
-            body.result.parent = GroupResult(gid, None, app=self.app)
+            body.result.parent = GroupResult(gid, None, app=self.app, members=ids)
         else:
             for _ in steps:
                 pass
@@ -1004,16 +1011,59 @@ def _json_result(app: Localq, task: Task | None) -> None:
 
 # ------------------------------------------------------------------ GroupResult
 
+class MemberIds:
+    """The ids of a group's members in order, as its sender knows them, compactly: row
+    numbers in a row (a bulk send's) as ranges, other members' ids as they are. Filled
+    while the group is inserted; what a GroupResult lists, whatever expiry did since."""
+    __slots__ = ("parts", "count")
+
+    def __init__(self) -> None:
+        self.parts: list[range | str | None] = []
+        self.count = 0
+
+    def add_seq(self, seq: int) -> None:
+        parts = self.parts
+        last = parts[-1] if parts else None
+        if type(last) is range and last.stop == seq:
+            parts[-1] = range(last.start, seq + 1)
+        else:
+            parts.append(range(seq, seq + 1))
+        self.count += 1
+
+    def add_id(self, job_id: str | None) -> None:
+        self.parts.append(job_id)
+        self.count += 1
+
+    def __len__(self) -> int:
+        return self.count
+
+    def ids(self) -> Iterator[str]:
+        for part in self.parts:
+            if type(part) is range:
+                yield from map(format_id, part)
+            else:
+                yield part      # type: ignore[misc]
+
+    def last(self) -> str | None:
+        if not self.parts:
+            return None
+        part = self.parts[-1]
+        return format_id(part[-1]) if type(part) is range else part
+
+
 class GroupResult:
     """The results of a group, in order: Celery's GroupResult. ``GroupResult.restore(id)``
     (or ``app.GroupResult(id)``) finds a stored one from any process."""
 
     def __init__(self, id: str, results: list | None = None, app: Localq | None = None,
-                 parent: Any = None, eager: bool = False) -> None:
+                 parent: Any = None, eager: bool = False,
+                 members: MemberIds | None = None) -> None:
         self.id = id
         # AsyncResults, or ids (made AsyncResults when asked for: a bulk send of 100,000
-        # jobs does not build 100,000 objects nobody looks at); None: read from the file
+        # jobs does not build 100,000 objects nobody looks at); None: from ``members``
+        # (the ids of a group sent here), else read from the file (a restored group)
         self._results = results
+        self._members = members
         self._ids = results is not None and any(isinstance(r, str) for r in results)
         self._app = app
         self.parent = parent
@@ -1056,7 +1106,10 @@ class GroupResult:
 
     @property
     def results(self) -> list:
-        if self._results is None:
+        if self._results is None and self._members is not None:
+            app = self.app
+            self._results = [AsyncResult(i, app) for i in self._members.ids()]
+        elif self._results is None:
             app = self.app
             self._results = [AsyncResult(custom or format_id(seq), app)
                              for seq, custom in app.store.group_members(self.id)]
@@ -1070,7 +1123,11 @@ class GroupResult:
     children = results
 
     def __len__(self) -> int:
-        return len(self._results) if self._results is not None else len(self.results)
+        if self._results is not None:
+            return len(self._results)
+        if self._members is not None:
+            return len(self._members)
+        return len(self.results)
 
     def __iter__(self) -> Iterator:
         return iter(self.results)
@@ -1130,6 +1187,9 @@ class GroupResult:
         if self._results is not None:
             total = len(self)
             last = self.results[-1] if total else None
+        elif self._members is not None:
+            total, tail_id = len(self._members), self._members.last()
+            last = None if tail_id is None else AsyncResult(tail_id, app)
         else:
             total, tail = app.store.group_tail(self.id)
             last = None if tail is None else AsyncResult(tail[1] or format_id(tail[0]), app)
