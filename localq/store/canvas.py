@@ -110,7 +110,7 @@ def settle(conn: sqlite3.Connection, seqs: Sequence[int],
     ``seqs`` that are final now (their canvas rows), the failure of a chord whose
     bulk-sent member among ``seqs`` failed, and the count of ``members``: (group id,
     index) of bulk-sent group members (no canvas row, ``root_id`` NULL) that succeeded
-    in this transaction (the writer knows it from its UPDATE's RETURNING: a member
+    in this transaction (the writer read them under its UPDATE's guard: a member
     counts once). Returns how many jobs became ready: exact for a chain's step and a
     chord's members (the supervisor rings other workers on it), an upper bound after a
     failure. A job of ``seqs`` with no canvas row costs one probe; a chord's members in

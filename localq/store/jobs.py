@@ -10,7 +10,6 @@ moves a job that was already finished, recovered or revoked.
 """
 from __future__ import annotations
 
-import functools
 import sqlite3
 from itertools import chain
 from operator import itemgetter
@@ -196,35 +195,45 @@ def finish(conn: sqlite3.Connection, owner: int, outcomes: Sequence[Outcome]) ->
                                        if group is not None and root is None])
 
 
-# SUCCESS outcomes: (seq, result, done, pid, started) each. A chunk is one statement,
-# joined to its values (UPDATE ... FROM (VALUES ...)): ~20 % cheaper per row than one
-# execution per row. Chunks of 256, 64 and 16, then one of the rest's size (1 to 15):
-# a few statements, prepared once each, that stay in the connection's statement cache.
-# RETURNING says which jobs this transaction made SUCCESS (the guard skips a late or
-# repeated report), and what the canvas needs of them.
-_SUCCESS_SET = ("state = 'SUCCESS', result = v.column2, done = v.column3, pid = v.column4, "
-                "started = coalesce(v.column5, started), owner = NULL, exc_type = NULL, "
+# SUCCESS outcomes: (seq, result, done, pid, started) each. Chunks of a fixed size are
+# one statement each, joined to their values (UPDATE ... FROM (VALUES ...)): ~20 %
+# cheaper per row than one execution per row; fixed sizes, so that a handful of
+# statements is prepared once and stays in the connection's statement cache. The rest
+# (fewer than the smallest chunk) is one execution per row.
+_SUCCESS_SET = ("state = 'SUCCESS', result = {0}2, done = {0}3, pid = {0}4, "
+                "started = coalesce({0}5, started), owner = NULL, exc_type = NULL, "
                 "traceback = NULL")   # and an earlier retry's
-_CHUNKS = (256, 64, 16)
-
-
-@functools.lru_cache(maxsize=None)
-def _success_sql(size: int) -> str:
-    return (f"UPDATE jobs SET {_SUCCESS_SET} FROM (VALUES {','.join(['(?,?,?,?,?)'] * size)})"
-            " AS v WHERE jobs.seq = v.column1 AND jobs.state = 'STARTED' AND jobs.owner = ? "
-            "RETURNING jobs.seq, jobs.group_id, jobs.group_index, jobs.root_id")
+_SUCCESS_ONE = (f"UPDATE jobs SET {_SUCCESS_SET.format('?')} "
+                "WHERE seq = ?1 AND state = 'STARTED' AND owner = ?6")
+_SUCCESS_CHUNKS = {
+    size: (f"UPDATE jobs SET {_SUCCESS_SET.format('v.column')} FROM (VALUES "
+           f"{','.join(['(?,?,?,?,?)'] * size)}) AS v WHERE jobs.seq = v.column1 "
+           "AND jobs.state = 'STARTED' AND jobs.owner = ?")
+    for size in (256, 64, 16)}
 
 
 def _succeed(conn: sqlite3.Connection, owner: int, rows: list[tuple]) -> list[tuple]:
-    """Write SUCCESS outcomes; (seq, group_id, group_index, root_id) of the jobs changed."""
+    """Write SUCCESS outcomes; (seq, group_id, group_index, root_id) of the jobs they
+    change that the canvas may need (in a group, or sent in a workflow): read first,
+    under the same guard as the UPDATE, in this transaction, so exactly those change."""
     changed: list[tuple] = []
+    for start in range(0, len(rows), 256):
+        seqs = [row[0] for row in rows[start:start + 256]]
+        seqs.append(owner)
+        changed.extend(conn.execute(
+            "SELECT seq, group_id, group_index, root_id FROM jobs WHERE seq IN "
+            f"({','.join('?' * (len(seqs) - 1))}) AND state = 'STARTED' AND owner = ? AND "
+            "(group_id IS NOT NULL OR root_id IS NOT NULL)", seqs).fetchall())
     start, count = 0, len(rows)
-    while start < count:
-        size = next((size for size in _CHUNKS if count - start >= size), count - start)
-        params = list(chain.from_iterable(rows[start:start + size]))
-        params.append(owner)
-        changed.extend(conn.execute(_success_sql(size), params).fetchall())
-        start += size
+    for size, sql in _SUCCESS_CHUNKS.items():
+        while count - start >= size:
+            params = list(chain.from_iterable(rows[start:start + size]))
+            params.append(owner)
+            conn.execute(sql, params)
+            start += size
+    if start < count:
+        own = (owner,)
+        conn.executemany(_SUCCESS_ONE, [row + own for row in rows[start:]])
     return changed
 
 
