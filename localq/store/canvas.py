@@ -105,13 +105,13 @@ _parse = functools.lru_cache(maxsize=1024)(json.loads)   # a chord's members sha
 
 
 def settle(conn: sqlite3.Connection, seqs: Sequence[int],
-           members: Iterable[tuple[str, int]] = ()) -> int:
+           members: Iterable[tuple[str, int, int]] = ()) -> int:
     """What outcomes set off, in the caller's transaction: the follow-ups of those of
     ``seqs`` that are final now (their canvas rows), the failure of a chord whose
     bulk-sent member among ``seqs`` failed, and the count of ``members``: (group id,
-    index) of bulk-sent group members (no canvas row, ``root_id`` NULL) that succeeded
-    in this transaction (the writer read them under its UPDATE's guard: a member
-    counts once). Returns how many jobs became ready: exact for a chain's step and a
+    part, how many) of the bulk-sent group members (no canvas row, ``root_id`` NULL)
+    that succeeded in this transaction (the writer read them under its UPDATE's guard:
+    a member counts once). Returns how many jobs became ready: exact for a chain's step and a
     chord's members (the supervisor rings other workers on it), an upper bound after a
     failure. A job of ``seqs`` with no canvas row costs one probe; a chord's members in
     one transaction are counted with one UPDATE (and one per part)."""
@@ -125,8 +125,8 @@ def settle(conn: sqlite3.Connection, seqs: Sequence[int],
             "(c.seq IS NOT NULL OR (j.group_id IS NOT NULL AND j.root_id IS NULL AND "
             "j.state <> 'SUCCESS'))", chunk).fetchall())
     counts: dict[str, Counter[int]] = {}
-    for group_id, index in members:
-        counts.setdefault(group_id, Counter())[index // PART] += 1
+    for group_id, part, succeeded in members:
+        counts.setdefault(group_id, Counter())[part] += succeeded
     if not found and not counts:
         return 0
     fired = [(row[0],) for row in found if row[1] is not None]

@@ -161,7 +161,7 @@ def finish(conn: sqlite3.Connection, owner: int, outcomes: Sequence[Outcome]) ->
         else:
             done.append((st, o.result, o.exc_type, o.traceback, o.ended, o.pid,
                          o.started, o.seq, owner))
-    # (seq, group_id, group_index, root_id) of each job that succeeded here
+    # What the canvas needs of the jobs that succeeded here: see _succeed
     succeeded = _succeed(conn, owner, success) if success else []
     if done:
         conn.executemany(
@@ -189,10 +189,10 @@ def finish(conn: sqlite3.Connection, owner: int, outcomes: Sequence[Outcome]) ->
     # workflow (root_id) may have a canvas row; a bulk-sent group member (no root_id)
     # is counted by its group id, once: it is in ``succeeded`` only when this
     # transaction made it SUCCESS.
-    ended = [seq for seq, _, _, root in succeeded if root is not None]
+    ended = [seq for seq, _, _, _ in succeeded if seq is not None]
     ended.extend(o.seq for o in outcomes if o.state != "SUCCESS")
-    return canvas.settle(conn, ended, [(group, index) for _, group, index, root in succeeded
-                                       if group is not None and root is None])
+    return canvas.settle(conn, ended, [(group, part, n) for seq, group, part, n in succeeded
+                                       if seq is None])
 
 
 # SUCCESS outcomes: (seq, result, done, pid, started) each. Chunks of a fixed size are
@@ -213,17 +213,24 @@ _SUCCESS_CHUNKS = {
 
 
 def _succeed(conn: sqlite3.Connection, owner: int, rows: list[tuple]) -> list[tuple]:
-    """Write SUCCESS outcomes; (seq, group_id, group_index, root_id) of the jobs they
-    change that the canvas may need (in a group, or sent in a workflow): read first,
-    under the same guard as the UPDATE, in this transaction, so exactly those change."""
+    """Write SUCCESS outcomes. Returns what the canvas needs of the jobs they change:
+    (seq, None, None, None) of each job sent in a workflow (root_id: it may have a
+    canvas row), and (None, group id, part, how many) of the bulk-sent members of a
+    chord that waits (store/canvas.py's settle counts them; a plain group's members
+    cost a probe of canvas_groups here, and nothing more). Read first, under the same
+    guard as the UPDATE, in this transaction: exactly those jobs change."""
     changed: list[tuple] = []
     for start in range(0, len(rows), 256):
         seqs = [row[0] for row in rows[start:start + 256]]
         seqs.append(owner)
         changed.extend(conn.execute(
-            "SELECT seq, group_id, group_index, root_id FROM jobs WHERE seq IN "
-            f"({','.join('?' * (len(seqs) - 1))}) AND state = 'STARTED' AND owner = ? AND "
-            "(group_id IS NOT NULL OR root_id IS NOT NULL)", seqs).fetchall())
+            "SELECT CASE WHEN root_id IS NOT NULL THEN seq END, CASE WHEN root_id IS NULL "
+            f"THEN group_id END, CASE WHEN root_id IS NULL THEN group_index / {canvas.PART} "
+            f"END, count(*) FROM jobs WHERE seq IN ({','.join('?' * (len(seqs) - 1))}) AND "
+            "state = 'STARTED' AND owner = ? AND (root_id IS NOT NULL OR (group_id IS NOT "
+            "NULL AND EXISTS (SELECT 1 FROM canvas_groups c WHERE c.id = jobs.group_id "
+            "AND c.remaining > 0))) GROUP BY 1, 2, 3",
+            seqs).fetchall())
     start, count = 0, len(rows)
     for size, sql in _SUCCESS_CHUNKS.items():
         while count - start >= size:
