@@ -569,6 +569,10 @@ def test_a_chord_over_several_parts_gets_every_result_in_order(app):
         res = chord((t.add.s(i, i) for i in range(n)), t.listed.s()).apply_async()
         assert res.get(timeout=60) == [[2 * i for i in range(n)]]
         assert len(res.parent) == n
+        # a group body whose members all ignore the results: the parts go too
+        res = chord((t.add.s(i, i) for i in range(n)),
+                    group(t.listed.si(1), t.listed.si(2))).apply_async()
+        assert res.get(timeout=60) == [[1], [2]]
     con = sqlite3.connect(app.path)
     try:
         assert con.execute("SELECT count(*) FROM canvas_parts").fetchone()[0] == 0

@@ -262,8 +262,11 @@ def _count(conn: sqlite3.Connection, group_id: str, parts: Counter[int],
     if remaining != 0:
         return conn.total_changes - start
     bodies = _bodies(conn, body, splice)
-    results = _header_results(conn, group_id, total, fresh) \
-        if any(t for _, t in bodies) else None
+    if any(t for _, t in bodies):
+        results = _header_results(conn, group_id, total, fresh)
+    else:       # a group body whose members all ignore the results
+        results = None
+        conn.execute("DELETE FROM canvas_parts WHERE group_id = ?", (group_id,))
     booked = conn.total_changes - start
     for seq, takes in bodies:
         _release(conn, seq, results if takes else None)
