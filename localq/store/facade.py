@@ -268,7 +268,8 @@ class Store:
 
     # -------------------------------------------------------------- the canvas
 
-    def send_workflow(self, batches: Iterable[tuple[Sequence[JobRow], Sequence[tuple[int, str]]]],
+    def send_workflow(self, batches: Iterable[tuple[Sequence[JobRow], Sequence[tuple[int, str]],
+                                                    Sequence[tuple]]],
                       groups: Sequence[tuple]) -> int:
         """Insert a workflow (batches of jobs and of what their outcomes set off, then
         its groups and chords) in one transaction; returns how many jobs were new."""

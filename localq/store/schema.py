@@ -14,7 +14,7 @@ import threading
 
 from ..exceptions import DatabaseError
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 BUSY_TIMEOUT_MS = 60_000
 # Every delay() commits a table page and an index page to the WAL; at 1 KiB they
 # cost ~4 us less to checksum, copy and write than at SQLite's default 4 KiB:
@@ -201,6 +201,18 @@ GROUP_RESULTS_DDL = (
     f"WHERE group_id IS NOT NULL AND length(result) <= {SHORT_RESULT};")
 DDL += GROUP_RESULTS_DDL + "\n"
 
+# A chord's header results, joined a part (store/canvas.py's PART members) at a time as
+# the header runs, so that the body's release joins the last part, not the whole header.
+CHORD_PARTS_DDL = """
+CREATE TABLE IF NOT EXISTS canvas_parts (
+    group_id  TEXT NOT NULL,
+    part      INTEGER NOT NULL,
+    remaining INTEGER NOT NULL,
+    results   TEXT,
+    PRIMARY KEY (group_id, part)
+) WITHOUT ROWID"""
+DDL += CHORD_PARTS_DDL + ";\n"
+
 # From version N to N+1.
 MIGRATIONS: dict[int, str] = {
     1: "ALTER TABLE rate_limits ADD COLUMN override_set REAL",   # when an override was set
@@ -222,6 +234,10 @@ MIGRATIONS: dict[int, str] = {
         CREATE TABLE task_totals (task TEXT NOT NULL, kind TEXT NOT NULL,
             n REAL NOT NULL DEFAULT 0, PRIMARY KEY (task, kind)) WITHOUT ROWID""",  # monitoring
     6: GROUP_RESULTS_DDL,       # a chord's header results, read by its body's release
+    # ... joined a part at a time while the header runs; a bulk-sent chord member (no
+    # root_id) is counted by its group id, no longer by a canvas row of its own
+    7: CHORD_PARTS_DDL + ";DELETE FROM canvas WHERE seq > 0 AND EXISTS (SELECT 1 FROM jobs "
+       "WHERE jobs.seq = canvas.seq AND jobs.root_id IS NULL)",
 }
 
 
