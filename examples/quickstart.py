@@ -31,4 +31,5 @@ if __name__ == "__main__":
         print("squares   =", squares)
         pages = app.map(fetch, range(20), timeout=60)
         print("fetched   =", len(pages), "pages at most 200/s")
-    print(f"results are stored in {app.path}: python -m localq status")
+    # app.map hands its results back and forgets them; add's stays in the file.
+    print(f"add's job and result are stored in {app.path}: python -m localq status")

@@ -16,7 +16,8 @@ Once per due time: the file holds each entry's ``last_due``; a scheduler sends a
 only in the transaction that moves ``last_due`` from the value it knows to the run's due
 time (compare-and-set), and one that finds it moved re-reads it and sends nothing. A
 new entry is anchored at the moment it is first seen (its first run is one period
-later, as in Celery); a removed entry is forgotten; a changed schedule applies from the
+later, as in Celery); a removed entry is forgotten (a scheduler still running with it
+puts it back where it stood); a changed schedule applies from the
 stored last due time at the next start. After downtime that missed several due times,
 the entry runs once and then keeps its schedule (an interval keeps its phase).
 """
@@ -228,17 +229,24 @@ class Scheduler:
                           when(entry.due, entry.zone))
             entry.due = entry.next_after(due)
             return False
-        with self.store.transaction() as tx:
-            won = tx.advance_beat_entry(entry.name, entry.last_due, due, now)
+        for attempt in range(2):
+            with self.store.transaction() as tx:
+                won = tx.advance_beat_entry(entry.name, entry.last_due, due, now)
+                if won:
+                    while not tx.enqueue(job):     # two producers drew the same row number
+                        job = entry.task.app.new_job(entry.task, entry.args, entry.kwargs,
+                                                     now=now, **entry.options)
             if won:
-                while not tx.enqueue(job):       # two producers drew the same row number
-                    job = entry.task.app.new_job(entry.task, entry.args, entry.kwargs,
-                                                 now=now, **entry.options)
-        if not won:       # another scheduler sent it, or the entry was forgotten
+                break
             stored = self.store.beat_entries()
-            if entry.name not in stored:
-                stored = self.store.sync_beat_entries([e.name for e in self.entries], now)
-            entry.anchor(*stored[entry.name])
+            if entry.name in stored:     # another scheduler sent it: go on from there
+                entry.anchor(*stored[entry.name])
+                return False
+            # Forgotten by a scheduler started with a schedule without it (another app on
+            # the file, or a newer deploy of this one): this one still has it, so it puts
+            # it back where it stood and sends the run, rather than skip it.
+            self.store.restore_beat_entry(entry.name, entry.last_due, entry.last_run)
+        if not won:
             return False
         if count != 1:
             log.warning("beat: %s missed %s due times from %s to %s while no scheduler "

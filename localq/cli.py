@@ -11,10 +11,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import logging
 import os
 import sys
 import time
 from datetime import datetime
+from pprint import pformat
 from typing import Any, Callable, NoReturn, Sequence
 
 from .app import Localq
@@ -88,6 +90,14 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _when(text: str) -> datetime:
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 date and time "
+                                         f"(e.g. 2026-12-01T08:00+00:00)") from None
+
+
 def _loglevel(text: str) -> str | int:
     try:
         return check_level(text)
@@ -103,6 +113,58 @@ def _global_args(p: argparse.ArgumentParser, default: Any) -> None:
                    help="the app, as module:attribute (e.g. tasks:app)")
     p.add_argument("--db", default=default, metavar="PATH", help="use this database file "
                    "instead of the app's (for status/show/purge without the app)")
+
+
+# Celery's command-line flags that mean nothing on one host: accepted, so that an existing
+# command line (a systemd unit, a Procfile) starts as it is, and named in one warning at
+# start. (flags, value metavar or None for a switch, why it means nothing here)
+_NoOp = tuple[tuple[str, ...], str | None, str]
+_SCHEDULE_FILE: _NoOp = (("-s", "--schedule"), "PATH",
+                         "beat's last runs are kept in the database file")
+_SCHEDULER: _NoOp = (("-S", "--scheduler"), "CLASS", "localq has one scheduler, on the file")
+CELERY_WORKER_NO_OPS: list[_NoOp] = [
+    (("-E", "--task-events"), None, "task events are always read from the file"),
+    (("--without-gossip",), None, "there is no cluster to gossip with"),
+    (("--without-mingle",), None, "there is no cluster to sync with at start"),
+    (("--without-heartbeat",), None, "the heartbeat stays: it is how a dead worker's jobs "
+                                     "are put back"),
+    (("--prefetch-multiplier",), "N", "a child is handed work by how fast it finishes it"),
+    (("--statedb",), "PATH", "revocations are kept in the database file"),
+    _SCHEDULE_FILE, _SCHEDULER,
+]
+CELERY_BEAT_NO_OPS: list[_NoOp] = [_SCHEDULE_FILE, _SCHEDULER,
+                                   (("--max-interval",), "SECONDS",
+                                    "the scheduler sleeps until the next due run")]
+
+
+def _celery_no_ops(parser: argparse.ArgumentParser, flags: list[_NoOp]) -> None:
+    for names, metavar, why in flags:
+        dest = "celery_" + names[-1].lstrip("-").replace("-", "_")
+        if metavar is None:
+            parser.add_argument(*names, dest=dest, action="store_true",
+                                help=f"accepted for Celery's; no effect: {why}")
+        else:
+            parser.add_argument(*names, dest=dest, default=None, metavar=metavar,
+                                help=f"accepted for Celery's; no effect: {why}")
+
+
+def ignored_celery_flags(args: argparse.Namespace, flags: list[_NoOp]) -> str | None:
+    """The one warning naming the Celery flags given that have no effect here."""
+    given = [f"{names[-1]} ({why})" for names, _, why in flags
+             if getattr(args, "celery_" + names[-1].lstrip("-").replace("-", "_"), None)
+             not in (None, False)]
+    return f"localq ignores these Celery flags: {'; '.join(given)}" if given else None
+
+
+def _autoscale(text: str) -> int:
+    """Celery's --autoscale MAX,MIN (or MAX): the MAX."""
+    try:
+        most = int(text.split(",")[0])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not MAX,MIN (e.g. 8,2)") from None
+    if most < 1:
+        raise argparse.ArgumentTypeError(f"MAX must be 1 or more, not {most}")
+    return most
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -151,6 +213,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="soft time limit")
     w.add_argument("-B", "--beat", action="store_true", help="also send the periodic tasks "
                    "of beat_schedule (safe in every worker: each due run is sent once)")
+    w.add_argument("-P", "--pool", default=None, metavar="POOL",
+                   help="Celery's pool: prefork (what localq runs) or solo (one child); "
+                   "threads, gevent and eventlet are refused")
+    w.add_argument("--autoscale", type=_autoscale, default=None, metavar="MAX,MIN",
+                   help="accepted for Celery's: localq keeps MAX children (no autoscaling)")
+    _celery_no_ops(w, CELERY_WORKER_NO_OPS)
     w.set_defaults(run=cmd_worker)
     _beat_parser(sub, app_args)
 
@@ -211,6 +279,32 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("what", choices=("active", "reserved", "scheduled", "registered", "stats"))
     i.add_argument("--json", action="store_true", help="print it as JSON")
     i.set_defaults(run=cmd_inspect)
+
+    c = sub.add_parser("call", help="send a job by task name and print its id (Celery's "
+                       "`celery call`)")
+    app_args(c, required=False)
+    c.add_argument("name", help="the task's name, e.g. tasks.add")
+    c.add_argument("-a", "--args", default="[]", help="positional arguments, a JSON list")
+    c.add_argument("-k", "--kwargs", default="{}", help="keyword arguments, a JSON object")
+    c.add_argument("--countdown", type=_seconds, default=None, metavar="SECONDS",
+                   help="not before this many seconds from now")
+    c.add_argument("--eta", type=_when, default=None, metavar="ISO8601",
+                   help="not before this date and time (e.g. 2026-12-01T08:00+00:00)")
+    c.add_argument("--expires", type=_seconds, default=None, metavar="SECONDS",
+                   help="never starts after this many seconds from now")
+    c.add_argument("-Q", "--queue", default=None, help="the queue (default: the task's)")
+    c.set_defaults(run=cmd_call)
+
+    rs = sub.add_parser("result", help="print a job's result, waiting for it (Celery's "
+                        "`celery result`)")
+    app_args(rs, required=False)
+    rs.add_argument("id")
+    rs.add_argument("-t", "--timeout", type=_seconds, default=None, metavar="SECONDS",
+                    help="wait at most this long (default: as long as it takes)")
+    rs.add_argument("--traceback", action="store_true", help="print a failed job's "
+                    "traceback instead")
+    rs.add_argument("--json", action="store_true", help="print the result as JSON")
+    rs.set_defaults(run=cmd_result)
 
     e = sub.add_parser("events", help="print task state changes as they happen (Ctrl-C stops)")
     app_args(e, required=False)
@@ -306,6 +400,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if args.detach and not args.pidfile:
         _fail("--detach needs --pidfile PATH: the pid written there is how you stop the "
               "worker later (kill $(cat PATH))")
+    concurrency = args.concurrency
+    pool = (args.pool or "prefork").lower()
+    if pool in ("solo",):
+        concurrency = concurrency or 1
+    elif pool not in ("prefork", "processes"):
+        _fail(f"localq runs tasks in child processes only (Celery's prefork pool), not "
+              f"{args.pool!r}: drop -P/--pool, or use -P prefork")
+    if args.autoscale is not None and concurrency is None:
+        concurrency = args.autoscale
     app = _app(args)
     from .worker.daemon import PidFile, detach, open_logfile
     from .worker.options import resolve
@@ -315,7 +418,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     except ImportError as exc:
         _fail(f"cannot import a module named in the app's imports/include: {exc}")
     app.finalize()         # autodiscover_tasks, on_after_configure: before the banner
-    options = resolve(app.conf, concurrency=args.concurrency, queues=args.queues,
+    options = resolve(app.conf, concurrency=concurrency, queues=args.queues,
                       max_tasks_per_child=args.max_tasks_per_child,
                       max_memory_per_child=args.max_memory_per_child,
                       time_limit=args.time_limit, soft_time_limit=args.soft_time_limit,
@@ -332,6 +435,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
         os.close(log_fd)
     try:
         setup_worker_logging(options.loglevel, app.conf.worker_hijack_root_logger)
+        ignored = ignored_celery_flags(args, CELERY_WORKER_NO_OPS)
+        if args.autoscale is not None:
+            ignored = (ignored + "; " if ignored else "localq ignores these Celery flags: ") + \
+                f"--autoscale (it keeps {options.concurrency} children)"
+        if ignored:
+            logging.getLogger("localq.worker").warning(ignored)
         options.apply_time_limits(app.conf)
         print(banner(app, options.queues, options.concurrency), file=sys.stderr, flush=True)
         return Supervisor(app, options).run()
@@ -348,6 +457,7 @@ def _beat_parser(sub: Any, app_args: Callable[[argparse.ArgumentParser], None]) 
                    help="DEBUG, INFO (the default: a line per run sent), WARNING, ...")
     b.add_argument("--list", action="store_true",
                    help="print each entry with its schedule, last run and next run, and exit")
+    _celery_no_ops(b, CELERY_BEAT_NO_OPS)
     b.set_defaults(run=cmd_beat)
 
 
@@ -364,6 +474,8 @@ def cmd_beat(args: argparse.Namespace) -> int:
         print(render_listing(listing(app, store, time.time()), zone_of(app.conf)))
         return 0
     setup_worker_logging(args.loglevel, app.conf.worker_hijack_root_logger)
+    if ignored := ignored_celery_flags(args, CELERY_BEAT_NO_OPS):
+        logging.getLogger("localq.beat").warning(ignored)
     return serve(app, Store(app.path, app.conf.database_synchronous))
 
 
@@ -542,6 +654,47 @@ def _final_state(app: Localq, job_id: str, timeout: float) -> str | None:
             return None
         time.sleep(delay)
         delay = min(delay * 2, 0.1)
+
+
+def cmd_call(args: argparse.Namespace) -> int:
+    call_args, call_kwargs = _json_arg("--args", args.args, list), \
+        _json_arg("--kwargs", args.kwargs, dict)
+    options = {k: v for k, v in (("countdown", args.countdown), ("eta", args.eta),
+                                 ("expires", args.expires), ("queue", args.queue))
+               if v is not None}
+    print(_app(args).send_task(args.name, call_args, call_kwargs, **options).id)
+    return 0
+
+
+def _json_arg(flag: str, text: str, kind: type) -> Any:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        _fail(f"{flag} is not JSON ({exc}): e.g. {flag} '[2, 2]'" if kind is list else
+              f"{flag} is not JSON ({exc}): e.g. {flag} '{{\"x\": 1}}'")
+    if not isinstance(value, kind):
+        _fail(f"{flag} must be a JSON {'list' if kind is list else 'object'}, "
+              f"not {type(value).__name__}")
+    return value
+
+
+def cmd_result(args: argparse.Namespace) -> int:
+    app = _existing_app(args)
+    if app.store.state(args.id) is None:
+        _fail(f"no job {args.id} in {app.path}", 1)
+    result = app.AsyncResult(args.id)
+    try:
+        value = result.get(timeout=args.timeout, propagate=False)
+    except TimeoutError:
+        _fail(f"job {args.id} is still {result.state} after {args.timeout}s", 1)
+    if args.traceback:
+        print(result.traceback or f"job {args.id} ended {result.state}: no traceback")
+        return 0
+    if result.state != "SUCCESS":
+        _fail(f"job {args.id} ended {result.state}: {type(value).__name__}: {value} "
+              f"(--traceback prints where)", 1)
+    print(json.dumps(value, default=repr) if args.json else pformat(value))
+    return 0
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:

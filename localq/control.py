@@ -14,6 +14,7 @@ from .serializer import encode_exception
 
 if TYPE_CHECKING:
     from .app import Localq
+    from .inspect import Inspect
 
 
 class Control:
@@ -42,6 +43,20 @@ class Control:
         text = None if rate is None else (parsed.text if parsed else "0")
         self.app.store.set_rate_override(task_name, text, time.time())
         self.app.nudge_workers(b"L")
+
+    def inspect(self, destination: Iterable[str] | None = None, timeout: float = 1.0,
+                **ignored: object) -> Inspect:
+        """Celery's ``app.control.inspect()``: what the workers run, hold and know, read
+        from the file (no broadcast: ``timeout`` is accepted and not needed)."""
+        from .inspect import Inspect
+        return Inspect(self.app, None if destination is None else list(destination))
+
+    def ping(self, destination: Iterable[str] | None = None, timeout: float = 1.0,
+             **ignored: object) -> list[dict[str, dict[str, str]]]:
+        """Celery's ``app.control.ping()``: ``[{worker name: {"ok": "pong"}}]`` for each
+        worker alive on the file (by its heartbeat)."""
+        answer = self.inspect(destination).ping() or {}
+        return [{name: pong} for name, pong in answer.items()]
 
     def purge(self, queues: Iterable[str] | None = None) -> int:
         """Delete waiting jobs (of these queues, or all); returns how many."""

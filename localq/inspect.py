@@ -74,6 +74,43 @@ def inspect(app: Localq, command: str) -> dict[str, Any]:
     return out
 
 
+class Inspect:
+    """``app.control.inspect()``: Celery's Python API for the same answers, each a dict
+    {worker name: answer}, or None when no worker runs (as Celery's, when none replies).
+    ``destination``: only these worker names."""
+
+    def __init__(self, app: Localq, destination: list[str] | None = None) -> None:
+        self.app = app
+        self.destination = destination
+
+    def _ask(self, command: str) -> dict[str, Any] | None:
+        if not self.app.store.workers():
+            return None
+        answer = inspect(self.app, command)
+        if self.destination is not None:
+            answer = {k: v for k, v in answer.items() if k in self.destination}
+        return answer or None
+
+    def active(self) -> dict[str, Any] | None:
+        return self._ask("active")
+
+    def reserved(self) -> dict[str, Any] | None:
+        return self._ask("reserved")
+
+    def scheduled(self) -> dict[str, Any] | None:
+        return self._ask("scheduled")
+
+    def registered(self) -> dict[str, Any] | None:
+        return self._ask("registered")
+
+    def stats(self) -> dict[str, Any] | None:
+        return self._ask("stats")
+
+    def ping(self) -> dict[str, Any] | None:
+        answer = self._ask("stats")
+        return None if answer is None else {name: {"ok": "pong"} for name in answer}
+
+
 def render(answer: dict[str, Any]) -> str:
     """Celery's layout: ``-> name: OK`` then one line per item (or ``- empty -``)."""
     lines = []
@@ -99,6 +136,10 @@ def events(app: Localq, out: TextIO, poll: float = 0.2,
     # seq -> [id, task, state, started]: jobs seen unfinished
     follow: dict[int, list] = {j["seq"]: [j["id"], j["task"], "STARTED", True]
                                for j in monitor.running()}
+
+    # Said once the starting point is read, so that a caller knows from when it sees.
+    out.write(f"-> localq events: watching {app.path} (Ctrl-C stops)\n")
+    out.flush()
 
     def emit(event: str, job_id: str, task: str, detail: str = "") -> None:
         stamp = datetime.now().isoformat(" ", "milliseconds")

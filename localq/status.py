@@ -150,22 +150,40 @@ def render_status(app: Localq, data: dict | None = None) -> str:
 
 
 _warned: set[str] = set()
+_warned_queues: set[tuple[str, str]] = set()
 _seen_worker: dict[str, float] = {}
 
 
 def warn_if_no_worker(result: AsyncResult | None, app: Localq, waiter: str,
                       stacklevel: int = 2) -> None:
     """Warn once per database file when a caller is about to wait (for ``result``, or
-    for jobs just sent when None) and no worker is registered on the file."""
+    for jobs just sent when None) and no worker is registered on the file; and once per
+    queue when workers are, but none takes ``result``'s queue."""
     path = app.path
-    if path in _warned or time.monotonic() - _seen_worker.get(path, float("-inf")) < RECHECK:
-        return
     if result is not None and result.state in FINAL_STATES:
         return
-    if app.store.workers():
+    if path not in _warned and time.monotonic() - _seen_worker.get(path, -RECHECK) >= RECHECK:
+        running = app.store.workers()
+        if not running:
+            _warned.add(path)
+            warnings.warn(f"no localq worker is running on {path}: {waiter} waits for one "
+                          f"(start one with `with app.worker():` or `python -m localq "
+                          f"worker`)", RuntimeWarning, stacklevel=stacklevel + 1)
+            return
         _seen_worker[path] = time.monotonic()
+    elif result is None or path in _warned:
         return
-    _warned.add(path)
-    warnings.warn(f"no localq worker is running on {path}: {waiter} waits for one (start "
-                  f"one with `with app.worker():` or `python -m localq worker`)",
-                  RuntimeWarning, stacklevel=stacklevel + 1)
+    else:
+        running = app.store.workers()
+    if result is None or not running or (row := app.store.job(result.id)) is None:
+        return
+    # Workers run, but maybe none that takes this job's queue (Celery's default queue is
+    # named "celery", localq's "default": a copied queue="celery" would wait forever).
+    queue = row["queue"]
+    taken = {q for w in running for q in w["queues"].split(",")}
+    if queue not in taken and (path, queue) not in _warned_queues:
+        _warned_queues.add((path, queue))
+        warnings.warn(f"no localq worker on {path} takes queue {queue!r} (they take: "
+                      f"{', '.join(sorted(taken))}): {waiter} waits for one (start one "
+                      f"with `python -m localq worker -Q {queue}`, or send to a queue they "
+                      f"take)", RuntimeWarning, stacklevel=stacklevel + 1)

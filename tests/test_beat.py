@@ -168,10 +168,33 @@ def test_a_scheduler_that_lost_the_race_or_its_entry_sends_nothing_and_goes_on(b
     beat_app.conf.beat_schedule = {"a": {"task": "test_beat.tick", "schedule": 10}}
     one, two = scheduler(beat_app), scheduler(beat_app)
     assert one.run_due(T0 + 10) == 1
-    # Another scheduler, started with other code, forgot the entry: it is seen anew.
+    # Another scheduler, started with other code, forgot the entry: the ones that still
+    # have it put it back where it stood (after the run sent at T0 + 10) and go on.
     beat_app.store.sync_beat_entries([], T0 + 11)
     assert two.run_due(T0 + 12) == 0
-    assert two.next_due() == T0 + 22
+    assert two.next_due() == T0 + 20
+    assert two.run_due(T0 + 20) == 1 and one.run_due(T0 + 20) == 0
+    assert jobs_of(beat_app, "test_beat.tick") == 2
+
+
+def test_apps_sharing_a_file_forget_each_others_entries_yet_lose_no_run(beat_app, db_path):
+    other = Localq(db_path, main="reports")
+
+    @other.task(name="reports.build")
+    def build():
+        return 1
+
+    beat_app.conf.beat_schedule = {"a": {"task": "test_beat.tick", "schedule": 10}}
+    other.conf.beat_schedule = {"nightly": {"task": "reports.build", "schedule": 10}}
+    mine = scheduler(beat_app)
+    theirs = scheduler(other, T0 + 1)                # forgets "a": not in its schedule
+    assert mine.run_due(T0 + 10) == 1                # puts it back, sends its run
+    mine = scheduler(beat_app, T0 + 10.5)            # a restart forgets "nightly"
+    assert theirs.run_due(T0 + 11) == 1
+    for t in (20, 30):
+        assert mine.run_due(T0 + t) == 1 and theirs.run_due(T0 + t + 1) == 1
+    assert jobs_of(beat_app, "test_beat.tick") == 3 and jobs_of(other, "reports.build") == 3
+    other.close()
 
 
 # ------------------------------------------------------------------ time zones
@@ -308,8 +331,12 @@ def test_three_workers_with_beat_on_one_file_send_each_due_run_once(project, pro
         # Every due time is on the entry's grid: first seen + k * 0.25 s.
         steps = [(b - a) / 0.25 for a, b in zip(sorted(dues), sorted(dues)[1:])]
         assert all(abs(s - round(s)) < 1e-6 and round(s) >= 1 for s in steps), steps
+        # A job the killed worker had claimed is put back by a worker that starts (the
+        # two stopped ones may have stopped before they saw it dead).
+        procs.append(Proc(env, tmp_path, "worker", "-c", "1"))
         assert all(app.AsyncResult(job).get(timeout=60) == 1 for name, _, _, job in sent
                    if name == "tick"), "every run was run by a worker"
+        procs[-1].stop()       # (it may still be starting: no exit status to check)
         assert "hourly" in app.store.beat_entries()
     finally:
         app.close()

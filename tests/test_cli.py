@@ -157,6 +157,32 @@ def test_show_json(app, db_path):
     assert "ValueError" in job["traceback"]
 
 
+def test_call_sends_by_name_and_result_prints_it_as_celery_does(app, db_path):
+    sent = cli("call", "--db", db_path, "sample_tasks.add", "-a", "[2, 3]")
+    assert sent.returncode == 0, sent.stderr
+    job_id = sent.stdout.strip()
+    bad = cli("call", "--db", db_path, "sample_tasks.add", "--args", "[2]", "--countdown", "0.1")
+    with app.worker(concurrency=1):
+        assert app.AsyncResult(job_id).get(timeout=20) == 5
+        done = cli("result", "--db", db_path, job_id, "--timeout", "20")
+        assert (done.returncode, done.stdout) == (0, "5\n"), done.stderr
+        failed = cli("result", "--db", db_path, bad.stdout.strip(), "--timeout", "20")
+    assert "ended FAILURE: TypeError" in one_line_error(failed, 1)
+    tb = cli("result", "--db", db_path, bad.stdout.strip(), "--traceback")
+    assert "Traceback" in tb.stdout and "TypeError" in tb.stdout
+    assert "no job nope" in one_line_error(cli("result", "--db", db_path, "nope"), 1)
+
+
+def test_call_with_arguments_that_are_not_json_says_so_and_sends_nothing(app, db_path):
+    assert "--args is not JSON" in one_line_error(
+        cli("call", "--db", db_path, "sample_tasks.add", "-a", "2, 3"))
+    assert "--kwargs must be a JSON object, not list" in one_line_error(
+        cli("call", "--db", db_path, "sample_tasks.add", "-k", "[1]"))
+    assert "not an ISO 8601" in one_line_error(
+        cli("call", "--db", db_path, "sample_tasks.add", "--eta", "tomorrow"))
+    assert not os.path.exists(db_path)        # nothing was sent: not even the file is made
+
+
 def test_status_into_a_closed_pipe_exits_quietly(app, db_path):
     for i in range(50):
         app.send_task(f"tasks.t{i}", ())
@@ -194,6 +220,21 @@ def test_get_with_a_worker_or_a_final_job_does_not_warn(app):
             r = sample_tasks.add.delay(1, 1)
             assert r.get(timeout=20) == 2
         assert r.get(timeout=1) == 2          # finished: nothing to wait for
+
+
+def test_get_of_a_job_in_a_queue_no_worker_takes_warns_naming_the_queue(app):
+    with app.worker(concurrency=1):      # takes "default" only
+        r = sample_tasks.add.apply_async((1, 1), queue="celery")    # Celery's default name
+        with pytest.warns(RuntimeWarning, match="no localq worker on .* takes queue 'celery' "
+                          r"\(they take: default\).*-Q celery"):
+            with pytest.raises(localq.TimeoutError):
+                r.get(timeout=0.05)
+        with warnings.catch_warnings():      # once per queue
+            warnings.simplefilter("error")
+            with pytest.raises(localq.TimeoutError):
+                r.get(timeout=0.05)
+    with app.worker(concurrency=1, queues=["celery"]):
+        assert r.get(timeout=20) == 2
 
 
 def test_revoke_leaves_no_unclosed_socket(tmp_path):
@@ -333,3 +374,23 @@ def test_celeryd_log_level_in_the_config_is_the_workers_level(tmp_path):
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_a_celery_worker_command_line_starts_as_it_is(app, start_worker):
+    w = start_worker("-E", "--without-gossip", "--without-mingle", "--without-heartbeat",
+                     "-P", "prefork", "--autoscale=3,1", "--prefetch-multiplier", "1").ready()
+    assert sample_tasks.add.delay(1, 2).get(timeout=20) == 3
+    err = w.stderr()
+    assert "concurrency=3" in err
+    assert err.count("localq ignores these Celery flags") == 1
+    assert "--without-gossip (there is no cluster" in err and "--autoscale (it keeps 3" in err
+    w.signal(signal.SIGTERM)
+    assert w.wait(30) == 0
+
+
+def test_a_pool_localq_cannot_run_is_refused_in_one_line(db_path):
+    err = one_line_error(cli("worker", "--app", "sample_tasks:app", "--db", db_path,
+                             "-P", "gevent"))
+    assert "child processes only" in err and "'gevent'" in err
+    solo = cli("beat", "--app", "sample_tasks:app", "--db", db_path, "-s", "x", "--list")
+    assert solo.returncode == 0, solo.stderr

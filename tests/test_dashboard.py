@@ -3,9 +3,11 @@ events commands, through HTTP and the CLI against a live worker (real processes)
 from __future__ import annotations
 
 import json
+import queue
 import sqlite3
 import subprocess
 import sys
+import threading
 from typing import Any, Iterator
 
 import pytest
@@ -165,7 +167,21 @@ def test_inspect_and_events(app, db_path, start_worker):
     app.store.workers()              # the file exists
     events = subprocess.Popen([sys.executable, "-m", "localq", "events", "--db", db_path],
                               stdout=subprocess.PIPE, text=True, start_new_session=True)
+    assert events.stdout is not None
+    printed: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [printed.put(line) for line in events.stdout],  # type: ignore[union-attr]
+                     daemon=True).start()
+    lines: list[str] = []
+
+    def next_line() -> str:
+        try:
+            lines.append(printed.get(timeout=30))
+        except queue.Empty:
+            raise AssertionError(f"events printed nothing for 30s after {lines}") from None
+        return lines[-1]
     try:
+        # Jobs sent before it has read where to start from are not its to show.
+        assert next_line().startswith("-> localq events: watching ")
         start_worker("--app", "dash_tasks:app", "-c", "2").ready()
         long = sample_tasks.sleep_then.delay(30)
         quick = sample_tasks.add.delay(2, 3)
@@ -188,17 +204,29 @@ def test_inspect_and_events(app, db_path, start_worker):
         later = sample_tasks.add.apply_async((1, 1), countdown=600)
         scheduled = next(iter(inspect("scheduled", "--json").values()))
         assert [s["request"]["id"] for s in scheduled] == [later.id]
-        lines: list[str] = []
-        assert events.stdout is not None
         while not any("task-succeeded" in line and quick.id in line for line in lines):
-            line = events.stdout.readline()
-            assert line, "events ended"
-            lines.append(line)
+            next_line()
         assert any("task-received" in line and quick.id in line for line in lines)
         assert any("task-started" in line and long.id in line for line in lines)
     finally:
         events.kill()
         events.wait(10)
+
+
+def test_control_inspect_and_ping_answer_as_celerys_python_api(app):
+    assert app.control.inspect().active() is None and app.control.ping() == []  # no worker
+    with app.worker(concurrency=2):
+        long = sample_tasks.sleep_then.delay(30)
+        i = app.control.inspect()
+        wait_for(lambda: any(j["id"] == long.id for jobs in (i.active() or {}).values()
+                             for j in jobs), what="inspect().active() to show the running job")
+        (name, jobs), = i.active().items()
+        assert name.startswith("localq@") and jobs[0]["name"] == "sample_tasks.sleep_then"
+        assert app.control.ping() == [{name: {"ok": "pong"}}]
+        assert i.stats()[name]["pool"]["max-concurrency"] == 2
+        assert app.control.inspect(destination=["localq@elsewhere:1"]).active() is None
+        long.revoke(terminate=True)       # so that the worker stops at once
+        wait_for(lambda: long.state == "REVOKED", what="the running job revoked")
 
 
 def test_filtered_pages_look_at_a_bounded_window_and_go_on_by_key(app, monkeypatch):
@@ -241,7 +269,7 @@ def test_pages_answer_while_another_process_holds_the_write_lock(app, live, db_p
 
 def strip_monitoring(con: sqlite3.Connection) -> None:
     """Make a database what localq wrote before the monitoring tables (schema 5)."""
-    con.executescript("DROP TABLE IF EXISTS inboxes; "             # of schema 8
+    con.executescript("DROP TABLE IF EXISTS inboxes; "             # of schema 9
                       "DROP INDEX IF EXISTS jobs_group_results; "  # of schema 7
                       "DROP TABLE throughput; DROP TABLE task_totals; "
                       "ALTER TABLE workers DROP COLUMN processed; "

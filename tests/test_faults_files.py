@@ -416,3 +416,13 @@ def test_threads_that_call_get_and_end_leave_no_descriptor_behind(tmp_path):
         app.close()
     assert not errors, errors[0]
     assert after - before <= 12, (before, after)
+
+
+def test_an_sqlite_too_old_for_localqs_sql_is_refused_with_one_clear_message():
+    from localq.store.schema import MIN_SQLITE, check_sqlite_version
+    with pytest.raises(localq.DatabaseError) as info:
+        check_sqlite_version((3, 31, 1))      # Ubuntu 20.04's: no RETURNING
+    message = str(info.value)
+    assert "SQLite 3.35.0 or newer" in message and "SQLite 3.31.1" in message
+    check_sqlite_version(MIN_SQLITE)
+    check_sqlite_version(sqlite3.sqlite_version_info)    # this machine's is new enough

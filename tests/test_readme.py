@@ -51,3 +51,24 @@ def test_quickstart_example_runs_on_the_default_database(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "add(2, 3) = 5" in proc.stdout
     assert (tmp_path / "localq.db").exists()
+
+
+def test_every_command_line_in_the_readme_parses():
+    """Each `python -m localq ...` / `localq ...` line the README shows is accepted by the
+    real parser (flags, their values and their order), so that a pasted line runs."""
+    import shlex
+
+    from localq.cli import _parser
+    lines = [line.split("  #")[0].strip() for block in re.findall(r"```bash\n(.*?)```",
+                                                                  README, re.S)
+             for line in block.splitlines()]
+    commands = [shlex.split(line) for line in lines
+                if line.startswith(("python -m localq ", "localq "))]
+    assert len(commands) >= 15
+    for argv in commands:
+        argv = argv[3:] if argv[0] == "python" else argv[1:]
+        try:
+            parsed = _parser().parse_args(argv)
+        except SystemExit:
+            pytest.fail(f"the README's `{shlex.join(argv)}` does not parse")
+        assert parsed.command, argv

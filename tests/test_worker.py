@@ -146,6 +146,16 @@ def test_cli_worker_runs_jobs_and_warm_shutdown_finishes_the_running_job(app, st
     assert "localq worker ready" in err and "concurrency=2" in err and "sample_tasks:app" in err
 
 
+def test_sigterm_to_the_whole_process_group_is_a_warm_shutdown_too(app, start_worker):
+    """systemd's default KillMode, `timeout` and `kill -TERM -PGID` signal every process of
+    the worker, its children too: the running job still finishes."""
+    w, r = worker_running_a_job(app, start_worker, "2", "done", 1.0)
+    os.killpg(w.pid, signal.SIGTERM)
+    assert w.wait(30) == 0
+    assert r.get(timeout=1) == "done"
+    assert "exited unexpectedly" not in w.stderr()
+
+
 def test_second_signal_is_a_cold_shutdown_that_puts_the_job_back(app, start_worker):
     w, r = worker_running_a_job(app, start_worker, "1", "long", 30)
     w.signal(signal.SIGTERM)

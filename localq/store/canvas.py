@@ -17,6 +17,11 @@ off has a row in ``canvas``: its ``spec`` says what to do on success
   releases the body with every header result in header order, and a failure
   ends the body FAILURE with a ChordError instead.
 
+A chord's results list is joined a part at a time while its header runs: each
+part of PART members (by ``group_index``) has a counter in ``canvas_parts``, and
+the transaction that completes a part stores its results joined. The body's
+release then joins the last part and the stored texts, not the whole header.
+
 A chord's ``canvas_groups`` row names its body job (``splice``: 1 when the body
 takes the results). A group as the body (``splice`` = GROUP_BODY) has a canvas
 row of its own under the negated seq of its first member (no job has a negative
@@ -49,6 +54,10 @@ WAITING = -1.0        # the eta of a job that waits for its parent's outcome
 GROUP_BODY = 2        # canvas_groups.splice of a chord whose body is a group
 CHORD_ERROR = "localq.exceptions.ChordError"
 _CHUNK = 500
+# Header members per part of a chord's results list. The body's release joins at most
+# one part's results from the jobs; every transaction of the header pays one counter
+# update per part it touches, and a part's join when it completes.
+PART = 256
 
 
 class RowClash(Exception):
@@ -56,17 +65,32 @@ class RowClash(Exception):
     transaction is rolled back; the sender may build the workflow again."""
 
 
+# A run of bulk-sent group members (canvas.py's _Run): consecutive row numbers and
+# places in the group, one task, JSON payloads given as one JSON array of strings;
+# json_each's key numbers them. The other columns are those of a delay()'s row.
+INSERT_RUN = (
+    "INSERT INTO jobs (state, seq, task, queue, lane, priority, serializer, payload, "
+    "options, eta, expires, created, group_id, group_index) SELECT 'PENDING', ?1 + key, "
+    "?2, ?3, ?4, ?5, 'json', value, ?6, 0.0, ?7, ?8, ?9, ?10 + key FROM json_each(?11) "
+    "WHERE true ON CONFLICT DO NOTHING")
+
+
 def insert(conn: sqlite3.Connection,
-           batches: Iterable[tuple[Sequence[JobRow], Sequence[tuple[int, str]]]],
+           batches: Iterable[tuple[Sequence[JobRow], Sequence[tuple[int, str]],
+                                   Sequence[tuple]]],
            groups: Sequence[tuple]) -> int:
-    """Insert a workflow's jobs and canvas rows, batch by batch (they may be built as
-    they go), then its groups (complete once the batches are); returns how many jobs
-    were new."""
+    """Insert a workflow's jobs (rows, and runs of bulk-sent members: see INSERT_RUN)
+    and canvas rows, batch by batch (they may be built as they go), then its groups
+    (complete once the batches are); returns how many jobs were new."""
     inserted = 0
-    for rows, specs in batches:
-        added = conn.executemany(INSERT_JOB, map(tuple, rows)).rowcount
-        if added != len(rows):
-            raise RowClash(f"{len(rows) - added} of the workflow's row numbers or ids are "
+    for rows, specs, runs in batches:
+        added = conn.executemany(INSERT_JOB, map(tuple, rows)).rowcount if rows else 0
+        wanted = len(rows)
+        for *run, size in runs:
+            added += conn.execute(INSERT_RUN, run).rowcount
+            wanted += size
+        if added != wanted:
+            raise RowClash(f"{wanted - added} of the workflow's row numbers or ids are "
                            f"taken (another sender drew the same numbers, or a task_id "
                            f"exists): nothing was stored")
         inserted += added
@@ -80,50 +104,66 @@ _FINAL = "('SUCCESS', 'FAILURE', 'REVOKED')"
 _parse = functools.lru_cache(maxsize=1024)(json.loads)   # a chord's members share one spec
 
 
-def settle(conn: sqlite3.Connection, seqs: Sequence[int]) -> int:
-    """Fire the follow-ups of those of ``seqs`` that are final now (in the caller's
-    transaction); returns how many jobs became ready: exact for a chain's step and a
+def settle(conn: sqlite3.Connection, seqs: Sequence[int],
+           members: Iterable[tuple[str, int, int]] = ()) -> int:
+    """What outcomes set off, in the caller's transaction: the follow-ups of those of
+    ``seqs`` that are final now (their canvas rows), the failure of a chord whose
+    bulk-sent member among ``seqs`` failed, and the count of ``members``: (group id,
+    part, how many) of the bulk-sent group members (no canvas row, ``root_id`` NULL)
+    that succeeded in this transaction (the writer read them under its UPDATE's guard:
+    a member counts once). Returns how many jobs became ready: exact for a chain's step and a
     chord's members (the supervisor rings other workers on it), an upper bound after a
-    failure. Jobs with no canvas row cost one index probe per chunk; a batch of a
-    chord's members counts them with one UPDATE."""
+    failure. A job of ``seqs`` with no canvas row costs one probe; a chord's members in
+    one transaction are counted with one UPDATE (and one per part)."""
     found: list[tuple] = []
     for start in range(0, len(seqs), _CHUNK):
         chunk = seqs[start:start + _CHUNK]
         found.extend(conn.execute(
-            "SELECT c.seq, c.spec, j.state, j.result, j.exc_type, j.traceback, j.id "
-            "FROM canvas c JOIN jobs j ON j.seq = c.seq WHERE c.seq IN "
-            f"({','.join('?' * len(chunk))}) AND j.state IN {_FINAL}", chunk).fetchall())
-    if not found:
+            "SELECT j.seq, c.spec, j.state, j.result, j.exc_type, j.traceback, j.id, "
+            "j.group_index, j.group_id FROM jobs j LEFT JOIN canvas c ON c.seq = j.seq "
+            f"WHERE j.seq IN ({','.join('?' * len(chunk))}) AND j.state IN {_FINAL} AND "
+            "(c.seq IS NOT NULL OR (j.group_id IS NOT NULL AND j.root_id IS NULL AND "
+            "j.state <> 'SUCCESS'))", chunk).fetchall())
+    counts: dict[str, Counter[int]] = {}
+    for group_id, part, succeeded in members:
+        counts.setdefault(group_id, Counter())[part] += succeeded
+    if not found and not counts:
         return 0
-    conn.executemany("DELETE FROM canvas WHERE seq = ?", [(row[0],) for row in found])
+    fired = [(row[0],) for row in found if row[1] is not None]
+    if fired:
+        conn.executemany("DELETE FROM canvas WHERE seq = ?", fired)
     before = conn.total_changes
-    counts: Counter[str] = Counter()
-    for seq, spec, state, result, exc_type, traceback, custom_id in found:
-        _follow(conn, seq, _parse(spec), state, result, exc_type, traceback, custom_id, counts)
     now = time.time()
-    counted = sum(_count(conn, group_id, succeeded, now)
-                  for group_id, succeeded in counts.items())
-    return conn.total_changes - before - counted      # less the counters' own updates
+    for seq, spec, state, result, exc_type, traceback, custom_id, index, group_id in found:
+        if spec is None:        # a bulk-sent member failed: its chord, if any, fails
+            _chord_failed(conn, group_id,
+                          (result, exc_type, traceback, custom_id or format_id(seq)), now)
+        else:
+            _follow(conn, seq, _parse(spec), state, result, exc_type, traceback, custom_id,
+                    index, counts)
+    booked = sum(_count(conn, group_id, parts, now) for group_id, parts in counts.items())
+    return conn.total_changes - before - booked      # less the counters' own changes
 
 
 def _fire(conn: sqlite3.Connection, seq: int) -> None:
     """Fire one job's follow-ups, if it is final and they have not fired."""
-    row = conn.execute(f"SELECT state, result, exc_type, traceback, id FROM jobs WHERE seq = ? "
-                       f"AND state IN {_FINAL}", (seq,)).fetchone()
+    row = conn.execute(f"SELECT state, result, exc_type, traceback, id, group_index FROM jobs "
+                       f"WHERE seq = ? AND state IN {_FINAL}", (seq,)).fetchone()
     if row is None:
         return
     spec = conn.execute("DELETE FROM canvas WHERE seq = ? RETURNING spec", (seq,)).fetchone()
     if spec is not None:
-        state, result, exc_type, traceback, custom_id = row
+        state, result, exc_type, traceback, custom_id, index = row
         _follow(conn, seq, _parse(spec[0]), state, result, exc_type, traceback, custom_id,
-                None)
+                index, None)
 
 
 def _follow(conn: sqlite3.Connection, seq: int, actions: dict, state: str, result: Any,
             exc_type: str | None, traceback: str | None, custom_id: str | None,
-            counts: Counter[str] | None) -> None:
+            index: int | None, counts: dict[str, Counter[int]] | None) -> None:
     """What a final job sets off (its canvas row already deleted). Successes of a
-    chord's members are added to ``counts`` (counted by the caller), or counted now."""
+    chord's members are added to ``counts`` (group id -> part -> how many: counted by
+    the caller), or counted now."""
     now = time.time()
     if state == "SUCCESS":
         for action in actions.get("ok", ()):
@@ -132,10 +172,11 @@ def _follow(conn: sqlite3.Connection, seq: int, actions: dict, state: str, resul
                 # ignore_result stores no result: the next step gets None
                 _release(conn, action[1], (result or "null") if action[2] else None)
             elif kind == "chord":
+                part = (index or 0) // PART
                 if counts is None:
-                    _count(conn, action[1], 1, now)
+                    _count(conn, action[1], Counter({part: 1}), now)
                 else:
-                    counts[action[1]] += 1
+                    counts.setdefault(action[1], Counter())[part] += 1
         for action in actions.get("err", ()):
             _drop_target(conn, action)
         return
@@ -195,6 +236,7 @@ def _drop(conn: sqlite3.Connection, seq: int) -> None:
         if action[0] == "chord":
             body = conn.execute("DELETE FROM canvas_groups WHERE id = ? RETURNING body, "
                                 "splice", (action[1],)).fetchone()
+            conn.execute("DELETE FROM canvas_parts WHERE group_id = ?", (action[1],))
             if body is not None and body[0] is not None:
                 for seq, _ in _bodies(conn, body[0], body[1]):
                     _drop(conn, seq)
@@ -202,40 +244,87 @@ def _drop(conn: sqlite3.Connection, seq: int) -> None:
             _drop(conn, action[1])
 
 
-def _count(conn: sqlite3.Connection, group_id: str, succeeded: int, now: float) -> int:
-    """Header members of a chord succeeded; the last one releases the body. (A failed
-    member never counts, so a chord that failed never reaches 0.) Returns how many
-    rows of the counter it updated (0 or 1)."""
+def _count(conn: sqlite3.Connection, group_id: str, parts: Counter[int],
+           now: float) -> int:
+    """Header members of a chord succeeded (how many per part); the last one releases
+    the body. (A failed member never counts, so a chord that failed never reaches 0;
+    the members of a plain group find no counter.) Returns how many rows it changed
+    other than the bodies it released (the counters, the parts)."""
+    start = conn.total_changes
     row = conn.execute("UPDATE canvas_groups SET remaining = remaining - ? WHERE id = ? AND "
                        "remaining > 0 RETURNING remaining, body, splice, total",
-                       (succeeded, group_id)).fetchone()
-    if row is None:
-        return 0
-    if row[0] != 0 or row[1] is None:
-        return 1
-    _, body, splice, total = row
+                       (sum(parts.values()), group_id)).fetchone()
+    if row is None or row[1] is None:
+        return conn.total_changes - start
+    remaining, body, splice, total = row
+    # A body that takes no results (splice 0) needs no parts.
+    fresh = _count_parts(conn, group_id, parts, total, remaining != 0) if splice else {}
+    if remaining != 0:
+        return conn.total_changes - start
     bodies = _bodies(conn, body, splice)
-    results = _header_results(conn, group_id, total) if any(t for _, t in bodies) else None
+    if any(t for _, t in bodies):
+        results = _header_results(conn, group_id, total, fresh)
+    else:       # a group body whose members all ignore the results
+        results = None
+        conn.execute("DELETE FROM canvas_parts WHERE group_id = ?", (group_id,))
+    booked = conn.total_changes - start
     for seq, takes in bodies:
         _release(conn, seq, results if takes else None)
-    return 1
+    return booked
 
 
-def _header_results(conn: sqlite3.Connection, group_id: str, total: int) -> str:
-    """The header's results as one JSON list in header order, joined by SQLite (a chord
-    of 10,000 is one text, not 10,000 Python rows). The body's start waits for this, so
-    it is read from ``jobs_group_results`` when every result is short (it covers the
-    query: no lookup of 10,000 table rows); else from the rows themselves."""
+def _count_parts(conn: sqlite3.Connection, group_id: str, parts: Counter[int], total: int,
+                 store: bool) -> dict[int, str]:
+    """Count the members that succeeded per part; join the results of each part they
+    complete: stored in its row (``store``), or returned (the body is released now)."""
+    joined: dict[int, str] = {}
+    for part, succeeded in parts.items():
+        size = min(PART, total - part * PART)
+        left = conn.execute(
+            "INSERT INTO canvas_parts (group_id, part, remaining) VALUES (?, ?, ?) "
+            "ON CONFLICT DO UPDATE SET remaining = remaining - ? RETURNING remaining",
+            (group_id, part, size - succeeded, succeeded)).fetchone()[0]
+        if left == 0:
+            text = _joined(conn, group_id, part * PART, size)
+            if store:
+                conn.execute("UPDATE canvas_parts SET results = ? WHERE group_id = ? AND "
+                             "part = ?", (text, group_id, part))
+            else:
+                joined[part] = text
+    return joined
+
+
+def _header_results(conn: sqlite3.Connection, group_id: str, total: int,
+                    fresh: dict[int, str]) -> str:
+    """The header's results as one JSON list in header order: the parts' texts (stored,
+    or ``fresh``: joined in this transaction), each part that has none (a chord counted
+    before canvas_parts existed) joined now. The parts' rows are deleted."""
+    stored = dict(conn.execute("DELETE FROM canvas_parts WHERE group_id = ? RETURNING part, "
+                               "results", (group_id,)).fetchall())
+    texts = []
+    for part in range((total + PART - 1) // PART):
+        text = fresh.get(part) or stored.get(part)
+        if text is None:
+            text = _joined(conn, group_id, part * PART, min(PART, total - part * PART))
+        texts.append(text)
+    return "[" + ",".join(texts) + "]"
+
+
+def _joined(conn: sqlite3.Connection, group_id: str, first: int, size: int) -> str:
+    """The results of header members ``first`` to ``first + size - 1``, joined by SQLite
+    with commas: from ``jobs_group_results`` when every result is short (it covers the
+    query: no lookup of the table rows), else from the rows themselves."""
     count, joined = conn.execute(
-        "SELECT count(*), '[' || coalesce(group_concat(result, ','), '') || ']' FROM "
-        f"(SELECT result FROM jobs WHERE group_id = ? AND length(result) <= {SHORT_RESULT} "
-        "ORDER BY group_index)", (group_id,)).fetchone()
-    if count == total:
+        "SELECT count(*), group_concat(result, ',') FROM (SELECT result FROM jobs WHERE "
+        "group_id = ? AND group_index >= ? AND group_index < ? AND "
+        f"length(result) <= {SHORT_RESULT} ORDER BY group_index)",
+        (group_id, first, first + size)).fetchone()
+    if count == size:
         return joined
     return conn.execute(
-        "SELECT '[' || coalesce(group_concat(coalesce(result, 'null'), ','), '') || ']' "
-        "FROM (SELECT result FROM jobs WHERE group_id = ? ORDER BY group_index)",
-        (group_id,)).fetchone()[0]
+        "SELECT coalesce(group_concat(coalesce(result, 'null'), ','), '') FROM (SELECT "
+        "result FROM jobs WHERE group_id = ? AND group_index >= ? AND group_index < ? "
+        "ORDER BY group_index)", (group_id, first, first + size)).fetchone()[0]
 
 
 def _bodies(conn: sqlite3.Connection, body: int, splice: int) -> list[tuple[int, int]]:
@@ -253,7 +342,10 @@ def _chord_failed(conn: sqlite3.Connection, group_id: str, failure: tuple,
     naming the member and its exception (once, for the first failure written)."""
     row = conn.execute("UPDATE canvas_groups SET remaining = -1 WHERE id = ? AND "
                        "remaining > 0 RETURNING body, splice", (group_id,)).fetchone()
-    if row is None or row[0] is None:
+    if row is None:
+        return
+    conn.execute("DELETE FROM canvas_parts WHERE group_id = ?", (group_id,))
+    if row[0] is None:
         return
     result, exc_type, _, culprit = failure
     info: dict = {}
@@ -285,10 +377,14 @@ def awaited(conn: sqlite3.Connection) -> str:
 def expire_groups(conn: sqlite3.Connection, before: float) -> int:
     """Delete the groups sent before ``before`` that no chord waits on and whose every
     member is gone (expired or forgotten), as Celery's group results expire."""
-    return conn.execute(
+    deleted = conn.execute(
         "DELETE FROM canvas_groups WHERE created < ? AND (remaining IS NULL OR remaining <= 0) "
         "AND NOT EXISTS (SELECT 1 FROM jobs WHERE group_id = canvas_groups.id)",
         (before,)).rowcount
+    if deleted:     # a chord's parts go with its body's release; none should be left
+        conn.execute("DELETE FROM canvas_parts WHERE group_id NOT IN "
+                     "(SELECT id FROM canvas_groups)")
+    return deleted
 
 
 def forget_group(conn: sqlite3.Connection, group_id: str) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import stat
 import threading
 import time
 import weakref
@@ -46,7 +47,8 @@ _LIVE: weakref.WeakSet[Database] = weakref.WeakSet()
 # With SQLite's WAL-reset bug (schema.py's WAL_RESET_BUG) SQLite's own checkpoint is off
 # and the Database does it, under the write lock, when it sees the -wal file past this
 # size: it looks every WAL_LOOK_EVERY writes (an os.stat, ~1 us), so a process's own
-# writes add at most a few hundred KiB past it before it looks.
+# writes add at most a few hundred KiB past it before it looks. It must be above
+# schema.py's WAL_FILE_KEPT, the size the file never shrinks under.
 WAL_CHECKPOINT_BYTES = 8 << 20
 WAL_LOOK_EVERY = 64
 
@@ -54,6 +56,8 @@ WAL_LOOK_EVERY = 64
 class Database:
     def __init__(self, path: str, synchronous: str = "NORMAL") -> None:
         self.path = path
+        # SQLite keeps the WAL beside the file a symlink leads to (it resolves the name).
+        self.wal_path = os.path.realpath(path) + "-wal"
         self.synchronous = synchronous
         # Seconds a write waits for the write lock before DatabaseError: a supervisor
         # waits less and tries again later, so that its loop goes on meanwhile.
@@ -158,8 +162,9 @@ class Database:
         """Copy committed pages from the WAL into the database file (PASSIVE: it never
         waits for readers and writers). With SQLite's WAL-reset bug it is taken while
         the writing connection holds the write lock (waiting for it as long as a write
-        does), so writers wait for it: ~10 ms for an 8 MiB WAL here, with its fsync;
-        and only if the -wal file is larger than ``past`` bytes."""
+        does), so writers wait for it, and only if the -wal file is larger than ``past``
+        bytes. The WAL is flushed to disk first, without the lock (``sync_wal``): the
+        checkpoint's own flush of it, under the lock, then finds little left to do."""
         with self._lock, _errors(self.path):
             writer = self._wconn or self._writer()
             if not WAL_RESET_BUG:
@@ -167,13 +172,14 @@ class Database:
                 return
             if past:
                 try:
-                    if os.stat(self.path + "-wal").st_size <= past:
+                    if os.stat(self.wal_path).st_size <= past:
                         return
                 except FileNotFoundError:
                     return
             # The reader first: opening it may fail, and nothing may fail between
             # BEGIN and the rollback that checkpoint_guarded's finally takes.
             reader = self._reader()
+            sync_wal(self.wal_path)
             _retry_busy(writer.execute, "BEGIN IMMEDIATE", (), self.patience)
             checkpoint_guarded(reader, writer)
 
@@ -192,6 +198,28 @@ class Database:
         with self._lock, _errors(self.path):
             conn = self._wconn or self._writer()
             return _retry_busy(conn.execute, "PRAGMA data_version").fetchone()[0]
+
+
+def sync_wal(wal_path: str) -> None:
+    """Flush the -wal file's written pages to disk (fdatasync), as a checkpoint does
+    first, but while others may still write: most of a guarded checkpoint's time under
+    the write lock was this flush. Best effort: any error leaves it to the checkpoint.
+
+    The file is opened with a descriptor of this module's own, read-only, and closed,
+    which would release every POSIX lock this process holds on it (see schema.py's
+    open_database); SQLite holds none on the -wal file: its WAL locks are on the -shm
+    and the database file. A symlink, a FIFO or a missing file is left alone."""
+    try:
+        fd = os.open(wal_path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return
+    try:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            os.fdatasync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 _SQLITE_BUSY = 5

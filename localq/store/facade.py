@@ -416,7 +416,8 @@ class Store:
 
     # -------------------------------------------------------------- the canvas
 
-    def send_workflow(self, batches: Iterable[tuple[Sequence[JobRow], Sequence[tuple[int, str]]]],
+    def send_workflow(self, batches: Iterable[tuple[Sequence[JobRow], Sequence[tuple[int, str]],
+                                                    Sequence[tuple]]],
                       groups: Sequence[tuple]) -> int:
         """Insert a workflow (batches of jobs and of what their outcomes set off, then
         its groups and chords) in one transaction; returns how many jobs were new."""
@@ -480,6 +481,11 @@ class Store:
         name -> (last_due, last_run)."""
         with self.db.transaction() as conn:
             return beat.sync_entries(conn, names, now)
+
+    def restore_beat_entry(self, name: str, last_due: float, last_run: float | None) -> None:
+        """Put back a periodic entry another scheduler forgot, anchored where it was."""
+        with self.db.transaction() as conn:
+            beat.restore(conn, name, last_due, last_run)
 
     def beat_entries(self) -> dict[str, tuple[float, float | None]]:
         """name -> (last_due, last_run) of every stored periodic entry."""

@@ -152,7 +152,7 @@ def finish(conn: sqlite3.Connection, owner: int, outcomes: Sequence[Outcome]) ->
     success, done, retry, back = [], [], [], []
     for o in outcomes:
         st = o.state
-        if st == "SUCCESS" and o.started is not None:
+        if st == "SUCCESS":
             success.append((o.seq, o.result, o.ended, o.pid, o.started))
         elif st == "RETRY":
             retry.append(o)
@@ -161,8 +161,8 @@ def finish(conn: sqlite3.Connection, owner: int, outcomes: Sequence[Outcome]) ->
         else:
             done.append((st, o.result, o.exc_type, o.traceback, o.ended, o.pid,
                          o.started, o.seq, owner))
-    if success:    # the common case, with fewer columns to bind (~20% faster)
-        _succeed(conn, owner, success)
+    # What the canvas needs of the jobs that succeeded here: see _succeed
+    succeeded = _succeed(conn, owner, success) if success else []
     if done:
         conn.executemany(
             "UPDATE jobs SET state = ?, result = ?, exc_type = ?, traceback = ?, done = ?, "
@@ -185,8 +185,14 @@ def finish(conn: sqlite3.Connection, owner: int, outcomes: Sequence[Outcome]) ->
                          "ELSE 'PENDING' END, owner = NULL, started = NULL "
                          "WHERE seq = ? AND state = 'STARTED' AND owner = ?", back)
     # What these outcomes set off (a chain's next step, a chord's body), in this
-    # same transaction: written exactly when the outcome is.
-    return canvas.settle(conn, [o.seq for o in outcomes])
+    # same transaction: written exactly when the outcome is. Only a job sent in a
+    # workflow (root_id) may have a canvas row; a bulk-sent group member (no root_id)
+    # is counted by its group id, once: it is in ``succeeded`` only when this
+    # transaction made it SUCCESS.
+    ended = [seq for seq, _, _, _ in succeeded if seq is not None]
+    ended.extend(o.seq for o in outcomes if o.state != "SUCCESS")
+    return canvas.settle(conn, ended, [(group, part, n) for seq, group, part, n in succeeded
+                                       if seq is None])
 
 
 # SUCCESS outcomes: (seq, result, done, pid, started) each. Chunks of a fixed size are
@@ -194,8 +200,9 @@ def finish(conn: sqlite3.Connection, owner: int, outcomes: Sequence[Outcome]) ->
 # cheaper per row than one execution per row; fixed sizes, so that a handful of
 # statements is prepared once and stays in the connection's statement cache. The rest
 # (fewer than the smallest chunk) is one execution per row.
-_SUCCESS_SET = ("state = 'SUCCESS', result = {0}2, done = {0}3, pid = {0}4, started = {0}5, "
-                "owner = NULL, exc_type = NULL, traceback = NULL")   # and an earlier retry's
+_SUCCESS_SET = ("state = 'SUCCESS', result = {0}2, done = {0}3, pid = {0}4, "
+                "started = coalesce({0}5, started), owner = NULL, exc_type = NULL, "
+                "traceback = NULL")   # and an earlier retry's
 _SUCCESS_ONE = (f"UPDATE jobs SET {_SUCCESS_SET.format('?')} "
                 "WHERE seq = ?1 AND state = 'STARTED' AND owner = ?6")
 _SUCCESS_CHUNKS = {
@@ -205,7 +212,25 @@ _SUCCESS_CHUNKS = {
     for size in (256, 64, 16)}
 
 
-def _succeed(conn: sqlite3.Connection, owner: int, rows: list[tuple]) -> None:
+def _succeed(conn: sqlite3.Connection, owner: int, rows: list[tuple]) -> list[tuple]:
+    """Write SUCCESS outcomes. Returns what the canvas needs of the jobs they change:
+    (seq, None, None, None) of each job sent in a workflow (root_id: it may have a
+    canvas row), and (None, group id, part, how many) of the bulk-sent members of a
+    chord that waits (store/canvas.py's settle counts them; a plain group's members
+    cost a probe of canvas_groups here, and nothing more). Read first, under the same
+    guard as the UPDATE, in this transaction: exactly those jobs change."""
+    changed: list[tuple] = []
+    for start in range(0, len(rows), 256):
+        seqs = [row[0] for row in rows[start:start + 256]]
+        seqs.append(owner)
+        changed.extend(conn.execute(
+            "SELECT CASE WHEN root_id IS NOT NULL THEN seq END, CASE WHEN root_id IS NULL "
+            f"THEN group_id END, CASE WHEN root_id IS NULL THEN group_index / {canvas.PART} "
+            f"END, count(*) FROM jobs WHERE seq IN ({','.join('?' * (len(seqs) - 1))}) AND "
+            "state = 'STARTED' AND owner = ? AND (root_id IS NOT NULL OR (group_id IS NOT "
+            "NULL AND EXISTS (SELECT 1 FROM canvas_groups c WHERE c.id = jobs.group_id "
+            "AND c.remaining > 0))) GROUP BY 1, 2, 3",
+            seqs).fetchall())
     start, count = 0, len(rows)
     for size, sql in _SUCCESS_CHUNKS.items():
         while count - start >= size:
@@ -216,6 +241,7 @@ def _succeed(conn: sqlite3.Connection, owner: int, rows: list[tuple]) -> None:
     if start < count:
         own = (owner,)
         conn.executemany(_SUCCESS_ONE, [row + own for row in rows[start:]])
+    return changed
 
 
 def record_attempt(conn: sqlite3.Connection, seq: int, started: float | None, ended: float,

@@ -14,7 +14,7 @@ import threading
 
 from ..exceptions import DatabaseError
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 BUSY_TIMEOUT_MS = 60_000
 # Every delay() commits a table page and an index page to the WAL; at 1 KiB they
 # cost ~4 us less to checksum, copy and write than at SQLite's default 4 KiB:
@@ -42,9 +42,15 @@ def has_wal_reset_bug(version: tuple[int, int, int]) -> bool:
 # checkpoint localq runs is taken while this process holds the write lock on another
 # connection (checkpoint_guarded), and SQLite's automatic checkpoints, which run in
 # whichever connection commits with no such lock, are off on every connection. The
-# Database checkpoints instead when the WAL's size says so: journal_size_limit=0 makes
-# the first commit after a reset truncate the -wal file, so its size tracks its content.
+# Database checkpoints instead when the -wal file's size says so.
 WAL_RESET_BUG = has_wal_reset_bug(sqlite3.sqlite_version_info)
+# journal_size_limit with the bug: the first commit after a reset cuts the -wal file back
+# to this size, so the file is larger than this only while its content is, and whether
+# the WAL has grown past a size above this one (the checkpoint thread's, a producer's) is
+# read with an os.stat. Under it the file is kept allocated and written over in place: a
+# -wal cut to nothing was grown again frame by frame, with the filesystem's block
+# allocation on every commit and more for each fsync to record.
+WAL_FILE_KEPT = 4 << 20
 
 
 def checkpoint_guarded(conn: sqlite3.Connection, holder: sqlite3.Connection) -> None:
@@ -208,6 +214,18 @@ INBOXES_DDL = """CREATE TABLE IF NOT EXISTS inboxes (
 )"""
 DDL += INBOXES_DDL + ";\n"
 
+# A chord's header results, joined a part (store/canvas.py's PART members) at a time as
+# the header runs, so that the body's release joins the last part, not the whole header.
+CHORD_PARTS_DDL = """
+CREATE TABLE IF NOT EXISTS canvas_parts (
+    group_id  TEXT NOT NULL,
+    part      INTEGER NOT NULL,
+    remaining INTEGER NOT NULL,
+    results   TEXT,
+    PRIMARY KEY (group_id, part)
+) WITHOUT ROWID"""
+DDL += CHORD_PARTS_DDL + ";\n"
+
 # From version N to N+1.
 MIGRATIONS: dict[int, str] = {
     1: "ALTER TABLE rate_limits ADD COLUMN override_set REAL",   # when an override was set
@@ -229,8 +247,28 @@ MIGRATIONS: dict[int, str] = {
         CREATE TABLE task_totals (task TEXT NOT NULL, kind TEXT NOT NULL,
             n REAL NOT NULL DEFAULT 0, PRIMARY KEY (task, kind)) WITHOUT ROWID""",  # monitoring
     6: GROUP_RESULTS_DDL,       # a chord's header results, read by its body's release
-    7: INBOXES_DDL,             # producers' inboxes
+    # ... joined a part at a time while the header runs; a bulk-sent chord member (no
+    # root_id) is counted by its group id, no longer by a canvas row of its own
+    7: CHORD_PARTS_DDL + ";DELETE FROM canvas WHERE seq > 0 AND EXISTS (SELECT 1 FROM jobs "
+       "WHERE jobs.seq = canvas.seq AND jobs.root_id IS NULL)",
+    8: INBOXES_DDL,             # producers' inboxes
 }
+
+
+# RETURNING (the claim, the canvas) is the newest SQL feature localq uses.
+MIN_SQLITE = (3, 35, 0)
+
+
+def check_sqlite_version(version: tuple[int, int, int] = sqlite3.sqlite_version_info) -> None:
+    """Refuse, with one clear message, an SQLite too old for localq's SQL, before any
+    statement of it fails with a bare syntax error."""
+    if version < MIN_SQLITE:
+        have = ".".join(map(str, version))
+        need = ".".join(map(str, MIN_SQLITE))
+        raise DatabaseError(
+            f"localq needs SQLite {need} or newer, and this Python ({sqlite3.__file__}) is "
+            f"linked with SQLite {have}: use a Python built against a newer SQLite "
+            f"(python.org's installers, pyenv or a current distribution all are)")
 
 
 def open_database(path: str, synchronous: str = "NORMAL") -> sqlite3.Connection:
@@ -242,6 +280,7 @@ def open_database(path: str, synchronous: str = "NORMAL") -> sqlite3.Connection:
     those of another thread's connection in the middle of a transaction: two
     writers at once, and a corrupt file. SQLite's own close keeps those locks.
     """
+    check_sqlite_version()
     _inspect(path)
     try:
         conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
@@ -253,7 +292,7 @@ def open_database(path: str, synchronous: str = "NORMAL") -> sqlite3.Connection:
         conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         if WAL_RESET_BUG:          # before anything it does could checkpoint
             conn.execute("PRAGMA wal_autocheckpoint=0")
-            conn.execute("PRAGMA journal_size_limit=0")
+            conn.execute(f"PRAGMA journal_size_limit={WAL_FILE_KEPT}")
         _check_or_create_schema(conn, path)
         conn.execute(f"PRAGMA synchronous={synchronous}")
     except sqlite3.Error as exc:

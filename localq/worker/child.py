@@ -18,7 +18,7 @@ import os
 import signal
 import sys
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..ids import format_id
 from ..log import log, log_outcome, now_running, per_job_lines
@@ -59,20 +59,32 @@ def resident_kib() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
+def _sigterm_handler(words: memoryview) -> Callable[[int, Any], None]:
+    """SIGTERM ends the child only when its supervisor asked (the slot's STOP_ASKED): one
+    sent to the whole process group (systemd's default KillMode, `timeout`, a kill of
+    the group) is the supervisor's to handle, with a warm shutdown that lets the running
+    job finish. A task stuck in C code past the grace is killed with SIGKILL anyway."""
+    def on_sigterm(signum: int, frame: Any) -> None:
+        if words[protocol.STOP_ASKED]:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+    return on_sigterm
+
+
 def child_main(app: WorkerApp, conn: Connection, slot: mmap.mmap, max_tasks: int | None,
                max_memory_kib: int | None) -> None:
     """Run jobs until told to stop or recycled. Called in a fresh fork; never returns."""
     code = 0
     try:
         die_with_parent()
+        words = protocol.slot_words(slot)
         signal.signal(signal.SIGINT, signal.SIG_IGN)      # Ctrl-C is for the supervisor
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, _sigterm_handler(words))
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         install_soft_limit_handler()
         execute_module.channel[0] = conn
         worker_process_init.send(None)
-        run_profiled("child", _loop, app, conn, protocol.slot_words(slot), max_tasks,
-                     max_memory_kib)
+        run_profiled("child", _loop, app, conn, words, max_tasks, max_memory_kib)
     except BaseException:    # noqa: BLE001 - a child must never unwind into the caller
         code = 1
         try:

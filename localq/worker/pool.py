@@ -233,6 +233,7 @@ class Child:
         """SIGTERM now, SIGKILL after a short grace (a task may ignore SIGTERM)."""
         self._stopping(reason, job_seq)
         self.sigkill_at = mono + KILL_GRACE
+        self.words[protocol.STOP_ASKED] = 1     # so that the child takes it as meant
         self.send_signal(signal.SIGTERM)
 
     def kill(self, reason: str) -> None:

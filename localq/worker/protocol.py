@@ -27,7 +27,9 @@ slot, mapped before the fork (``new_slot``) and read as 8-byte words
 between jobs), so that a crash is blamed on that job alone; ``SKIPS`` counts the
 seqs from ``FIRST_SKIP`` on: jobs revoked after they were handed over, which the
 child reports REVOKED instead of starting. The supervisor writes a seq before the
-count that covers it.
+count that covers it. ``STOP_ASKED`` is set by the supervisor before it sends the
+child SIGTERM: a SIGTERM without it was sent to the whole process group (systemd's
+default KillMode, ``timeout``), is meant for the supervisor, and the child ignores it.
 """
 from __future__ import annotations
 
@@ -38,7 +40,7 @@ from ..store.records import Claimed, Outcome
 
 STOP = None
 _OUTCOMES, _EXIT, _STATE = "o", "x", "s"
-RUNNING, SKIPS, FIRST_SKIP = 0, 1, 2          # the slot's words
+RUNNING, SKIPS, STOP_ASKED, FIRST_SKIP = 0, 1, 2, 3     # the slot's words
 SKIP_MAX = mmap.PAGESIZE // 8 - FIRST_SKIP
 
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, TypeVar
 from ..exceptions import DatabaseError, WorkerLostError
 from ..serializer import encode_exception
 from ..store.inbox import process_start_time
+from ..store.schema import WAL_FILE_KEPT
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -33,9 +34,11 @@ T = TypeVar("T")
 RECOVERY_EVERY = 5.0     # seconds between looks for dead workers
 CHECKPOINT_EVERY = 0.05  # seconds between WAL checkpoints, at most, while jobs flow
 # With SQLite's WAL-reset bug a checkpoint holds the write lock (store/schema.py's
-# WAL_RESET_BUG): the thread then skips it while the -wal file is smaller than this,
-# so that writers wait for one checkpoint of ~1 MiB rather than one every 50 ms.
-CHECKPOINT_PAST = 1 << 20
+# WAL_RESET_BUG): the thread then skips it until the -wal file has grown past the size it
+# is kept at, so that writers wait for one checkpoint of a few MiB rather than one every
+# 50 ms. A larger one holds the lock longer but costs less per job (a page written many
+# times is copied once); producers checkpoint only past twice this (WAL_CHECKPOINT_BYTES).
+CHECKPOINT_PAST = WAL_FILE_KEPT
 
 
 class Checkpointer:
