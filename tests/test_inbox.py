@@ -209,6 +209,33 @@ def test_a_live_producers_inbox_is_left_alone(app, db_path, start_worker, tmp_pa
              what="the gone producer's inbox to be removed")
 
 
+def test_a_producer_whose_pid_means_nothing_here_is_not_taken_for_dead(
+        app, db_path, start_worker, tmp_path):
+    """A producer in another pid namespace (a container sharing the file) registers a pid
+    that names no process here: its inbox is its own while it lives (its lock is held),
+    and every job it sends runs; it goes once the producer exits."""
+    start_worker("-c", "1").ready()
+    ids = tmp_path / "ids.txt"
+    ids.touch()
+    proc = start_producer(db_path, tmp_path, ids, 200, linger=60)
+    wait_for(lambda: ids.read_text().endswith("done\n"), what="the producer to send")
+    con = sqlite3.connect(db_path)
+    with con:
+        con.execute("UPDATE inboxes SET pid = 2147483000, pid_start = NULL "
+                    "WHERE name IS NOT NULL")   # what a pid from elsewhere looks like here
+    con.close()
+    time.sleep(1.2)                       # two fallback checks of the worker
+    assert len(inbox_files(db_path)) == 1 and len(registered(db_path)) == 1
+    sent = [parse_id(i) for i in sent_ids(ids)]
+    wait_for(lambda: all_succeeded(db_path, sent), what="its jobs to run")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+    wait_for(lambda: inbox_files(db_path) == [] and registered(db_path) == [],
+             what="the gone producer's inbox to be removed")
+    folder = os.path.realpath(db_path) + ".d"
+    assert not [n for n in os.listdir(folder) if n.startswith("inbox-")], "its lock file too"
+
+
 @pytest.mark.parametrize("forked", [False, True])
 def test_a_forked_process_gets_an_inbox_of_its_own(app, db_path, start_worker, forked):
     start_worker("-c", "2").ready()

@@ -2,7 +2,7 @@
 
 While a worker runs, every ``delay()`` of a process goes into an inbox of its own:
 a small SQLite file in WAL mode in the database's private folder
-(``<db>.d/inbox-<slot>-<pid>-<token>.db``, 0600), one commit per job as before
+(``<db>.d/inbox-<pid>-<token>.db``, 0600), one commit per job as before
 (durable when ``delay()`` returns), but under a write lock that no other process
 takes. Supervisors only read inboxes, attached ``mode=ro``: a writable attachment
 would make their ``BEGIN IMMEDIATE`` take the inbox's write lock as well. A
@@ -28,10 +28,14 @@ Readers: a job still in an inbox is found by ``find`` (the slot is in its seq),
 counted by ``pending_counts``; ``revoke`` and ``purge`` copy every inbox first
 (``absorb`` in their own transaction). A registered inbox whose producer is gone
 is copied by the next supervisor and then removed (``free``), as is a producer's
-own, drained inbox when its app closes or the process exits.
+own, drained inbox when its app closes or the process exits. Gone means that the
+flock its producer took on ``<inbox>.lock`` before registering can be taken
+(``owner_gone``): the kernel drops it when the process ends, in whatever pid
+namespace it ran, so a producer in a container is never taken for dead.
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import secrets
 import sqlite3
@@ -56,6 +60,8 @@ TRIM_EVERY = 256        # delay()s between two trims (a read of pos, a DELETE)
 COPY_MAX = 2048         # rows copied from one inbox per transaction (~10 ms of the lock)
 MAX_ATTACHED = 8        # SQLite attaches at most 10 files by default
 PREFIX = "inbox-"
+LOCK_SUFFIX = ".lock"
+_CREATE = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
 
 
 def process_start_time(pid: int) -> str | None:
@@ -68,24 +74,32 @@ def process_start_time(pid: int) -> str | None:
         return None
 
 
-def owner_gone(pid: int | None, pid_start: str | None) -> bool:
-    """Has the process that registered an inbox exited (its pid gone or reused)?"""
-    if pid is None:
-        return True
+def owner_gone(folder: str, name: str) -> bool:
+    """Has the process that registered this inbox exited? Its producer holds an exclusive
+    flock on the inbox's lock file from before it registers until it exits (the kernel
+    drops it then, in whatever pid namespace the producer ran, where a pid would mean
+    nothing here): gone when the lock can be taken, or when there is no lock file."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        fd = os.open(os.path.join(folder, name + LOCK_SUFFIX),
+                     os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except FileNotFoundError:
         return True
-    except PermissionError:
-        pass
-    return bool(pid_start) and process_start_time(pid) not in (None, pid_start)
+    except OSError:
+        return False                  # cannot tell: keep it
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:                   # held: its producer lives
+        return False
+    finally:
+        os.close(fd)                  # (which drops the lock, if taken)
+    return True
 
 
 def remove(folder: str, name: str) -> None:
     """Unlink an inbox file and SQLite's files beside it (names of our scheme only)."""
     if not (name.startswith(PREFIX) and name.endswith(".db") and "/" not in name):
         return
-    for suffix in ("", "-wal", "-shm"):
+    for suffix in ("", "-wal", "-shm", LOCK_SUFFIX):     # the lock last: see owner_gone
         try:
             os.unlink(os.path.join(folder, name + suffix))
         except OSError:
@@ -122,39 +136,46 @@ class Inbox:
         self.until_trim = TRIM_EVERY
         self.top = 0                      # the last n written
         token = secrets.token_hex(4)
-        with main.transaction() as conn:
-            row = conn.execute("SELECT slot, floor FROM inboxes WHERE name IS NULL "
-                               "ORDER BY slot LIMIT 1").fetchone()
-            if row is None:
-                slot = conn.execute("SELECT coalesce(max(slot) + 1, 0) FROM inboxes"
-                                    ).fetchone()[0]
-                if slot >= SLOTS:
-                    raise OverflowError("every inbox slot is taken")
-                row = (slot, 0)
-            self.slot, floor = row
-            self.name = f"{PREFIX}{self.slot}-{self.pid}-{token}.db"
-            conn.execute("INSERT OR REPLACE INTO inboxes (slot, name, pid, pid_start, pos, "
-                         "floor) VALUES (?, ?, ?, ?, 0, ?)",
-                         (self.slot, self.name, self.pid, process_start_time(self.pid),
-                          floor))
+        self.name = f"{PREFIX}{self.pid}-{token}.db"
         self.path = os.path.join(folder, self.name)
-        self.seqs = SlotSeqs(self.slot, floor)
-        self.message = b"I" + self.name.encode()
+        self.lock_fd: int | None = None
+        registered = False
         try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
-                         0o600)
-            os.close(fd)
+            # The lock file first, locked for as long as this process lives (owner_gone);
+            # then the inbox file; then the registration that makes supervisors look.
+            self.lock_fd = os.open(self.path + LOCK_SUFFIX, _CREATE, 0o600)
+            fcntl.flock(self.lock_fd, fcntl.LOCK_EX)
+            os.close(os.open(self.path, _CREATE, 0o600))
+            with main.transaction() as conn:
+                row = conn.execute("SELECT slot, floor FROM inboxes WHERE name IS NULL "
+                                   "ORDER BY slot LIMIT 1").fetchone()
+                if row is None:
+                    slot = conn.execute("SELECT coalesce(max(slot) + 1, 0) FROM inboxes"
+                                        ).fetchone()[0]
+                    if slot >= SLOTS:
+                        raise OverflowError("every inbox slot is taken")
+                    row = (slot, 0)
+                self.slot, floor = row
+                conn.execute("INSERT OR REPLACE INTO inboxes (slot, name, pid, pid_start, "
+                             "pos, floor) VALUES (?, ?, ?, ?, 0, ?)",
+                             (self.slot, self.name, self.pid, process_start_time(self.pid),
+                              floor))
+            registered = True
+            self.seqs = SlotSeqs(self.slot, floor)
+            self.message = b"I" + self.name.encode()
             self._open()
         except BaseException:
             self.conn = None
             try:                      # give the slot back (else: once this process exits)
-                with main.transaction() as conn:
-                    conn.execute("UPDATE inboxes SET name = NULL, pid = NULL, "
-                                 "pid_start = NULL WHERE slot = ? AND name = ?",
-                                 (self.slot, self.name))
+                if registered:
+                    with main.transaction() as conn:
+                        conn.execute("UPDATE inboxes SET name = NULL, pid = NULL, "
+                                     "pid_start = NULL WHERE slot = ? AND name = ?",
+                                     (self.slot, self.name))
                 remove(folder, self.name)
             except Exception:  # noqa: BLE001 - the first error is the one to raise
                 pass
+            self._unlock()
             raise
         _LIVE.add(self)
 
@@ -216,7 +237,13 @@ class Inbox:
                     (self.seqs.last, self.slot, self.name, self.top)).rowcount
             if freed:
                 remove(self.folder, self.name)
+            self._unlock()        # not freed: the next supervisor finds it gone, copies it
             _LIVE.discard(self)
+
+    def _unlock(self) -> None:
+        if self.lock_fd is not None:
+            os.close(self.lock_fd)
+            self.lock_fd = None
 
 
 def _before_fork() -> None:
@@ -235,6 +262,11 @@ def _after_fork_parent() -> None:
 def _after_fork_child() -> None:
     for box in list(_LIVE):
         box.lock = threading.Lock()     # its pid is not ours: never written here
+        # The parent's lock is on the open file, which this copy of the descriptor
+        # shares: closed here, so that the parent's inbox is seen gone when it exits.
+        if box.lock_fd is not None:
+            os.close(box.lock_fd)
+            box.lock_fd = None
 
 
 os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_parent,

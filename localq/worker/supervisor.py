@@ -422,8 +422,9 @@ class Supervisor:
         self.inbox_names = [r[1] for r in rows]
         if safely(self.store.inboxes_waiting, rows) is not False:
             self.absorb_due = True      # (a read that failed: the write will tell)
-        for _slot, name, pid, pid_start, _pos in rows:
-            if owner_gone(pid, pid_start):
+        folder = self.store.inbox_folder
+        for _slot, name, _pid, _pid_start, _pos in rows:
+            if owner_gone(folder, name):
                 safely(self._free_inbox, name)
 
     def _free_inbox(self, name: str) -> None:
