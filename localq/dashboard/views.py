@@ -144,6 +144,8 @@ def queues(app: Localq) -> dict[str, Any]:
         by_queue[queue] = by_queue.get(queue, 0) + count
     for _, queue, count in depths["lanes"]:
         by_queue[queue] = by_queue.get(queue, 0) + count
+    for queue, _, _, count in app.store.inbox_depths():     # not copied into the file yet
+        by_queue[queue] = by_queue.get(queue, 0) + count
     return {
         "active_queues": [{"name": q, "messages": n} for q, n in sorted(by_queue.items())],
         "ready": [{"queue": q, "priority": p, "jobs": n} for q, p, n in depths["ready"]],

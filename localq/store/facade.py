@@ -383,10 +383,18 @@ class Store:
     def counts(self) -> list[tuple[str, str, str, int]]:
         """(queue, task, state, count) over every job."""
         with self.db.read() as conn:
-            rows = workers.counts(conn)
-            if self.inbox_folder is not None:
-                rows += inbox.pending_counts(conn, self.db.read_inboxes, self.inbox_folder)
-            return rows
+            return workers.counts(conn) + self._inbox_depths(conn)
+
+    def inbox_depths(self) -> list[tuple[str, str, str, int]]:
+        """(queue, task, 'PENDING', count) of the jobs still in producers' inboxes (at
+        most a few milliseconds' worth while a worker runs)."""
+        with self.db.read() as conn:
+            return self._inbox_depths(conn)
+
+    def _inbox_depths(self, conn: Any) -> list[tuple[str, str, str, int]]:
+        if self.inbox_folder is None:
+            return []
+        return inbox.pending_counts(conn, self.db.read_inboxes, self.inbox_folder)
 
     def recent(self, states: Sequence[str], limit: int) -> list[dict]:
         with self.db.read() as conn:

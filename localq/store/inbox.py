@@ -95,9 +95,14 @@ def owner_gone(folder: str, name: str) -> bool:
     return True
 
 
+def ours(name: str) -> bool:
+    """Is this a name of localq's inbox scheme (a plain file name in the folder)?"""
+    return name.startswith(PREFIX) and name.endswith(".db") and "/" not in name
+
+
 def remove(folder: str, name: str) -> None:
     """Unlink an inbox file and SQLite's files beside it (names of our scheme only)."""
-    if not (name.startswith(PREFIX) and name.endswith(".db") and "/" not in name):
+    if not ours(name):
         return
     for suffix in ("", "-wal", "-shm", LOCK_SUFFIX):     # the lock last: see owner_gone
         try:
@@ -289,7 +294,7 @@ class Attachments:
         others when there is no room; returns what is attached, name -> alias."""
         if conn is not self.conn:
             self.conn, self.names = conn, {}
-        wanted = list(dict.fromkeys(names))[:MAX_ATTACHED]
+        wanted = [n for n in dict.fromkeys(names) if ours(n)][:MAX_ATTACHED]
         missing = [n for n in wanted if n not in self.names]
         short = len(missing) - (MAX_ATTACHED - len(self.names))
         if short > 0:                   # make room: detach some that are not wanted now
