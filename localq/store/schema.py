@@ -11,6 +11,7 @@ import os
 import sqlite3
 import stat
 import threading
+import time
 
 from ..exceptions import DatabaseError
 
@@ -282,6 +283,27 @@ def open_database(path: str, synchronous: str = "NORMAL") -> sqlite3.Connection:
     """
     check_sqlite_version()
     _inspect(path)
+    # SQLite may answer a connection's first reads "locked" at once, without its busy
+    # handler (while another process is stopped in the middle of a commit or checkpoint,
+    # say): opening is tried again, from the start, as long as a call waits for the lock.
+    give_up = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    pause = 0.001
+    while True:
+        try:
+            return _open_once(path, synchronous)
+        except _Busy as busy:
+            if time.monotonic() + pause > give_up:
+                raise database_error(path, busy.error) from None
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
+
+
+class _Busy(Exception):
+    def __init__(self, error: sqlite3.Error) -> None:
+        self.error = error
+
+
+def _open_once(path: str, synchronous: str) -> sqlite3.Connection:
     try:
         conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
                                check_same_thread=False, cached_statements=256)
@@ -297,6 +319,8 @@ def open_database(path: str, synchronous: str = "NORMAL") -> sqlite3.Connection:
         conn.execute(f"PRAGMA synchronous={synchronous}")
     except sqlite3.Error as exc:
         conn.close()
+        if getattr(exc, "sqlite_errorcode", 0) & 0xFF == 5:     # SQLITE_BUSY
+            raise _Busy(exc) from None
         raise database_error(path, exc) from None
     except BaseException:
         conn.close()
