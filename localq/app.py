@@ -508,10 +508,13 @@ class Localq:
 
 
 @atexit.register
-def _close_all_ringers() -> None:
-    """Close the apps' ringing sockets at exit, rather than leave them to the collector."""
+def _close_at_exit() -> None:
+    """Close the apps' ringing sockets at exit, rather than leave them to the collector,
+    and their inboxes, so that a script leaves no inbox file behind once it was copied."""
     for app in list(Localq._instances):
         app._close_ringers()
+        if app._store is not None:
+            app._store.close_inbox()
 
 
 # Celery's ``class MyTask(app.Task)``: the same class as ``localq.Task`` (a task is bound

@@ -51,6 +51,8 @@ def test_quickstart_example_runs_on_the_default_database(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "add(2, 3) = 5" in proc.stdout
     assert (tmp_path / "localq.db").exists()
+    # add.delay() went through the script's inbox (a worker ran): gone at exit, copied
+    assert not list((tmp_path / "localq.db.d").glob("inbox-*"))
 
 
 def test_every_command_line_in_the_readme_parses():

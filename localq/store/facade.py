@@ -123,13 +123,18 @@ class Store:
         self.db.patience = seconds
 
     def close(self) -> None:
+        self.close_inbox()
+        self.db.close()
+
+    def close_inbox(self) -> None:
+        """Close this process's inbox: freed and its files removed if every row has been
+        copied (else the next worker copies it and removes it)."""
         box, self._inbox = self._inbox, None
         if box is not None:
             try:
                 box.close(self.db)
             except Exception:  # noqa: BLE001 - a gone producer's inbox is freed by a worker
                 pass
-        self.db.close()
 
     @contextmanager
     def transaction(self) -> Iterator[Transaction]:
