@@ -229,7 +229,7 @@ class Scheduler:
                           when(entry.due, entry.zone))
             entry.due = entry.next_after(due)
             return False
-        for attempt in range(2):
+        for _ in range(2):     # a second time after putting a forgotten entry back
             with self.store.transaction() as tx:
                 won = tx.advance_beat_entry(entry.name, entry.last_due, due, now)
                 if won:

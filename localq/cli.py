@@ -137,22 +137,25 @@ CELERY_BEAT_NO_OPS: list[_NoOp] = [_SCHEDULE_FILE, _SCHEDULER,
                                     "the scheduler sleeps until the next due run")]
 
 
+def _no_op_dest(names: tuple[str, ...]) -> str:
+    return "celery_" + names[-1].lstrip("-").replace("-", "_")
+
+
 def _celery_no_ops(parser: argparse.ArgumentParser, flags: list[_NoOp]) -> None:
     for names, metavar, why in flags:
-        dest = "celery_" + names[-1].lstrip("-").replace("-", "_")
-        if metavar is None:
-            parser.add_argument(*names, dest=dest, action="store_true",
-                                help=f"accepted for Celery's; no effect: {why}")
-        else:
-            parser.add_argument(*names, dest=dest, default=None, metavar=metavar,
-                                help=f"accepted for Celery's; no effect: {why}")
+        how: dict[str, Any] = {"action": "store_true"} if metavar is None else \
+            {"default": None, "metavar": metavar}
+        parser.add_argument(*names, dest=_no_op_dest(names),
+                            help=f"accepted for Celery's; no effect: {why}", **how)
 
 
-def ignored_celery_flags(args: argparse.Namespace, flags: list[_NoOp]) -> str | None:
-    """The one warning naming the Celery flags given that have no effect here."""
+def ignored_celery_flags(args: argparse.Namespace, flags: list[_NoOp],
+                         also: Sequence[str] = ()) -> str | None:
+    """The one warning naming the Celery flags given that have no effect here (and
+    ``also``: others, already described)."""
     given = [f"{names[-1]} ({why})" for names, _, why in flags
-             if getattr(args, "celery_" + names[-1].lstrip("-").replace("-", "_"), None)
-             not in (None, False)]
+             if getattr(args, _no_op_dest(names), None) not in (None, False)]
+    given += also
     return f"localq ignores these Celery flags: {'; '.join(given)}" if given else None
 
 
@@ -435,11 +438,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
         os.close(log_fd)
     try:
         setup_worker_logging(options.loglevel, app.conf.worker_hijack_root_logger)
-        ignored = ignored_celery_flags(args, CELERY_WORKER_NO_OPS)
-        if args.autoscale is not None:
-            ignored = (ignored + "; " if ignored else "localq ignores these Celery flags: ") + \
-                f"--autoscale (it keeps {options.concurrency} children)"
-        if ignored:
+        autoscale = [] if args.autoscale is None else \
+            [f"--autoscale (it keeps {options.concurrency} children)"]
+        if ignored := ignored_celery_flags(args, CELERY_WORKER_NO_OPS, autoscale):
             logging.getLogger("localq.worker").warning(ignored)
         options.apply_time_limits(app.conf)
         print(banner(app, options.queues, options.concurrency), file=sys.stderr, flush=True)

@@ -39,10 +39,11 @@ def _job(j: dict, w: dict | None = None, **extra: Any) -> dict[str, Any]:
             "hostname": _name(w) if w else None, **extra}
 
 
-def inspect(app: Localq, command: str) -> dict[str, Any]:
-    """{worker name: answer} as Celery's ``inspect <command>`` gives it."""
+def inspect(app: Localq, command: str, ws: list[dict] | None = None) -> dict[str, Any]:
+    """{worker name: answer} as Celery's ``inspect <command>`` gives it (``ws``: the
+    workers, as the monitor reads them, if read already)."""
     monitor = app.store.monitor
-    ws = monitor.workers()
+    ws = monitor.workers() if ws is None else ws
     if command == "registered":
         return {_name(w): names(app) for w in ws} or {"(no worker)": names(app)}
     if command == "scheduled":
@@ -84,9 +85,10 @@ class Inspect:
         self.destination = destination
 
     def _ask(self, command: str) -> dict[str, Any] | None:
-        if not self.app.store.workers():
+        ws = self.app.store.monitor.workers()
+        if not ws:
             return None
-        answer = inspect(self.app, command)
+        answer = inspect(self.app, command, ws)
         if self.destination is not None:
             answer = {k: v for k, v in answer.items() if k in self.destination}
         return answer or None
@@ -107,8 +109,10 @@ class Inspect:
         return self._ask("stats")
 
     def ping(self) -> dict[str, Any] | None:
-        answer = self._ask("stats")
-        return None if answer is None else {name: {"ok": "pong"} for name in answer}
+        names = [_name(w) for w in self.app.store.monitor.workers()]
+        pongs = {name: {"ok": "pong"} for name in names
+                 if self.destination is None or name in self.destination}
+        return pongs or None
 
 
 def render(answer: dict[str, Any]) -> str:
