@@ -169,6 +169,16 @@ class AsyncResult(Generic[R]):
         self._row = self.app.store.job(self.id)
         return self._row
 
+    def _final(self) -> dict | None:
+        """The row if the job is final (kept: it never changes again), else None: one
+        lookup, made after each ring while waiting."""
+        if self._row is None or self._row["state"] not in FINAL_STATES:
+            row = self.app.store.final_job(self.id)
+            if row is None:
+                return None
+            self._row = row
+        return self._row
+
     @property
     def state(self) -> str:
         # Only the state column until the job is final (ready() is polled in loops);
@@ -321,8 +331,8 @@ class AsyncResult(Generic[R]):
     wait = get
 
     def wait_for_final(self, timeout: float | None) -> dict:
-        row = self._load()
-        if row is not None and row["state"] in FINAL_STATES:
+        row = self._final()
+        if row is not None:
             return row
         waiter = Waiter(self.app.path, timeout)
         # A worker started together with this wait registers within a fraction of a
@@ -330,8 +340,7 @@ class AsyncResult(Generic[R]):
         look_at: float | None = time.monotonic() + NO_WORKER_GRACE
         try:
             while True:
-                state = self.state
-                if state in FINAL_STATES and (row := self._load()) is not None:
+                if (row := self._final()) is not None:
                     return row
                 waited = waiter.wait()
                 if look_at is not None and (not waited or time.monotonic() >= look_at):
@@ -340,7 +349,7 @@ class AsyncResult(Generic[R]):
                     warn_if_no_worker(self, self.app, "get()", stacklevel=3)
                 if not waited:
                     raise TimeoutError(f"the operation timed out: task {self.id} is still "
-                                       f"{state} after {timeout}s")
+                                       f"{self.state} after {timeout}s")
         finally:
             waiter.close()
 

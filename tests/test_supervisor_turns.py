@@ -30,6 +30,7 @@ from localq.worker.supervisor import (
     DRAIN_HOLD,
     FALLBACK_CHECK,
     HOLD_QUEUED,
+    LONE_SPIN,
     Supervisor,
 )
 from localq.worker.timers import Now, Timers
@@ -219,6 +220,35 @@ def test_the_loop_sleeps_until_the_nearest_deadline(app, clock, turns):
     clock.advance(0.25)
     assert turns.wait() == 0.0
     assert len(turns.settle()) == 1
+
+
+def test_the_loop_polls_for_a_lone_short_jobs_outcome_and_sleeps_otherwise(app, clock, turns):
+    """A lone job of a child whose jobs are short is polled for (its outcome is due
+    within LONE_SPIN) until LONE_SPIN after it was handed over; with two jobs in flight,
+    or a child whose jobs take longer, the loop sleeps."""
+    plain = app.tasks["plain"]
+    sup = turns.sup
+    plain.delay(0)
+    turns.settle()                           # a duration is known: jobs take no time
+    plain.delay(1)
+    [job] = turns.settle(succeed=False)
+    handed = clock.mono
+    assert sup._lone_job_due(clock.mono) == handed + LONE_SPIN
+    clock.advance(LONE_SPIN)
+    assert sup._lone_job_due(clock.mono) is None            # overdue: a long job
+    clock.advance(-LONE_SPIN)
+    plain.delay(2)
+    assert len(turns.settle(succeed=False)) == 1
+    assert sup._lone_job_due(clock.mono) is None            # two in flight
+    for child in turns.children:
+        for waiting in list(child.jobs):
+            child.answer(waiting, turns.success(waiting))
+    turns.settle()
+    for child in turns.children:
+        child.note_duration(10 * LONE_SPIN)                  # their jobs take long
+    plain.delay(3)
+    assert len(turns.settle(succeed=False)) == 1
+    assert sup._lone_job_due(clock.mono) is None
 
 
 def test_a_job_claimed_after_it_expired_ends_revoked_and_is_never_handed_out(app, clock,

@@ -47,7 +47,7 @@ from collections import Counter
 from typing import Any, Iterable, Sequence
 
 from ..ids import format_id
-from .records import INSERT_JOB, JobRow
+from .records import FINAL_SQL, INSERT_JOB, JobRow
 from .schema import SHORT_RESULT
 
 WAITING = -1.0        # the eta of a job that waits for its parent's outcome
@@ -100,7 +100,6 @@ def insert(conn: sqlite3.Connection,
     return inserted
 
 
-_FINAL = "('SUCCESS', 'FAILURE', 'REVOKED')"
 _parse = functools.lru_cache(maxsize=1024)(json.loads)   # a chord's members share one spec
 
 
@@ -121,7 +120,7 @@ def settle(conn: sqlite3.Connection, seqs: Sequence[int],
         found.extend(conn.execute(
             "SELECT j.seq, c.spec, j.state, j.result, j.exc_type, j.traceback, j.id, "
             "j.group_index, j.group_id FROM jobs j LEFT JOIN canvas c ON c.seq = j.seq "
-            f"WHERE j.seq IN ({','.join('?' * len(chunk))}) AND j.state IN {_FINAL} AND "
+            f"WHERE j.seq IN ({','.join('?' * len(chunk))}) AND j.state IN {FINAL_SQL} AND "
             "(c.seq IS NOT NULL OR (j.group_id IS NOT NULL AND j.root_id IS NULL AND "
             "j.state <> 'SUCCESS'))", chunk).fetchall())
     counts: dict[str, Counter[int]] = {}
@@ -148,7 +147,7 @@ def settle(conn: sqlite3.Connection, seqs: Sequence[int],
 def _fire(conn: sqlite3.Connection, seq: int) -> None:
     """Fire one job's follow-ups, if it is final and they have not fired."""
     row = conn.execute(f"SELECT state, result, exc_type, traceback, id, group_index FROM jobs "
-                       f"WHERE seq = ? AND state IN {_FINAL}", (seq,)).fetchone()
+                       f"WHERE seq = ? AND state IN {FINAL_SQL}", (seq,)).fetchone()
     if row is None:
         return
     spec = conn.execute("DELETE FROM canvas WHERE seq = ? RETURNING spec", (seq,)).fetchone()
@@ -419,7 +418,7 @@ def tail(conn: sqlite3.Connection, group_id: str) -> tuple[int, tuple[int, str |
 def progress(conn: sqlite3.Connection, group_id: str) -> tuple[int, int, int | None]:
     """(finished, succeeded, index of the first member not SUCCESS) of a group."""
     done, ok, first = conn.execute(
-        f"SELECT count(*) FILTER (WHERE state IN {_FINAL}), "
+        f"SELECT count(*) FILTER (WHERE state IN {FINAL_SQL}), "
         "count(*) FILTER (WHERE state = 'SUCCESS'), "
         "min(group_index) FILTER (WHERE state <> 'SUCCESS') FROM jobs WHERE group_id = ?",
         (group_id,)).fetchone()

@@ -272,6 +272,11 @@ class Store:
             found = jobs.job(conn, job_id)
         return found if found is not None else self._in_inbox(job_id)
 
+    def final_job(self, job_id: str) -> dict | None:
+        """A job's row once it is final, else None (a job still in an inbox never is)."""
+        with self.db.read() as conn:
+            return jobs.final_job(conn, job_id)
+
     def state(self, job_id: str) -> str | None:
         """One job's state (None when there is no such job): a fraction of job()'s cost."""
         with self.db.read() as conn:

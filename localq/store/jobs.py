@@ -19,6 +19,7 @@ from ..ids import parse_id
 from . import canvas
 from .records import (
     CLAIM_RETURNING,
+    FINAL_SQL,
     JOB_COLUMNS,
     READY_WHERE,
     WAITING_STATES,
@@ -42,6 +43,16 @@ def where_id(job_id: str) -> tuple[str, Any]:
 def job(conn: sqlite3.Connection, job_id: str) -> dict | None:
     where, key = where_id(job_id)
     cur = conn.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE {where}", (key,))
+    row = cur.fetchone()
+    return None if row is None else job_dict(column_names(cur), row)
+
+
+def final_job(conn: sqlite3.Connection, job_id: str) -> dict | None:
+    """A job's row if it is final, else None (also when there is no such job yet): what a
+    waiter reads after each ring, one lookup that materializes nothing until the end."""
+    where, key = where_id(job_id)
+    cur = conn.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE {where} AND state IN "
+                       f"{FINAL_SQL}", (key,))
     row = cur.fetchone()
     return None if row is None else job_dict(column_names(cur), row)
 
@@ -87,7 +98,7 @@ def attempts(conn: sqlite3.Connection, seq: int) -> list[dict]:
 def forget(conn: sqlite3.Connection, job_id: str) -> None:
     where, key = where_id(job_id)
     row = conn.execute(f"SELECT seq FROM jobs WHERE {where} AND state IN "
-                       "('SUCCESS', 'FAILURE', 'REVOKED')", (key,)).fetchone()
+                       f"{FINAL_SQL}", (key,)).fetchone()
     if row:
         conn.execute("DELETE FROM attempts WHERE job_seq = ?", row)
         conn.execute("DELETE FROM task_states WHERE seq = ?", row)

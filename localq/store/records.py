@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 from ..ids import format_id, parse_id
 
 FINAL_STATES = ("SUCCESS", "FAILURE", "REVOKED")
+FINAL_SQL = "('SUCCESS', 'FAILURE', 'REVOKED')"     # FINAL_STATES as an SQL list
 WAITING_STATES = ("PENDING", "RETRY")
 READY_WHERE = "state IN ('PENDING', 'RETRY')"
 
