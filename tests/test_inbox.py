@@ -276,3 +276,31 @@ def test_more_producers_than_sqlite_attaches_files(app, db_path, start_worker, t
     wait_for(lambda: all_succeeded(db_path, sent), timeout=60, what="every job to run")
     wait_for(lambda: inbox_files(db_path) == [] and registered(db_path) == [],
              what="the inboxes to be removed")
+
+
+def test_purge_reaches_every_inbox_beyond_those_sqlite_attaches_at_once(
+        app, db_path, start_worker, tmp_path):
+    """Twelve live producers' inboxes hold jobs nobody copied yet (SQLite attaches ten
+    files at most): purge removes every one of them, and none runs later."""
+    files = [tmp_path / f"ids-{i}.txt" for i in range(12)]
+    procs = []
+    try:
+        with bell_nobody_answers(db_path):
+            for ids in files:
+                ids.touch()
+                procs.append(start_producer(db_path, tmp_path, ids, 3, linger=120))
+            wait_for(lambda: all(ids.read_text().endswith("done\n") for ids in files),
+                     timeout=60, what="every producer to have sent its jobs")
+            sent = [i for ids in files for i in sent_ids(ids)]
+            assert len(registered(db_path)) == 12 and len(sent) == 36
+            assert all(parse_id(i) not in states(db_path) for i in sent)   # in inboxes
+            assert app.control.purge() == 36
+        start_worker("-c", "1").ready()
+        assert app.tasks["sample_tasks.add"].delay(1, 1).get(timeout=30) == 2
+        wait_for(lambda: all(pos > 0 for _slot, _name, _pid, pos in registered(db_path)),
+                 timeout=30, what="the worker to read every inbox")
+        assert [i for i in sent if app.store.job(i) is not None] == []
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait(30)

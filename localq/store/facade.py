@@ -238,12 +238,19 @@ class Store:
                              "WHERE name = ?", (name,))
 
     def _absorbing(self) -> dict[str, str]:
-        """Before a transaction that must see every job (revoke, purge): attach every
-        registered inbox (when there are more than can be attached, the rest is read
-        by the next such call or by a worker)."""
+        """Before a transaction that must see every job (revoke, purge): copy every
+        registered inbox. SQLite attaches a few files at once: all but the last
+        MAX_ATTACHED are copied now, a transaction per group; the last are returned
+        attached, for the caller's transaction to copy (``_absorb_all``)."""
         if self.inbox_folder is None:
             return {}
         names = [r[1] for r in self.inboxes()]
+        step = inbox.MAX_ATTACHED
+        while len(names) > step:
+            group, names = names[:step], names[step:]
+            attached = self.attach_inboxes(group)
+            with self.db.transaction() as conn:
+                self._absorb_all(conn, attached)
         return self.attach_inboxes(names) if names else {}
 
     def _absorb_all(self, conn: Any, attached: dict[str, str]) -> None:
