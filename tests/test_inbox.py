@@ -304,3 +304,45 @@ def test_purge_reaches_every_inbox_beyond_those_sqlite_attaches_at_once(
         for proc in procs:
             proc.kill()
             proc.wait(30)
+
+
+def test_files_of_a_producer_killed_before_it_registered_are_removed(app, db_path,
+                                                                     start_worker):
+    """A producer killed between making its inbox files and registering them left them
+    behind: a worker removes them once they are ORPHAN_AGE old and their lock is free.
+    A fresh pair (a producer about to register) and an old pair whose lock is held (a
+    producer stopped just before it registers) stay."""
+    import fcntl
+
+    from localq.store.inbox import LOCK_SUFFIX, ORPHAN_AGE
+
+    folder = wake_folder(db_path)
+    os.mkdir(folder, 0o700)
+    old = time.time() - ORPHAN_AGE - 60
+
+    def leave(name: str, age: float | None) -> str:
+        for suffix in ("", LOCK_SUFFIX):
+            path = os.path.join(folder, name + suffix)
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+            if age is not None:
+                os.utime(path, (age, age))
+        return name
+
+    orphan = leave("inbox-999999-0badf00d.db", old)
+    fresh = leave("inbox-999998-0badf00d.db", None)
+    held = leave("inbox-999997-0badf00d.db", old)
+    other = os.path.join(folder, "notes-inbox.db")     # not of the inbox scheme
+    os.close(os.open(other, os.O_CREAT | os.O_WRONLY, 0o600))
+    os.utime(other, (old, old))
+    fd = os.open(os.path.join(folder, held + LOCK_SUFFIX), os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        start_worker("-c", "1").ready()
+        wait_for(lambda: orphan not in inbox_files(db_path), timeout=30,
+                 what="the orphaned inbox to be removed")
+        assert not os.path.exists(os.path.join(folder, orphan + LOCK_SUFFIX))
+        assert fresh in inbox_files(db_path) and held in inbox_files(db_path)
+        assert os.path.exists(other)
+        assert app.tasks["sample_tasks.add"].delay(2, 2).get(timeout=30) == 4
+    finally:
+        os.close(fd)

@@ -227,6 +227,15 @@ class Store:
         if self.inbox_folder is not None:
             inbox.remove(self.inbox_folder, name)
 
+    def remove_orphan_inboxes(self, now: float) -> int:
+        """Unlink inbox files of no registered inbox whose producer is gone; how many."""
+        if self.inbox_folder is None:
+            return 0
+        found = inbox.orphans(self.inbox_folder, [r[1] for r in self.inboxes()], now)
+        for name in found:
+            inbox.remove(self.inbox_folder, name)
+        return len(found)
+
     def free_missing_inbox(self, name: str) -> None:
         """Free the slot of a gone producer that never made its file (if it is still
         missing: checked inside the transaction)."""

@@ -31,7 +31,10 @@ is copied by the next supervisor and then removed (``free``), as is a producer's
 own, drained inbox when its app closes or the process exits. Gone means that the
 flock its producer took on ``<inbox>.lock`` before registering can be taken
 (``owner_gone``): the kernel drops it when the process ends, in whatever pid
-namespace it ran, so a producer in a container is never taken for dead.
+namespace it ran, so a producer in a container is never taken for dead. Files
+that no registered inbox names (a producer killed between making them and
+registering, or between freeing its slot and removing them) are removed by a
+worker once ORPHAN_AGE old (``orphans``).
 """
 from __future__ import annotations
 
@@ -61,6 +64,7 @@ COPY_MAX = 2048         # rows copied from one inbox per transaction (~10 ms of 
 MAX_ATTACHED = 8        # SQLite attaches at most 10 files by default
 PREFIX = "inbox-"
 LOCK_SUFFIX = ".lock"
+ORPHAN_AGE = 60.0       # seconds before unregistered inbox files may be taken for orphans
 _CREATE = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
 
 
@@ -111,6 +115,34 @@ def remove(folder: str, name: str) -> None:
             pass
 
 
+def orphans(folder: str, registered: Iterable[str], now: float) -> list[str]:
+    """Inbox files that no registered inbox names, of a producer that is gone, made
+    ORPHAN_AGE ago at least: a producer killed between making its files and
+    registering them (or between freeing its slot and removing them) left them. They
+    hold no job (rows are written only once registered, and a slot is freed only once
+    copied). A producer holds its lock from just after making it until it exits; the
+    age covers the moment in between (and the producer checks, once locked, that its
+    lock file is still there)."""
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return []
+    known = set(registered)
+    found = []
+    for entry in names:
+        name = entry[:-len(LOCK_SUFFIX)] if entry.endswith(LOCK_SUFFIX) else entry
+        if not ours(name) or name in known:
+            continue
+        known.add(name)                           # once per name (its file or its lock)
+        try:
+            made = os.lstat(os.path.join(folder, entry)).st_mtime
+        except OSError:
+            continue
+        if now - made >= ORPHAN_AGE and owner_gone(folder, name):
+            found.append(name)
+    return found
+
+
 # ------------------------------------------------------------------ the producer's side
 
 _LIVE: weakref.WeakSet[Inbox] = weakref.WeakSet()
@@ -150,6 +182,9 @@ class Inbox:
             # then the inbox file; then the registration that makes supervisors look.
             self.lock_fd = os.open(self.path + LOCK_SUFFIX, _CREATE, 0o600)
             fcntl.flock(self.lock_fd, fcntl.LOCK_EX)
+            if os.stat(self.path + LOCK_SUFFIX, follow_symlinks=False).st_ino != \
+                    os.fstat(self.lock_fd).st_ino:   # swept (orphans) before it was locked
+                raise OSError(f"the lock file of inbox {self.name} was removed")
             os.close(os.open(self.path, _CREATE, 0o600))
             with main.transaction() as conn:
                 row = conn.execute("SELECT slot, floor FROM inboxes WHERE name IS NULL "

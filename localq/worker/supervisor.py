@@ -62,7 +62,7 @@ from ..exceptions import DatabaseError
 from ..profiling import run_profiled
 from ..serializer import encode_exception, exception_type_name
 from ..store import Claimed, Outcome, Store, records
-from ..store.inbox import no_inbox_here, owner_gone
+from ..store.inbox import ORPHAN_AGE, no_inbox_here, owner_gone
 from ..store.schema import BUSY_TIMEOUT_MS
 from ..task import Request
 from ..wakeup import Doorbell, Ringer, supervisor_name, wake_folder
@@ -232,6 +232,7 @@ class Supervisor:
         self.inbox_rung: list[str] = []     # rang since the last write: attached first
         self.absorb_due = False
         self._refresh_inboxes()
+        self._sweep_inboxes(now)
         self._add_timers(now)
         execute.hostname[0] = self.hostname        # the children's request.hostname
         try:
@@ -253,6 +254,7 @@ class Supervisor:
         timers.every("heartbeat", self.app.conf.worker_heartbeat_interval, self._heartbeat,
                      now)
         timers.every("recovery", RECOVERY_EVERY, self._recover, now)
+        timers.every("inbox orphans", ORPHAN_AGE, self._sweep_inboxes, now)
         timers.add("result expiry", lambda now: self.upkeep.next_expiry, self._expire)
         if (beat := self.beat) is not None:
             timers.add("beat", lambda now: None if self.stopping else beat.next_due(),
@@ -462,6 +464,11 @@ class Supervisor:
         for _slot, name, _pid, _pid_start, _pos in rows:
             if owner_gone(folder, name):
                 safely(self._free_inbox, name)
+
+    def _sweep_inboxes(self, now: Now) -> None:
+        """Remove inbox files that no registered inbox names, left by producers killed
+        as they made or removed them (store/inbox.py's ``orphans``)."""
+        safely(self.store.remove_orphan_inboxes, now.wall)
 
     def _free_inbox(self, name: str) -> None:
         """Copy a gone producer's inbox whole, free its slot, remove its file."""
