@@ -113,18 +113,31 @@ def test_queues_route_jobs_to_the_workers_that_listen(app):
         assert r.get(timeout=10) == 2
 
 
-def test_get_wakes_within_milliseconds_not_a_poll_interval(app):
-    from sample_tasks import add
-    with app.worker(concurrency=2):
+def test_get_is_woken_by_the_workers_ring_not_by_a_poll(app):
+    """A waiter sleeps on its doorbell; the worker rings it once the outcome is written.
+    With its poll interval set to an hour, only that ring can end its wait."""
+    import threading
+
+    from sample_tasks import add, sleep_then
+
+    from localq.result import Waiter
+    with app.worker(concurrency=1):
         add.delay(0, 0).get(timeout=10)
-        took = []
-        for i in range(20):
-            t0 = time.perf_counter()
-            add.delay(i, i).get(timeout=10)
-            took.append(time.perf_counter() - t0)
-    took.sort()
-    # generous: the benchmark measures the real figure; this guards against a 5 ms poll
-    assert took[len(took) // 2] < 0.05
+        r = sleep_then.delay(0.2, "done")
+        waiter = Waiter(app.path, timeout=None)
+        woke: list[bool] = []
+
+        def wait_for_the_outcome() -> None:
+            while not r.ready():        # (the first job's ring may come late: once more)
+                waiter.fallback = 3600.0
+                woke.append(waiter.wait())
+
+        thread = threading.Thread(target=wait_for_the_outcome, daemon=True)
+        thread.start()
+        thread.join(60)
+        assert not thread.is_alive(), "no ring woke the waiter"
+        waiter.close()
+        assert woke and all(woke) and r.get(timeout=10) == "done"
 
 
 def worker_running_a_job(app, start_worker, concurrency: str, label: str, seconds: float):
