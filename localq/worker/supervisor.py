@@ -637,8 +637,10 @@ class Supervisor:
                 continue
             note(job.task, o)
             busy += o.ended - (o.started or o.ended)
-            if o.state == "REVOKED":        # skipped by the child: revoked meanwhile
-                self._signal_revoked(job)
+            if o.state == "REVOKED":
+                if o.started is None:       # skipped by the child: revoked meanwhile
+                    self._signal_revoked(job)
+                # else it ran and ended itself so (Ignore, Reject): not a revoke
             elif o.state == "FAILURE":
                 log.error("Task %s[%s] raised: %s\n%s", job.task if job else "?",
                           job.id if job else "?", o.exc_message, (o.traceback or "").rstrip())
