@@ -551,7 +551,7 @@ def test_ignore_after_update_state_failure_fails_the_job(worker_app):
 
 def test_ignore_without_a_final_state_ends_revoked_and_the_canvas_goes_on(worker_app,
                                                                         tmp_path):
-    from localq import ChordError, TaskRevokedError
+    from localq import ChordError
     log = str(tmp_path / "hooks.log")
     revoked_log = str(tmp_path / "revoked.log")
 
@@ -561,12 +561,7 @@ def test_ignore_without_a_final_state_ends_revoked_and_the_canvas_goes_on(worker
     signals.task_revoked.connect(on_revoked)
     try:
         with worker_app.worker(concurrency=2):
-            r = ignores_itself.delay(log=log)
-            with pytest.raises(TaskRevokedError, match="ignored"):
-                r.get(timeout=30)
-            after = chain(ignores_itself.si(log=log), echo.s()).apply_async()
-            with pytest.raises(TaskRevokedError, match="ignored"):
-                after.get(timeout=30)       # the next step ends too: nothing waits
+            r, after = ends_revoked_alone_and_in_a_chain(ignores_itself, "ignored", log=log)
             header = chord([echo.s(1), ignores_itself.si(log=log), echo.s(3)], collect.s())
             with pytest.raises(ChordError, match="ignored"):
                 header.apply_async().get(timeout=30)
@@ -582,6 +577,19 @@ def test_ignore_without_a_final_state_ends_revoked_and_the_canvas_goes_on(worker
     assert lines(revoked_log) == []        # it was not revoked: task_revoked is not sent
 
 
+def ends_revoked_alone_and_in_a_chain(task: Task, said: str, **kwargs: Any) -> tuple:
+    """Send ``task`` alone, then as a chain's first step: both end with a
+    TaskRevokedError saying ``said`` (the chain's next step too: nothing waits)."""
+    from localq import TaskRevokedError
+    alone = task.delay(**kwargs)
+    with pytest.raises(TaskRevokedError, match=said):
+        alone.get(timeout=30)
+    after = chain(task.si(**kwargs), echo.s()).apply_async()
+    with pytest.raises(TaskRevokedError, match=said):
+        after.get(timeout=30)
+    return alone, after
+
+
 def test_reject_with_requeue_runs_the_job_again(worker_app, tmp_path):
     marker = str(tmp_path / "runs")
     with worker_app.worker(concurrency=1):
@@ -592,16 +600,10 @@ def test_reject_with_requeue_runs_the_job_again(worker_app, tmp_path):
 
 
 def test_reject_without_requeue_ends_revoked_with_the_reason(worker_app, tmp_path):
-    from localq import TaskRevokedError
     log = str(tmp_path / "hooks.log")
     with worker_app.worker(concurrency=1):
-        r = rejects.delay(log=log)
-        with pytest.raises(TaskRevokedError, match="rejected: bad input"):
-            r.get(timeout=30)
-        then = chain(rejects.si(log=log), echo.s()).apply_async()
-        with pytest.raises(TaskRevokedError, match="rejected: bad input"):
-            then.get(timeout=30)
-    assert r.state == "REVOKED"
+        r, then = ends_revoked_alone_and_in_a_chain(rejects, "rejected: bad input", log=log)
+    assert r.state == "REVOKED" and then.state == "FAILURE"
     assert set(lines(log)) == {"after_return REVOKED Reject"}
 
 
