@@ -643,6 +643,9 @@ def waits_allowed(x: int) -> int:
 
 def test_allow_join_result_lets_a_task_wait_and_denied_join_result_refuses(worker_app):
     with worker_app.worker(concurrency=2):
+        # Short jobs first: the children then take several jobs at a time. The job the
+        # waiting task sends still goes to the free child, not behind its sender.
+        assert [echo.delay(i).get(timeout=30) for i in range(20)] == list(range(20))
         assert waits_allowed.delay(4).get(timeout=30) == 5
         assert waits_on_another.delay().get(timeout=30).startswith("Never call")  # as before
         r = echo.delay(1)
