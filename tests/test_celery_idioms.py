@@ -471,6 +471,13 @@ def changes_its_mind(self: Task) -> str:
     raise Ignore()
 
 
+@app.task(bind=True, name="idioms.nested_apply")
+def nested_apply(self: Task) -> None:
+    self.update_state(state="SUCCESS", meta="outer")
+    assert returns_anyway.apply().get() == "returned"     # its own held state is its own
+    raise Ignore()
+
+
 @app.task(bind=True, name="idioms.returns_anyway")
 def returns_anyway(self: Task) -> str:
     self.update_state(state="SUCCESS", meta="held")
@@ -533,6 +540,7 @@ def test_ignore_after_update_state_success_ends_the_job_with_that_value(worker_a
         both = chord([echo.s(1), stores_by_hand.s(2)], collect.s()).apply_async()
         assert both.get(timeout=30) == [1, 4]
         assert returns_anyway.delay().get(timeout=30) == "returned"
+        assert nested_apply.delay().get(timeout=30) == "outer"
     assert [a["outcome"] for a in r.attempts] == ["SUCCESS"]
 
 

@@ -122,7 +122,7 @@ def execute(app: WorkerApp, seq: int, job_id: str, task_name: str, serializer: s
                       is_eager=is_eager, options=options, hostname=hostname[0],
                       eta=_iso(options.get("eta")))
     task.push_request(request)
-    _held[0] = None
+    outer, _held[0] = _held[0], None     # a task may run another eagerly (apply())
     try:
         if task_prerun.receivers:
             task_prerun.send(task, task_id=job_id, task=task, args=args, kwargs=kwargs)
@@ -140,7 +140,7 @@ def execute(app: WorkerApp, seq: int, job_id: str, task_name: str, serializer: s
             _send_signals(task, request, outcome, value, error, tb)
         return outcome
     finally:
-        _held[0] = None
+        _held[0] = outer
         task.pop_request()
 
 
