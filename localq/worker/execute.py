@@ -172,7 +172,8 @@ def update_state(task: Task, task_id: str | None, state: str, meta: Any) -> None
                              f"for progress, use a state of your own, such as 'PROGRESS'")
         _held[0] = (state, meta)
         return
-    _held[0] = None
+    if running_here:
+        _held[0] = None         # the last state the task set for itself wins
     if running_here and request.is_eager:
         return          # eager mode stores nothing, as for results
     serializer = task.app.conf.result_serializer or (
