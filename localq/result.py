@@ -317,7 +317,8 @@ class AsyncResult(Generic[R]):
 
         Inside a task running on a worker it raises RuntimeError, as Celery's does: the
         task would hold a child while it waits, and with every child waiting no job
-        could ever finish. ``disable_sync_subtasks=False`` waits anyway (Celery's)."""
+        could ever finish. ``disable_sync_subtasks=False`` waits anyway (Celery's), as
+        does every ``get()`` under ``allow_join_result()``."""
         if disable_sync_subtasks:
             assert_will_not_block(self.id)
         row = self.wait_for_final(timeout)
