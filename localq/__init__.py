@@ -22,9 +22,11 @@ from .exceptions import (
                          ContentDisallowed,
                          DatabaseError,
                          EncodeError,
+                         Ignore,
                          LocalqError,
                          MaxRetriesExceededError,
                          NotRegistered,
+                         Reject,
                          Retry,
                          SoftTimeLimitExceeded,
                          TaskError,
@@ -35,7 +37,7 @@ from .exceptions import (
 )
 from .log import get_task_logger
 from .mapping import as_completed
-from .result import AsyncResult, EagerResult
+from .result import AsyncResult, EagerResult, ResultSet
 from .schedules import crontab, schedule
 from .task import Task
 
@@ -44,7 +46,7 @@ __all__ = [
     "AsyncResult", "ChordError", "ConfigurationError", "GroupResult", "Signature", "chain",
     "chord", "chunks", "group", "maybe_signature", "signature", "xmap", "xstarmap",
     "ContentDisallowed", "DatabaseError", "EagerResult",
-    "EncodeError",
+    "EncodeError", "Ignore", "Reject", "ResultSet",
     "Localq", "LocalqError", "MaxRetriesExceededError", "NotRegistered", "Retry",
     "SoftTimeLimitExceeded", "Task", "TaskError", "TaskRevokedError", "TimeLimitExceeded",
     "TimeoutError", "WorkerLostError", "as_completed", "crontab", "get_task_logger",

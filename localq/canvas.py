@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator
 from .builtins import builtin
 from .exceptions import ChordError, ConfigurationError, NotRegistered, TimeoutError
 from .ids import format_id, new_seq, new_seqs
-from .result import AsyncResult, EagerResult, Waiter, result_content
+from .result import AsyncResult, EagerResult, ResultSet, Waiter, result_content
 from .serializer import check_accepted, decode_value, encode_call, encode_exception
 from .store.canvas import GROUP_BODY, WAITING, RowClash
 from .store.records import FINAL_STATES, JobRow, decode_options
@@ -1051,9 +1051,12 @@ class MemberIds:
         return format_id(part[-1]) if type(part) is range else part
 
 
-class GroupResult:
-    """The results of a group, in order: Celery's GroupResult. ``GroupResult.restore(id)``
-    (or ``app.GroupResult(id)``) finds a stored one from any process."""
+class GroupResult(ResultSet):
+    """The results of a group, in order: Celery's GroupResult, a ResultSet with an id.
+    ``GroupResult.restore(id)`` (or ``app.GroupResult(id)``) finds a stored one from any
+    process. A group sent to the file is counted and waited on there (its progress by
+    group id), unless its members were changed here (``add``, ``remove``...): then, as a
+    group run eagerly, member by member (ResultSet's)."""
 
     def __init__(self, id: str, results: list | None = None, app: Localq | None = None,
                  parent: Any = None, eager: bool = False,
@@ -1068,6 +1071,7 @@ class GroupResult:
         self._app = app
         self.parent = parent
         self._eager_run = eager
+        self._changed = False
 
     def __repr__(self) -> str:
         return f"<GroupResult: {self.id}>"
@@ -1077,14 +1081,6 @@ class GroupResult:
 
     def __hash__(self) -> int:
         return hash(self.id)
-
-    @property
-    def app(self) -> Localq:
-        if self._app is None and self._results and not isinstance(self._results[0], str):
-            self._app = self._results[0].app
-        if self._app is None:
-            raise ConfigurationError("GroupResult: pass app=")
-        return self._app
 
     @classmethod
     def restore(cls, id: str, app: Localq | None = None) -> GroupResult | None:
@@ -1129,54 +1125,41 @@ class GroupResult:
             return len(self._members)
         return len(self.results)
 
-    def __iter__(self) -> Iterator:
-        return iter(self.results)
-
-    def __getitem__(self, index: int) -> Any:
-        return self.results[index]
-
     def _stored(self) -> bool:
-        return not self._eager_run and self._app is not None
+        return not self._eager_run and not self._changed and self._app is not None
+
+    def _edited(self) -> None:
+        self._changed = True
 
     def completed_count(self) -> int:
         """How many succeeded (Celery's)."""
         if self._stored():
             return self.app.store.group_progress(self.id)[1]
-        return sum(r.successful() for r in self.results)
+        return super().completed_count()
 
     def ready(self) -> bool:
         if self._stored():
             total = len(self)
             return self.app.store.group_progress(self.id)[0] >= total
-        return all(r.ready() for r in self.results)
+        return super().ready()
 
     def successful(self) -> bool:
         if self._stored():
             return self.app.store.group_progress(self.id)[1] >= len(self)
-        return all(r.successful() for r in self.results)
-
-    def failed(self) -> bool:
-        return any(r.failed() for r in self.results)
-
-    def waiting(self) -> bool:
-        return not self.ready()
-
-    def revoke(self, terminate: bool = False, signal: Any = None) -> None:
-        for r in self.results:
-            r.revoke(terminate=terminate)
+        return super().successful()
 
     def forget(self) -> None:
         """Forget every member's result, then the group itself (Celery's)."""
-        for r in self.results:
-            r.forget()
+        super().forget()
         if not self._eager_run:
             self.app.store.forget_group(self.id)
 
     def get(self, timeout: float | None = None, propagate: bool = True,
-            **ignored: Any) -> list:
+            interval: float | None = None, callback: Any = None,
+            disable_sync_subtasks: bool = True, **ignored: Any) -> list:
         """Every member's value, in order; the first failure (in order) raises."""
-        if not self._stored():
-            return [r.get(timeout=timeout, propagate=propagate) for r in self.results]
+        if not self._stored() or callback is not None:
+            return super().get(timeout, propagate, interval, callback, disable_sync_subtasks)
         app = self.app
         waiter: Waiter | None = None
         # Members mostly finish in order: while the last one is not final, one lookup by

@@ -20,6 +20,11 @@ What is translated rather than copied, and why:
   classes: on Celery the task sees classes derived from both.
 - **Task classes**: their methods are copied onto a Celery task class, and a method's
   ``super()`` is pointed at the new class, so that ``super().on_failure(...)`` works.
+- **Ignore and Reject raised by a task**: Celery's worker acts on its own classes only, so
+  the translated tasks' ``__call__`` raises Celery's ``Ignore``/``Reject`` in their place
+  (``update_state`` is Celery's there: ``update_state(state="SUCCESS", meta=v); raise
+  Ignore()`` stores ``v`` as on localq). What differs: where localq ends an ignored or
+  rejected job REVOKED, Celery leaves its state as it was (STARTED, PENDING).
 - **Options as declared**, not as resolved: Celery resolves annotations, then the decorator,
   then the class, then the settings, in the same order as localq. Except the queue and the
   priority: Celery 5.7 deprecates them as task attributes, so each task's, as localq
@@ -229,11 +234,24 @@ def _warn_not_carried(app: Localq) -> None:
 
 def _root_class(capp: celery.Celery) -> type:
     """The Celery task class every translated task derives from."""
-    return type("Task", (capp.Task,), {
+    root: type = type("Task", (capp.Task,), {
         "__module__": __name__,
         "MaxRetriesExceededError": MaxRetriesExceededError,   # what Celery's retry raises
         "_localq_bridge": True,
     })
+
+    def __call__(self: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run the task; localq's Ignore and Reject leave it as Celery's own (what
+        Celery's worker acts on), so that Celery ignores or rejects the job."""
+        try:
+            return super(root, self).__call__(*args, **kwargs)  # type: ignore[arg-type]
+        except exceptions.Reject as asked:
+            raise celery.exceptions.Reject(asked.reason, asked.requeue) from asked
+        except exceptions.Ignore as asked:
+            raise celery.exceptions.Ignore() from asked
+
+    setattr(root, "__call__", __call__)     # Celery's tracer calls a custom __call__
+    return root
 
 
 def _task_class(cls: type, classes: dict[type, type]) -> type:

@@ -66,7 +66,13 @@ class ContentDisallowed(LocalqError):
     """
 
 
-class Retry(LocalqError):
+class TaskPredicate(LocalqError):
+    """Base of the exceptions a task raises to tell the worker what to do with its job
+    (Celery's ``celery.exceptions.TaskPredicate``): :class:`Retry`, :class:`Ignore`,
+    :class:`Reject`."""
+
+
+class Retry(TaskPredicate):
     """Raised by ``self.retry()``: tells the worker to run the job again later.
 
     Like Celery's ``celery.exceptions.Retry``: ``raise self.retry(...)``.
@@ -78,6 +84,43 @@ class Retry(LocalqError):
         self.exc = exc
         self.when = when  # absolute time (epoch seconds) of the next attempt
         super().__init__(message or (f"Retry: {exc!r}" if exc is not None else "Retry"))
+
+
+class Ignore(TaskPredicate):
+    """Raised by a task to ignore its own outcome (Celery's ``celery.exceptions.Ignore``).
+
+    Celery's idioms work: ``self.update_state(state="SUCCESS", meta=value)`` (or
+    ``state="FAILURE"``, ``meta=`` an exception) then ``raise Ignore()`` ends the job in
+    that state, ``get()`` returning ``value`` (or raising the exception). Without such a
+    state, where Celery leaves the job as it was (STARTED, for ever), localq ends it
+    REVOKED, with a :class:`TaskRevokedError` saying that the task ignored itself: a job
+    always ends, and a chain or chord waiting on it goes on (or fails) as for that state.
+    No retry, no autoretry, no ``on_success``/``on_failure``/errbacks (as Celery's:
+    ``after_return`` and task_postrun alone); the worker logs "ignored".
+    """
+
+
+class Reject(TaskPredicate):
+    """Raised by a task to reject its job (Celery's ``celery.exceptions.Reject``).
+
+    ``requeue=True``: the job goes back to its queue and runs again, as if never
+    claimed (not counted as a retry, no retry limit: a task that always rejects loops
+    for ever, as it does on Celery; in eager mode it runs again at once). A revoke
+    that arrives meanwhile wins. ``requeue=False``: where Celery drops the message and
+    leaves its result PENDING for ever, localq ends the job REVOKED with
+    ``TaskRevokedError("rejected: <reason>")``. On Celery (``make_celery``) this is
+    Celery's Reject, which requeues only with ``acks_late``.
+    """
+
+    def __init__(self, reason: object = None, requeue: bool = False) -> None:
+        self.reason = reason
+        self.requeue = requeue
+        super().__init__(reason, requeue)
+
+    def __str__(self) -> str:
+        return f"reject requeue={self.requeue}: {self.reason}"
+
+    __repr__ = __str__      # Celery's repr, which its worker logs
 
 
 class TaskError(LocalqError):

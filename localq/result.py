@@ -6,6 +6,9 @@ lost, so a waiting ``get()`` costs close to no CPU and sees its result within
 about a millisecond of it landing. The doorbells are the process's, lent to a
 thread for one wait (see ``_take_bell``), so threads that come and go cost no
 descriptors.
+
+``ResultSet`` is Celery's set of AsyncResults waited on together (``GroupResult``
+derives from it); ``allow_join_result()`` lets a task wait on a result.
 """
 from __future__ import annotations
 
@@ -14,10 +17,11 @@ import os
 import threading
 import time
 import weakref
+from contextlib import contextmanager
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Generic, Iterable, Iterator, TypeVar
 
-from .exceptions import TaskRevokedError, TimeoutError
+from .exceptions import ConfigurationError, TaskRevokedError, TimeoutError
 from .serializer import (
     check_accepted,
     decode_call,
@@ -313,13 +317,10 @@ class AsyncResult(Generic[R]):
 
         Inside a task running on a worker it raises RuntimeError, as Celery's does: the
         task would hold a child while it waits, and with every child waiting no job
-        could ever finish. ``disable_sync_subtasks=False`` waits anyway (Celery's)."""
-        if disable_sync_subtasks and _in_worker_task():
-            raise RuntimeError(
-                f"Never call result.get() within a task (waiting for {self.id}): the "
-                f"child running this task would be blocked, and with every child waiting "
-                f"no job can finish. Chain the work instead, return the id, or pass "
-                f"get(disable_sync_subtasks=False) if you are sure another child is free.")
+        could ever finish. ``disable_sync_subtasks=False`` waits anyway (Celery's), as
+        does every ``get()`` under ``allow_join_result()``."""
+        if disable_sync_subtasks:
+            assert_will_not_block(self.id)
         row = self.wait_for_final(timeout)
         if row["state"] == "SUCCESS":
             return self.result
@@ -376,6 +377,47 @@ def _in_worker_task() -> bool:
     return execute.channel[0] is not None and execute._current[0] != 0
 
 
+# allow_join_result / denied_join_result: None as the process is (a get() inside a task
+# running on a worker raises), True allowed, False denied. For the whole process, as
+# Celery's (a worker's child runs one job at a time).
+_join_allowed: list[bool | None] = [None]
+
+
+@contextmanager
+def allow_join_result() -> Iterator[None]:
+    """Celery's ``celery.result.allow_join_result``: under it, ``get()`` inside a task
+    waits instead of raising (``get(disable_sync_subtasks=False)`` for every call). The
+    risk is the task's: with every child waiting, no job can finish."""
+    previous, _join_allowed[0] = _join_allowed[0], True
+    try:
+        yield
+    finally:
+        _join_allowed[0] = previous
+
+
+@contextmanager
+def denied_join_result() -> Iterator[None]:
+    """Celery's ``celery.result.denied_join_result``: under it, ``get()`` raises
+    RuntimeError anywhere (unless called with ``disable_sync_subtasks=False``)."""
+    previous, _join_allowed[0] = _join_allowed[0], False
+    try:
+        yield
+    finally:
+        _join_allowed[0] = previous
+
+
+def assert_will_not_block(what: str) -> None:
+    """Raise RuntimeError where waiting for ``what`` would block a task (Celery's)."""
+    allowed = _join_allowed[0]
+    if allowed or (allowed is None and not _in_worker_task()):
+        return
+    raise RuntimeError(
+        f"Never call result.get() within a task (waiting for {what}): the child running "
+        f"this task would be blocked, and with every child waiting no job can finish. "
+        f"Chain the work instead, return the id, or wait under allow_join_result() (or "
+        f"get(disable_sync_subtasks=False)) if you are sure another child is free.")
+
+
 def result_content(app: Localq, task_name: str | None) -> frozenset[str]:
     """The serializers results of ``task_name`` may be decoded with in ``app``: its
     ``result_accept_content`` plus what it declares (a task it does not define
@@ -407,3 +449,140 @@ class EagerResult(AsyncResult[R]):
 
     def forget(self) -> None:
         pass
+
+
+class ResultSet:
+    """Celery's ``ResultSet``: AsyncResults waited on and looked at together, in order.
+    ``GroupResult`` derives from it (a group's members, read from the file)."""
+
+    def __init__(self, results: Iterable[Any], app: Localq | None = None,
+                 **ignored: Any) -> None:
+        self._results: list | None = list(results)
+        self._app = app
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__}: [{', '.join(r.id for r in self.results)}]>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ResultSet) and other.results == self.results
+
+    @property
+    def app(self) -> Localq:
+        if self._app is None and self._results and not isinstance(self._results[0], str):
+            self._app = self._results[0].app
+        if self._app is None:
+            raise ConfigurationError(f"{type(self).__name__}: pass app=")
+        return self._app
+
+    @property
+    def results(self) -> list:
+        assert self._results is not None
+        return self._results
+
+    def _edited(self) -> None:
+        """The members changed (add, remove, ...): see GroupResult."""
+
+    # -------------------------------------------------------------- the members
+
+    def add(self, result: AsyncResult) -> None:
+        """Add ``result`` unless it is in already."""
+        if result not in self.results:
+            self.results.append(result)
+            self._edited()
+
+    def remove(self, result: AsyncResult | str) -> None:
+        """Remove ``result`` (or the result of that id); KeyError if it is not in."""
+        if isinstance(result, str):
+            result = AsyncResult(result, self.app)
+        try:
+            self.results.remove(result)
+        except ValueError:
+            raise KeyError(result) from None
+        self._edited()
+
+    def discard(self, result: AsyncResult | str) -> None:
+        """Remove ``result`` if it is in."""
+        try:
+            self.remove(result)
+        except KeyError:
+            pass
+
+    def update(self, results: Iterable[AsyncResult]) -> None:
+        """Add each of ``results`` that is not in already."""
+        self.results.extend(r for r in results if r not in self.results)
+        self._edited()
+
+    def clear(self) -> None:
+        self.results[:] = []
+        self._edited()
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def __iter__(self) -> Iterator:
+        return iter(self.results)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.results[index]
+
+    # -------------------------------------------------------------- states
+
+    def ready(self) -> bool:
+        """Has every member finished?"""
+        return all(r.ready() for r in self.results)
+
+    def successful(self) -> bool:
+        """Has every member succeeded?"""
+        return all(r.successful() for r in self.results)
+
+    def failed(self) -> bool:
+        """Has any member failed?"""
+        return any(r.failed() for r in self.results)
+
+    def waiting(self) -> bool:
+        """Is any member not finished yet?"""
+        return not self.ready()
+
+    def completed_count(self) -> int:
+        """How many members succeeded (Celery's)."""
+        return sum(r.successful() for r in self.results)
+
+    def revoke(self, terminate: bool = False, signal: Any = None) -> None:
+        for r in self.results:
+            r.revoke(terminate=terminate)
+
+    def forget(self) -> None:
+        """Forget every member's result."""
+        for r in self.results:
+            r.forget()
+
+    # -------------------------------------------------------------- waiting
+
+    def get(self, timeout: float | None = None, propagate: bool = True,
+            interval: float | None = None, callback: Callable[[str, Any], None] | None = None,
+            disable_sync_subtasks: bool = True, **ignored: Any) -> list:
+        """Every member's value, in order, waiting for each in turn: the first failure in
+        that order raises (``propagate=False``: is returned in its place). ``timeout``
+        holds for the whole wait. ``callback(id, value)`` takes each value instead of the
+        list (Celery's). Raises inside a task, as ``AsyncResult.get``."""
+        if disable_sync_subtasks:
+            assert_will_not_block(f"the results of {self!r}")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        values: list = []
+        for result in self.results:
+            remaining = None
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"the operation timed out: {len(values)} of "
+                                       f"{len(self.results)} results after {timeout}s")
+            value = result.get(timeout=remaining, propagate=propagate,
+                               disable_sync_subtasks=False)
+            if callback is not None:
+                callback(result.id, value)
+            else:
+                values.append(value)
+        return values
+
+    join = get
+    join_native = get

@@ -134,9 +134,9 @@ class Task(Generic[P, R]):
 
     Subclass it for Celery's task classes: ``@app.task(base=MyTask)``. A subclass's
     class attributes that are task options (``max_retries = 5``) are its tasks'
-    defaults (the decorator and task_annotations still win), and its hooks
-    ``on_success``, ``on_failure``, ``on_retry`` and ``after_return`` run in the
-    worker's child right after the task, with ``self.request`` still the job's.
+    defaults (the decorator and task_annotations still win), and its hooks run in the
+    worker's child with ``self.request`` the job's: ``before_start`` right before the
+    task, ``on_success``, ``on_failure``, ``on_retry`` and ``after_return`` right after.
     """
 
     # The options, read as attributes as in Celery (``task.max_retries``): their
@@ -431,6 +431,11 @@ class Task(Generic[P, R]):
 
     # -------------------------------------------------------------- hooks
 
+    def before_start(self, task_id: str, args: tuple, kwargs: dict) -> None:
+        """Run in the worker's child (or eagerly) just before the task, with
+        ``self.request`` the job's (Celery 5.2's). An exception here ends the job as
+        one raised by the task would (a failure, a retry, Ignore)."""
+
     def on_success(self, retval: Any, task_id: str, args: tuple, kwargs: dict) -> None:
         """Run in the worker's child when the task returned ``retval``."""
 
@@ -451,7 +456,7 @@ class Task(Generic[P, R]):
         return f"<@task: {self.name} of {self.app.main_name}>"
 
 
-HOOKS = ("on_success", "on_failure", "on_retry", "after_return")
+HOOKS = ("before_start", "on_success", "on_failure", "on_retry", "after_return")
 
 
 def to_timestamp(value: datetime | float | int) -> float:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 
-from localq import Localq, MaxRetriesExceededError, SoftTimeLimitExceeded, Task, schedule
+from localq import Ignore, Localq, MaxRetriesExceededError, SoftTimeLimitExceeded, Task, schedule
 
 app = Localq()      # the path: the pytest plugin's temporary file, or $LOCALQ_DB
 app.conf.task_annotations = {"celery_tasks.runaway": {"time_limit": 1}}
@@ -123,6 +123,20 @@ def progress(self, go):
     while not os.path.exists(go) and time.monotonic() < deadline:
         time.sleep(0.01)
     return "finished"
+
+
+@app.task(bind=True)
+def stores_by_hand(self, x):
+    """Celery's documented idiom: the result stored by hand, the outcome ignored."""
+    self.update_state(state="SUCCESS", meta=x * 2)
+    raise Ignore()
+
+
+@app.task(bind=True)
+def fails_by_hand(self, message):
+    """The same, for a failure stored by hand."""
+    self.update_state(state="FAILURE", meta=BadInput(message))
+    raise Ignore()
 
 
 # -- the move to Celery: one line (the condition is the test's, not the move's) --------

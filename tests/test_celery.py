@@ -252,6 +252,37 @@ def test_forwarded_app_sends_through_celery(with_celery, tmp_path):
     assert not os.path.exists(tmp_path / "jobs.db")             # localq's file: untouched
 
 
+def test_localq_ignore_and_reject_are_celerys_own_on_celery(with_celery, tmp_path):
+    """A task raising localq's Ignore or Reject is ignored or rejected by Celery (its
+    tracer knows its own classes only): eagerly here, with no broker."""
+    from localq import Ignore, Reject
+    from localq.celery import make_celery
+    app = Localq(str(tmp_path / "jobs.db"))
+    started: list[str] = []
+
+    class Hooked(Task):
+        def before_start(self, task_id: str, args: tuple, kwargs: dict) -> None:
+            started.append(task_id)
+
+    @app.task(bind=True)
+    def by_hand(self, x):
+        self.update_state(state="SUCCESS", meta=x * 2)      # Celery's own update_state
+        raise Ignore()
+
+    @app.task(base=Hooked)
+    def rejects(requeue):
+        raise Reject("bad input", requeue=requeue)
+
+    capp = make_celery(app, task_always_eager=True)
+    assert by_hand.delay(21).state == "IGNORED"
+    rejected = rejects.apply_async((False,), task_id="r1")
+    assert rejected.state == "REJECTED" and started == ["r1"]    # before_start: Celery's
+    with pytest.raises(celery.exceptions.Reject) as info:
+        capp.tasks[rejects.name](True)                  # called as Celery's tracer calls it
+    assert (info.value.reason, info.value.requeue) == ("bad input", True)
+    assert isinstance(info.value.__cause__, Reject)
+
+
 def test_a_task_class_with_init_is_refused_by_name(with_celery, tmp_path):
     from localq.celery import make_celery
     app = Localq(str(tmp_path / "jobs.db"))
@@ -382,6 +413,8 @@ def run_cases(tasks: Any, folder: Path) -> dict[str, Any]:
         "hooked fails": tasks.hooked.apply_async((-1,), {"log": str(hooks)}, priority=9),
         "sends": tasks.sends.delay(4),
         "ignore_result": tasks.fire_and_forget.delay(str(marker)),
+        "stored by hand, then Ignore": tasks.stores_by_hand.delay(21),
+        "failed by hand, then Ignore": tasks.fails_by_hand.delay("by hand"),
     }
     limited = [tasks.limited.delay(i) for i in range(8)]
     got = {name: outcome(result) for name, result in sent.items()}
@@ -396,6 +429,11 @@ def run_cases(tasks: Any, folder: Path) -> dict[str, Any]:
     wait_for(lambda: hooks.exists() and len(hooks.read_text().splitlines()) == 2,
              what="both hooks to run")          # Celery stores the state before on_failure
     got["hooks"] = sorted(hooks.read_text().splitlines())
+    # Read afresh, now that the tasks have long ended (a Celery result caches what it saw
+    # first): on Celery, an Ignore that Celery did not know would have stored its own
+    # failure over the one set by hand (Celery keeps a SUCCESS, whatever follows).
+    for name in ("stored by hand, then Ignore", "failed by hand, then Ignore"):
+        got[name] = outcome(tasks.app.AsyncResult(sent[name].id))
     return got
 
 
@@ -478,6 +516,8 @@ def test_the_same_tasks_run_on_localq_and_on_celery_with_redis(with_celery, redi
         "fails": ("FAILURE", "BadInput", "bad input"),
         "hooked ok": ("SUCCESS", 3),
         "hooked fails": ("FAILURE", "ValueError"),
+        "stored by hand, then Ignore": ("SUCCESS", 42),
+        "failed by hand, then Ignore": ("FAILURE", "BadInput"),
         "sends": 5,
         "limited": [i * i for i in range(8)],
         "map": [0, 1, 4, 9, 16],

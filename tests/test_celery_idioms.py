@@ -1,7 +1,9 @@
 """Celery's idioms through real workers: shared_task, send_task, autodiscover_tasks,
 signals (each in the process Celery sends it in), the app's on_after_configure,
 update_state with custom states, retry with new arguments, the request's hostname and
-eta, AsyncResult's args/kwargs/forget/wait/traceback, and get() inside a task.
+eta, AsyncResult's args/kwargs/forget/wait/traceback, get() inside a task and
+allow_join_result, Ignore and Reject (and the final states localq gives them where
+Celery leaves the job in limbo), ResultSet, and the before_start hook.
 
 What runs in a worker's child reports to a file the test reads (a pid, a line).
 """
@@ -17,7 +19,8 @@ from typing import Any, Iterator
 import pytest
 from conftest import wait_for
 
-from localq import Localq, Task, shared_task, signals
+from localq import Ignore, Localq, Reject, Task, chain, chord, group, shared_task, signals
+from localq.result import allow_join_result, denied_join_result
 
 app = Localq(main="test_celery_idioms")
 
@@ -440,3 +443,305 @@ def test_a_state_report_is_guarded_like_an_outcome(worker_app):
     r.forget()
     with store.db.read() as conn:
         assert conn.execute("SELECT count(*) FROM task_states").fetchone() == (0,)
+
+
+# ------------------------------------------------------------------ Ignore and Reject
+
+@app.task(bind=True, name="idioms.stores_by_hand")
+def stores_by_hand(self: Task, x: int) -> None:
+    """Celery's documented idiom: store the result by hand, then ignore the outcome."""
+    self.update_state(state="SUCCESS", meta=x * 2)
+    raise Ignore()
+
+
+@app.task(bind=True, name="idioms.fails_by_hand")
+def fails_by_hand(self: Task, how: str) -> None:
+    if how == "exception":
+        self.update_state(state="FAILURE", meta=ValueError("by hand"))
+    else:       # the form Celery stores, written out as Celery users do
+        self.update_state(state="FAILURE", meta={"exc_type": "ValueError",
+                                                 "exc_message": ["by dict"]})
+    raise Ignore()
+
+
+@app.task(bind=True, name="idioms.changes_its_mind")
+def changes_its_mind(self: Task) -> str:
+    self.update_state(state="SUCCESS", meta="held")
+    self.update_state(state="PROGRESS", meta={"later": True})     # the last state wins
+    raise Ignore()
+
+
+@app.task(bind=True, name="idioms.nested_apply")
+def nested_apply(self: Task) -> None:
+    self.update_state(state="SUCCESS", meta="outer")
+    assert returns_anyway.apply().get() == "returned"     # its own held state is its own
+    raise Ignore()
+
+
+@app.task(bind=True, name="idioms.returns_anyway")
+def returns_anyway(self: Task) -> str:
+    self.update_state(state="SUCCESS", meta="held")
+    return "returned"                   # the value returned wins, as on Celery
+
+
+class Audited(Task):
+    """Writes each hook call to the file named by the job's ``log`` keyword argument."""
+
+    def record(self, line: str) -> None:
+        note(self.request.kwargs["log"], line)
+
+    def on_success(self, retval: Any, task_id: str, args: tuple, kwargs: dict) -> None:
+        self.record("on_success")
+
+    def on_failure(self, exc: BaseException, task_id: str, args: tuple, kwargs: dict,
+                   einfo: Any) -> None:
+        self.record("on_failure")
+
+    def on_retry(self, exc: BaseException, task_id: str, args: tuple, kwargs: dict,
+                 einfo: Any) -> None:
+        self.record("on_retry")
+
+    def after_return(self, status: str, retval: Any, task_id: str, args: tuple, kwargs: dict,
+                     einfo: Any) -> None:
+        self.record(f"after_return {status} {type(retval).__name__}")
+
+
+@app.task(base=Audited, name="idioms.ignores_itself", autoretry_for=(Exception,),
+          max_retries=3, default_retry_delay=0)
+def ignores_itself(log: str) -> None:
+    raise Ignore()          # no final state first: localq ends the job REVOKED
+
+
+@app.task(name="idioms.collect")
+def collect(values: list) -> list:
+    return values
+
+
+@app.task(bind=True, name="idioms.rejects_once")
+def rejects_once(self: Task, marker: str) -> str:
+    note(marker, f"run {self.request.retries}")
+    if len(lines(marker)) == 1:
+        raise Reject("not yet", requeue=True)
+    return "second run"
+
+
+@app.task(base=Audited, name="idioms.rejects")
+def rejects(log: str) -> None:
+    raise Reject("bad input")
+
+
+def test_ignore_after_update_state_success_ends_the_job_with_that_value(worker_app):
+    with worker_app.worker(concurrency=2):
+        r = stores_by_hand.delay(21)
+        assert r.get(timeout=30) == 42
+        assert r.state == "SUCCESS" and r.successful()
+        # a chain goes on with the value, a chord counts the member as a success
+        assert chain(stores_by_hand.s(5), echo.s()).apply_async().get(timeout=30) == 10
+        both = chord([echo.s(1), stores_by_hand.s(2)], collect.s()).apply_async()
+        assert both.get(timeout=30) == [1, 4]
+        assert returns_anyway.delay().get(timeout=30) == "returned"
+        assert nested_apply.delay().get(timeout=30) == "outer"
+    assert [a["outcome"] for a in r.attempts] == ["SUCCESS"]
+
+
+def test_ignore_after_update_state_failure_fails_the_job(worker_app):
+    with worker_app.worker(concurrency=1):
+        exc = fails_by_hand.delay("exception").get(timeout=30, propagate=False)
+        by_dict = fails_by_hand.delay("dict")
+        with pytest.raises(ValueError, match="by dict"):
+            by_dict.get(timeout=30)
+        then = chain(fails_by_hand.s("exception"), echo.s()).apply_async()
+        with pytest.raises(ValueError, match="by hand"):
+            then.get(timeout=30)            # the chain's next step fails with it
+    assert isinstance(exc, ValueError) and str(exc) == "by hand"
+    assert by_dict.state == "FAILURE"
+
+
+def test_ignore_without_a_final_state_ends_revoked_and_the_canvas_goes_on(worker_app,
+                                                                        tmp_path):
+    from localq import ChordError
+    log = str(tmp_path / "hooks.log")
+    revoked_log = str(tmp_path / "revoked.log")
+
+    def on_revoked(sender: Any, request: Any, **kw: Any) -> None:
+        note(revoked_log, request.id)
+
+    signals.task_revoked.connect(on_revoked)
+    try:
+        with worker_app.worker(concurrency=2):
+            r, after = ends_revoked_alone_and_in_a_chain(ignores_itself, "ignored", log=log)
+            header = chord([echo.s(1), ignores_itself.si(log=log), echo.s(3)], collect.s())
+            with pytest.raises(ChordError, match="ignored"):
+                header.apply_async().get(timeout=30)
+            assert changes_its_mind.delay().get(timeout=30, propagate=False).args[0] \
+                .startswith("ignored")
+    finally:
+        signals.task_revoked.disconnect(on_revoked)
+    assert r.state == "REVOKED" and r.retries == 0      # autoretry_for=(Exception,): no
+    assert [a["outcome"] for a in r.attempts] == ["REVOKED"]
+    assert after.state == "FAILURE"
+    # Celery's hooks for an ignored job: after_return alone, with the Ignore
+    assert set(lines(log)) == {"after_return REVOKED Ignore"}, lines(log)
+    assert lines(revoked_log) == []        # it was not revoked: task_revoked is not sent
+
+
+def ends_revoked_alone_and_in_a_chain(task: Task, said: str, **kwargs: Any) -> tuple:
+    """Send ``task`` alone, then as a chain's first step: both end with a
+    TaskRevokedError saying ``said`` (the chain's next step too: nothing waits)."""
+    from localq import TaskRevokedError
+    alone = task.delay(**kwargs)
+    with pytest.raises(TaskRevokedError, match=said):
+        alone.get(timeout=30)
+    after = chain(task.si(**kwargs), echo.s()).apply_async()
+    with pytest.raises(TaskRevokedError, match=said):
+        after.get(timeout=30)
+    return alone, after
+
+
+def test_reject_with_requeue_runs_the_job_again(worker_app, tmp_path):
+    marker = str(tmp_path / "runs")
+    with worker_app.worker(concurrency=1):
+        r = rejects_once.delay(marker)
+        assert r.get(timeout=30) == "second run"
+    assert lines(marker) == ["run 0", "run 0"]         # not counted as a retry
+    assert r.retries == 0 and [a["outcome"] for a in r.attempts] == ["SUCCESS"]
+
+
+def test_reject_without_requeue_ends_revoked_with_the_reason(worker_app, tmp_path):
+    log = str(tmp_path / "hooks.log")
+    with worker_app.worker(concurrency=1):
+        r, then = ends_revoked_alone_and_in_a_chain(rejects, "rejected: bad input", log=log)
+    assert r.state == "REVOKED" and then.state == "FAILURE"
+    assert set(lines(log)) == {"after_return REVOKED Reject"}
+
+
+def test_ignore_and_reject_in_eager_mode_end_in_the_same_states(worker_app, tmp_path, caplog):
+    from localq import TaskRevokedError
+    caplog.set_level("INFO", logger="localq.worker")
+    done = stores_by_hand.apply(args=(21,))
+    assert done.state == "SUCCESS" and done.get() == 42
+    assert "idioms.stores_by_hand" in caplog.text and "ignored" in caplog.text
+    failed = fails_by_hand.apply(args=("exception",))
+    assert failed.state == "FAILURE" and isinstance(failed.result, ValueError)
+    ignored = ignores_itself.apply(kwargs={"log": str(tmp_path / "eager.log")})
+    assert ignored.state == "REVOKED"
+    with pytest.raises(TaskRevokedError, match="ignored"):
+        ignored.get()
+    marker = str(tmp_path / "runs")
+    assert rejects_once.apply(args=(marker,)).get() == "second run"
+    assert lines(marker) == ["run 0", "run 0"]
+    rejected = rejects.apply(kwargs={"log": str(tmp_path / "eager.log")})
+    assert rejected.state == "REVOKED" and "rejected: bad input" in str(rejected.result)
+    assert "reject requeue=False: bad input" in caplog.text
+    worker_app.conf.task_always_eager = True
+    try:
+        assert stores_by_hand.delay(4).get() == 8
+        assert chain(stores_by_hand.s(5), echo.s()).apply_async().get() == 10
+    finally:
+        worker_app.conf.task_always_eager = False
+
+
+# ------------------------------------------------------------------ allow_join_result
+
+@app.task(name="idioms.waits_allowed")
+def waits_allowed(x: int) -> int:
+    with allow_join_result():
+        return echo.delay(x).get(timeout=30) + 1
+
+
+def test_allow_join_result_lets_a_task_wait_and_denied_join_result_refuses(worker_app):
+    with worker_app.worker(concurrency=2):
+        # Short jobs first: the children then take several jobs at a time. The job the
+        # waiting task sends still goes to the free child, not behind its sender.
+        assert [echo.delay(i).get(timeout=30) for i in range(20)] == list(range(20))
+        assert waits_allowed.delay(4).get(timeout=30) == 5
+        assert waits_on_another.delay().get(timeout=30).startswith("Never call")  # as before
+        r = echo.delay(1)
+        with denied_join_result():
+            with pytest.raises(RuntimeError, match="allow_join_result"):
+                r.get(timeout=30)
+            assert r.get(timeout=30, disable_sync_subtasks=False) == 1
+        assert r.get(timeout=30) == 1
+
+
+# ------------------------------------------------------------------ ResultSet
+
+def test_result_set(worker_app):
+    from localq import ResultSet, TimeoutError
+    from localq.result import ResultSet as FromResult
+    assert ResultSet is FromResult
+    ones = [echo.delay(i) for i in range(3)]
+    rs = ResultSet(ones)
+    assert len(rs) == 3 and list(rs) == ones and rs[1] == ones[1] and rs.results == ones
+    assert rs.waiting() and not rs.ready() and rs.completed_count() == 0
+    with pytest.raises(TimeoutError), pytest.warns(RuntimeWarning, match="no localq worker"):
+        rs.get(timeout=0.05)                 # no worker yet
+    with worker_app.worker(concurrency=1):
+        assert rs.get(timeout=30) == [0, 1, 2] == rs.join(timeout=30)
+        assert rs.ready() and rs.successful() and not rs.failed() and not rs.waiting()
+        assert rs.completed_count() == 3
+        bad = fail.delay()
+        rs.add(bad)
+        rs.add(bad)                          # once only
+        assert len(rs) == 4
+        with pytest.raises(KeyError, match="nope"):
+            rs.get(timeout=30)
+        assert isinstance(rs.get(timeout=30, propagate=False)[3], KeyError)
+        assert rs.failed() and not rs.successful() and rs.completed_count() == 3
+        seen: list[tuple] = []
+        ResultSet(ones).get(timeout=30, callback=lambda i, v: seen.append((i, v)))
+        assert seen == [(r.id, i) for i, r in enumerate(ones)]
+    rs.remove(bad.id)                        # by id, as Celery's
+    rs.discard(bad)                          # not in: nothing
+    with pytest.raises(KeyError):
+        rs.remove(bad)
+    more = echo.delay(9)
+    rs.update([ones[0], more])
+    assert rs.results == [*ones, more]
+    rs.revoke()                              # no worker: the pending one ends REVOKED
+    assert more.state == "REVOKED" and ones[0].state == "SUCCESS"
+    rs.forget()
+    assert ones[0].state == "PENDING"
+    rs.clear()
+    assert len(rs) == 0 and rs.get() == [] and rs.ready()
+
+
+def test_a_group_result_is_a_result_set_and_may_be_edited(worker_app):
+    from localq import GroupResult, ResultSet
+    with worker_app.worker(concurrency=1):
+        res = group(echo.s(i) for i in range(3)).apply_async()
+        assert isinstance(res, ResultSet) and isinstance(res, GroupResult)
+        assert res.get(timeout=30) == [0, 1, 2] and res.completed_count() == 3
+        extra = echo.delay(3)
+        res.add(extra)                       # no longer the stored group: member by member
+        assert res.get(timeout=30) == [0, 1, 2, 3] and res.completed_count() == 4
+        res.remove(extra)
+        assert len(res) == 3 and res.ready()
+
+
+# ------------------------------------------------------------------ before_start
+
+class Started(Task):
+    def before_start(self, task_id: str, args: tuple, kwargs: dict) -> None:
+        note(args[0], f"before_start {os.getpid()} {task_id == self.request.id} {args} "
+                      f"{kwargs}")
+
+
+@app.task(base=Started, name="idioms.started")
+def started_task(path: str, x: int = 0) -> int:
+    note(path, f"run {os.getpid()}")
+    return x
+
+
+def test_before_start_runs_in_the_worker_before_the_task_and_eagerly(worker_app, tmp_path):
+    path = str(tmp_path / "log")
+    with worker_app.worker(concurrency=1):
+        assert started_task.delay(path, x=1).get(timeout=30) == 1
+    (before, run) = lines(path)
+    child = run.split()[1]
+    assert before == f"before_start {child} True ('{path}',) {{'x': 1}}"
+    assert child != str(os.getpid())
+    eager = str(tmp_path / "eager")
+    assert started_task.apply(args=(eager,)).get() == 0
+    assert lines(eager) == [f"before_start {os.getpid()} True ('{eager}',) {{}}",
+                            f"run {os.getpid()}"]

@@ -147,14 +147,17 @@ def retrying(seq: int, exc_type: str, traceback: str | None, started: float, end
 
 
 def revoked(seq: int, result: Any, ended: float, pid: int | None,
-            exc_message: str | None) -> Outcome:
-    """A REVOKED: ``result`` is the encoded TaskRevokedError."""
+            exc_message: str | None, started: float | None = None) -> Outcome:
+    """A REVOKED: ``result`` is the encoded TaskRevokedError. ``started``: None for a job
+    stopped from outside (revoked, expired, terminated); the time it started for a job
+    that ended itself so (it raised Ignore or Reject)."""
     return _make(Outcome, (seq, "REVOKED", result, "localq.exceptions.TaskRevokedError", None,
-                           None, ended, pid, 0.0, exc_message))
+                           started, ended, pid, 0.0, exc_message))
 
 
 def put_back(seq: int) -> Outcome:
-    """Not run (or run, but its outcome lost): the job goes back to PENDING."""
+    """Not run (or run, but its outcome lost, or rejected with ``Reject(requeue=True)``):
+    the job goes back to PENDING, its retries unchanged."""
     return _make(Outcome, (seq, "PENDING", None, None, None, None, 0.0, None, 0.0, None))
 
 

@@ -3,8 +3,13 @@
 Used by the child processes and by eager mode, so that both go through the
 same serializer, the same retry rules and the same errors: an eager test
 cannot pass where a real worker would fail. A Task subclass's hooks
-(``on_success``, ``on_failure``, ``on_retry``, ``after_return``) run here too,
-while ``task.request`` is still the job's.
+(``before_start``, ``on_success``, ``on_failure``, ``on_retry``, ``after_return``)
+run here too, while ``task.request`` is still the job's.
+
+A task that raises ``Ignore`` or ``Reject`` ends its job itself, and it ends here
+in a final state (or, ``Reject(requeue=True)``, back in its queue): SUCCESS or
+FAILURE when the task set one with ``update_state`` first (held here, not shown
+while the task runs), else REVOKED. See ``_self_ended``.
 
 Whatever a job brings or leaves becomes an outcome the supervisor can store: a
 payload in a serializer the app does not accept is refused undecoded
@@ -26,9 +31,12 @@ from ..builtins import builtin
 from ..exceptions import (
     ConfigurationError,
     EncodeError,
+    Ignore,
     NotRegistered,
+    Reject,
     Retry,
     SoftTimeLimitExceeded,
+    TaskError,
     TaskRevokedError,
 )
 from ..limits import backoff_countdown
@@ -39,6 +47,7 @@ from ..serializer import (
     encode_exception,
     encode_value,
     exception_type_name,
+    find_exception_class,
     safe_text,
     why,
 )
@@ -62,7 +71,15 @@ hostname: list[str | None] = [None]
 channel: list[Any] = [None]
 _current: list[Any] = [0, "json"]
 # States localq records itself: update_state may not set them.
-OWN_STATES = frozenset(("PENDING", "RETRY", "SUCCESS", "FAILURE", "REVOKED"))
+OWN_STATES = frozenset(("PENDING", "RETRY", "REVOKED"))
+# Final states a task may set for itself, to end with them by raising Ignore (Celery's
+# idiom); held here, (state, meta), until the job ends: a job is final once.
+HELD_STATES = frozenset(("SUCCESS", "FAILURE"))
+_held: list[tuple[str, Any] | None] = [None]
+# What a task raises to end its own job: only after_return and task_postrun follow, as
+# in Celery (no on_success/on_failure, no errbacks, no retry).
+SELF_ENDED = (Ignore, Reject)
+IGNORED = "ignored: the task raised Ignore without setting a final state first"
 
 def _soft_limit_handler(signum: int, frame: Any) -> None:
     raise SoftTimeLimitExceeded("soft time limit exceeded")
@@ -105,6 +122,7 @@ def execute(app: WorkerApp, seq: int, job_id: str, task_name: str, serializer: s
                       is_eager=is_eager, options=options, hostname=hostname[0],
                       eta=_iso(options.get("eta")))
     task.push_request(request)
+    outer, _held[0] = _held[0], None     # a task may run another eagerly (apply())
     try:
         if task_prerun.receivers:
             task_prerun.send(task, task_id=job_id, task=task, args=args, kwargs=kwargs)
@@ -114,13 +132,15 @@ def execute(app: WorkerApp, seq: int, job_id: str, task_name: str, serializer: s
         if task._hooks:     # a Task subclass's hooks, still inside the job's request
             outcome = _call_hooks(task, outcome, value, error, tb, job_id, args, kwargs,
                                   serializer, started, pid)
-        if outcome.state == "FAILURE" and options and options.get("errbacks"):
+        if outcome.state == "FAILURE" and options and options.get("errbacks") \
+                and not isinstance(error, SELF_ENDED):
             _call_errbacks(app, request, error, tb, options["errbacks"])
         if task_postrun.receivers or task_success.receivers or task_failure.receivers \
                 or task_retry.receivers:
             _send_signals(task, request, outcome, value, error, tb)
         return outcome
     finally:
+        _held[0] = outer
         task.pop_request()
 
 
@@ -128,16 +148,32 @@ def update_state(task: Task, task_id: str | None, state: str, meta: Any) -> None
     """``self.update_state``: a custom state (e.g. PROGRESS) and its meta, readable from
     any process as ``AsyncResult.state`` and ``.info`` while the job runs. In a worker's
     child it goes to the supervisor, which writes it with its next transaction (the child
-    never opens the database); elsewhere it is written here, if the job is running."""
+    never opens the database); elsewhere it is written here, if the job is running.
+
+    SUCCESS or FAILURE, for the running job itself only, is held until the task ends: a
+    task that then raises Ignore ends in it (Celery's way of storing a result by hand);
+    a task that returns, fails or retries ends as it does, and a later custom state
+    replaces the held one (the last state set wins, as in Celery)."""
     if not isinstance(state, str) or not state or state in OWN_STATES:
         raise ValueError(f"update_state(state={state!r}): use a state of your own, such as "
                          f"'PROGRESS' (localq records {', '.join(sorted(OWN_STATES))} "
-                         f"itself; STARTED is allowed, to attach meta)")
+                         f"itself; STARTED is allowed, to attach meta; SUCCESS and FAILURE "
+                         f"only before raise Ignore())")
     request = task.request
     job_id = task_id or request.id
     if job_id is None:
         raise ValueError(f"{task.name}.update_state() outside a job: pass task_id=")
     running_here = job_id == request.id and not request.called_directly
+    if state in HELD_STATES:
+        if not running_here:
+            raise ValueError(f"{task.name}.update_state(state={state!r}): a job's final "
+                             f"state is set only by the task running it, for itself, "
+                             f"before raise Ignore() (job {job_id} is not running here); "
+                             f"for progress, use a state of your own, such as 'PROGRESS'")
+        _held[0] = (state, meta)
+        return
+    if running_here:
+        _held[0] = None         # the last state the task set for itself wins
     if running_here and request.is_eager:
         return          # eager mode stores nothing, as for results
     serializer = task.app.conf.result_serializer or (
@@ -165,9 +201,12 @@ def _iso(eta: float | None) -> str | None:
 def _send_signals(task: Task, request: Request, outcome: Outcome, value: Any,
                   exc: BaseException | None, tb: str | None) -> None:
     """task_success, task_failure or task_retry, then task_postrun, with Celery's
-    arguments, in the process that ran the job."""
+    arguments, in the process that ran the job (task_postrun alone when the task ended
+    itself: Ignore, Reject)."""
     state, args, kwargs = outcome.state, request.args, request.kwargs
-    if state == "SUCCESS":
+    if isinstance(exc, SELF_ENDED):
+        pass
+    elif state == "SUCCESS":
         task_success.send(task, result=value)
     elif state == "FAILURE":
         exc = exc if exc is not None else Exception(outcome.exc_message)
@@ -197,15 +236,21 @@ def _plan(app: WorkerApp, task: Task) -> _Plan:
 def _run(task: Task, seq: int, serializer: str, args: tuple | list, kwargs: dict,
          soft_limit: float | None, started: float, pid: int, ignore_result: bool,
          result_serializer: str) -> tuple[Outcome, Any, BaseException | None, str | None]:
-    """Call the task: (outcome, its value, the exception that ended it, its traceback)."""
+    """Call the task (after its before_start hook, which may fail it as the task may):
+    (outcome, its value, the exception that ended it, its traceback)."""
     try:
         if soft_limit:
             signal.setitimer(signal.ITIMER_REAL, soft_limit)
         try:
+            if task._hooks:
+                task.before_start(task.request.id, tuple(args), kwargs)   # type: ignore[arg-type]
             value = task(*args, **kwargs)
         finally:
             if soft_limit:
                 signal.setitimer(signal.ITIMER_REAL, 0)
+    except SELF_ENDED as asked:
+        return _self_ended(task, seq, serializer, asked, started, pid, ignore_result,
+                           result_serializer)
     except Retry as asked:
         return _retry(task, seq, serializer, asked, started, pid), None, asked, None
     except Exception as exc:
@@ -216,6 +261,15 @@ def _run(task: Task, seq: int, serializer: str, args: tuple | list, kwargs: dict
         final = auto if auto is not None else exc
         tb = tb_module.format_exc()
         return _failure(seq, serializer, final, tb, started, pid), None, final, tb
+    return _succeeded(task, seq, serializer, value, started, pid, ignore_result,
+                      result_serializer)
+
+
+def _succeeded(task: Task, seq: int, serializer: str, value: Any, started: float, pid: int,
+               ignore_result: bool, result_serializer: str
+               ) -> tuple[Outcome, Any, BaseException | None, str | None]:
+    """A SUCCESS with ``value`` (the task's, or the meta it set before Ignore), or a
+    FAILURE if the value cannot be encoded."""
     if ignore_result:
         return records.succeeded(seq, None, started, time.time(), pid), value, None, None
     try:
@@ -229,14 +283,70 @@ def _run(task: Task, seq: int, serializer: str, args: tuple | list, kwargs: dict
     return records.succeeded(seq, result, started, time.time(), pid), value, None, None
 
 
+def _self_ended(task: Task, seq: int, serializer: str, asked: Ignore | Reject, started: float,
+                pid: int, ignore_result: bool, result_serializer: str
+                ) -> tuple[Outcome, Any, BaseException | None, str | None]:
+    """The task raised Ignore or Reject: (outcome, value, the Ignore or Reject, traceback).
+
+    Where Celery leaves such a job in limbo (its state as it was, or PENDING), here it
+    ends: Ignore ends it in the final state the task held (``update_state``), else
+    REVOKED; Reject puts it back (requeue) or ends it REVOKED. Logged as Celery does."""
+    held, _held[0] = _held[0], None
+    request = task.request
+    if isinstance(asked, Reject):
+        log.warning("Task %s[%s] %r", task.name, request.id, asked)
+        if asked.requeue:
+            return records.put_back(seq), None, asked, None
+        return revoked_outcome(seq, serializer, f"rejected: {asked.reason}", time.time(), pid,
+                               started), None, asked, None
+    log.info("Task %s[%s] ignored", task.name, request.id)
+    if held is None:
+        return revoked_outcome(seq, serializer, IGNORED, time.time(), pid, started), None, \
+            asked, None
+    state, meta = held
+    if state == "SUCCESS":
+        outcome, value, _, tb = _succeeded(task, seq, serializer, meta, started, pid,
+                                           ignore_result, result_serializer)
+        return outcome, value, asked, tb
+    exc = held_exception(meta)
+    tb = "".join(tb_module.format_exception(exc)) if exc.__traceback__ is not None else None
+    return _failure(seq, serializer, exc, tb, started, pid), None, asked, tb
+
+
+def held_exception(meta: Any) -> BaseException:
+    """The exception of ``update_state(state="FAILURE", meta=...)``: ``meta`` itself, or
+    Celery's stored form (``{"exc_type": "ValueError", "exc_message": ...}``, the class
+    found among the modules already imported), else a TaskError holding ``meta``."""
+    if isinstance(meta, BaseException):
+        return meta
+    if isinstance(meta, dict) and isinstance(meta.get("exc_type"), str):
+        name, module = meta["exc_type"], meta.get("exc_module")
+        if isinstance(module, str) and module != "builtins" and "." not in name:
+            name = f"{module}.{name}"
+        message = meta.get("exc_message", "")
+        args = list(message) if isinstance(message, (list, tuple)) else [message]
+        cls = find_exception_class(name)
+        if cls is not None:
+            try:
+                return cls(*args)
+            except Exception:       # noqa: BLE001 - the class's own arguments differ
+                pass
+        return TaskError(name, " ".join(map(str, args)))
+    return TaskError("FAILURE", f"update_state(state='FAILURE', meta={meta!r:.200})")
+
+
 def _call_hooks(task: Task, outcome: Outcome, value: Any, exc: BaseException | None,
                 tb: str | None, job_id: str, args: tuple | list, kwargs: dict, serializer: str,
                 started: float, pid: int) -> Outcome:
     """Celery's task hooks, with Celery's signatures and order: on_success,
     on_failure or on_retry, then after_return (not after a retry). As in Celery, an
     on_success that raises fails the job; an error in another hook is logged and the
-    outcome stands."""
+    outcome stands. A job the task ended itself (Ignore, Reject) gets after_return
+    alone, with the Ignore or Reject as its value (Celery's)."""
     state, args = outcome.state, tuple(args)
+    if isinstance(exc, SELF_ENDED):
+        _logged(task.after_return, state, exc, job_id, args, kwargs, None)
+        return outcome
     if state == "SUCCESS":
         try:
             task.on_success(value, job_id, args, kwargs)
@@ -332,10 +442,11 @@ def _retry(task: Task, seq: int, serializer: str, retry: Retry, started: float,
 
 
 def revoked_outcome(seq: int, serializer: str, why: str, ended: float,
-                    pid: int | None = None) -> Outcome:
-    """A job that ends REVOKED without running (revoked, expired) or terminated."""
+                    pid: int | None = None, started: float | None = None) -> Outcome:
+    """A job that ends REVOKED without running (revoked, expired), terminated, or that
+    ended itself so (Ignore, Reject: ``started`` is when it started)."""
     return records.revoked(seq, encode_exception(serializer, TaskRevokedError(why)), ended,
-                           pid, why)
+                           pid, why, started)
 
 
 def _failure(seq: int, serializer: str, exc: BaseException, tb: str | None, started: float,
@@ -383,7 +494,8 @@ def job_limits(task: Task | None, options: str | None
 
 def run_eager(task: Task, args: tuple, kwargs: dict, options: dict) -> Any:
     """Eager mode: run here, but through the serializer and the same retry rules, so
-    that what fails on a worker fails here too. Retries run at once."""
+    that what fails on a worker fails here too. Retries run at once, and so does a job
+    that rejected itself with requeue (not counted as a retry)."""
     from ..ids import new_id
     from ..result import EagerResult
     serializer = options.get("serializer") or task.option("serializer")
@@ -393,6 +505,8 @@ def run_eager(task: Task, args: tuple, kwargs: dict, options: dict) -> Any:
     while True:
         outcome = execute(task.app, 0, job_id, task.name, serializer, payload, None, retries,
                           os.getpid(), None, is_eager=True)
+        if outcome.state == "PENDING":          # Reject(requeue=True): again, as it was
+            continue
         if outcome.state != "RETRY":
             break
         if outcome.result[0] is not None:      # retry(args=..., kwargs=...)

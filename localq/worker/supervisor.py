@@ -106,6 +106,10 @@ WRITE_BACKOFF_MAX = 2.0
 TRANSIENT_CODES = frozenset((5, 6, 7, 8, 10, 13, 14, 15))
 
 
+def _has_inflight(child: Child) -> bool:
+    return bool(child.inflight)
+
+
 class _PresumedDead(Exception):
     """Another worker found this one silent for too long and took its jobs back."""
 
@@ -637,8 +641,10 @@ class Supervisor:
                 continue
             note(job.task, o)
             busy += o.ended - (o.started or o.ended)
-            if o.state == "REVOKED":        # skipped by the child: revoked meanwhile
-                self._signal_revoked(job)
+            if o.state == "REVOKED":
+                if o.started is None:       # skipped by the child: revoked meanwhile
+                    self._signal_revoked(job)
+                # else it ran and ended itself so (Ignore, Reject): not a revoke
             elif o.state == "FAILURE":
                 log.error("Task %s[%s] raised: %s\n%s", job.task if job else "?",
                           job.id if job else "?", o.exc_message, (o.traceback or "").rstrip())
@@ -896,11 +902,14 @@ class Supervisor:
                 return
 
     def _dispatch_once(self, now: Now) -> bool:
-        """Hand ready jobs to children with room; True if a child was found dead."""
+        """Hand ready jobs to children with room, idle ones first; True if a child was
+        found dead. Idle first: a job sent by a running task that waits for it
+        (``allow_join_result``) goes to a free child, not behind its sender in a busy
+        one's queue, where it would wait for ever (Celery's ``-O fair``)."""
         lost_child = False
         mono = now.mono
         ready = self.ready
-        for child in list(self.children.values()):
+        for child in sorted(self.children.values(), key=_has_inflight):
             if not ready:
                 break
             room = min(self._room(child), len(ready))
