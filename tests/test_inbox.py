@@ -346,3 +346,23 @@ def test_files_of_a_producer_killed_before_it_registered_are_removed(app, db_pat
         assert app.tasks["sample_tasks.add"].delay(2, 2).get(timeout=30) == 4
     finally:
         os.close(fd)
+
+
+def test_counts_see_each_job_once_while_a_worker_copies_it_from_an_inbox(
+        app, db_path, start_worker):
+    """status and the dashboard's queue lengths count jobs in the file and in inboxes:
+    from one state of the file, so a job the worker copies between the two reads is
+    counted once, not missed (or twice). Jobs in a queue no worker takes stay waiting."""
+    from localq.dashboard import views
+
+    add = app.tasks["sample_tasks.add"]
+    start_worker("-c", "1").ready()
+    sent = 0
+    for _ in range(60):
+        for i in range(5):
+            add.apply_async((i, i), queue="nobody")
+        sent += 5
+        pending = sum(n for q, _t, st, n in app.store.counts()
+                      if q == "nobody" and st == "PENDING")
+        lengths = {q["name"]: q["messages"] for q in views.queues(app)["active_queues"]}
+        assert pending == sent and lengths.get("nobody") == sent

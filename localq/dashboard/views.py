@@ -138,13 +138,13 @@ def task_info(app: Localq, job_id: str) -> dict[str, Any] | None:
 def queues(app: Localq) -> dict[str, Any]:
     """Depth per queue and priority, delayed jobs, jobs waiting in a rate-limited lane,
     and every limit in force."""
-    depths = app.store.monitor.queue_depths()
+    depths, in_inboxes = app.store.queue_depths()
     by_queue: dict[str, int] = {}
     for queue, _, count in depths["ready"]:
         by_queue[queue] = by_queue.get(queue, 0) + count
     for _, queue, count in depths["lanes"]:
         by_queue[queue] = by_queue.get(queue, 0) + count
-    for queue, _, _, count in app.store.inbox_depths():     # not copied into the file yet
+    for queue, _, _, count in in_inboxes:     # not copied into the file yet
         by_queue[queue] = by_queue.get(queue, 0) + count
     return {
         "active_queues": [{"name": q, "messages": n} for q, n in sorted(by_queue.items())],

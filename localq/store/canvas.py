@@ -47,7 +47,7 @@ from collections import Counter
 from typing import Any, Iterable, Sequence
 
 from ..ids import format_id
-from .records import FINAL_SQL, INSERT_JOB, JobRow
+from .records import FINAL_SQL, INSERT_JOB, JobRow, in_list
 from .schema import SHORT_RESULT
 
 WAITING = -1.0        # the eta of a job that waits for its parent's outcome
@@ -116,11 +116,11 @@ def settle(conn: sqlite3.Connection, seqs: Sequence[int],
     one transaction are counted with one UPDATE (and one per part)."""
     found: list[tuple] = []
     for start in range(0, len(seqs), _CHUNK):
-        chunk = seqs[start:start + _CHUNK]
+        marks, chunk = in_list(seqs[start:start + _CHUNK])
         found.extend(conn.execute(
             "SELECT j.seq, c.spec, j.state, j.result, j.exc_type, j.traceback, j.id, "
             "j.group_index, j.group_id FROM jobs j LEFT JOIN canvas c ON c.seq = j.seq "
-            f"WHERE j.seq IN ({','.join('?' * len(chunk))}) AND j.state IN {FINAL_SQL} AND "
+            f"WHERE j.seq IN ({marks}) AND j.state IN {FINAL_SQL} AND "
             "(c.seq IS NOT NULL OR (j.group_id IS NOT NULL AND j.root_id IS NULL AND "
             "j.state <> 'SUCCESS'))", chunk).fetchall())
     counts: dict[str, Counter[int]] = {}

@@ -106,6 +106,18 @@ class Database:
             yield self._reader()
 
     @contextmanager
+    def snapshot(self) -> Iterator[sqlite3.Connection]:
+        """The reading connection inside one read transaction: every statement of the
+        block sees the same state of the file (ATTACH is refused meanwhile)."""
+        with self._lock, _errors(self.path):
+            conn = self._reader()
+            conn.execute("BEGIN")
+            try:
+                yield conn
+            finally:
+                conn.execute("COMMIT")        # a read transaction: nothing to write
+
+    @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """One write transaction (BEGIN IMMEDIATE: take the write lock up front),
         committed at the end of the block, rolled back if it raises."""

@@ -407,15 +407,29 @@ class Store:
             return workers.expire_results(conn, before, after_seq, scan)
 
     def counts(self) -> list[tuple[str, str, str, int]]:
-        """(queue, task, state, count) over every job."""
-        with self.db.read() as conn:
+        """(queue, task, state, count) over every job, those still in producers' inboxes
+        included."""
+        with self._one_state() as conn:
             return workers.counts(conn) + self._inbox_depths(conn)
 
-    def inbox_depths(self) -> list[tuple[str, str, str, int]]:
-        """(queue, task, 'PENDING', count) of the jobs still in producers' inboxes (at
-        most a few milliseconds' worth while a worker runs)."""
-        with self.db.read() as conn:
-            return self._inbox_depths(conn)
+    def queue_depths(self) -> tuple[dict[str, list], list[tuple[str, str, str, int]]]:
+        """``monitor.queue_depths`` and (queue, task, 'PENDING', count) of the jobs still
+        in producers' inboxes (at most a few milliseconds' worth while a worker runs)."""
+        with self._one_state() as conn:
+            return monitor.queue_depths(conn), self._inbox_depths(conn)
+
+    @contextmanager
+    def _one_state(self) -> Iterator[Any]:
+        """Reads of the file and of the inboxes from one state of the file: a worker
+        copies an inbox's rows and moves its read position in one transaction, so a job
+        copied meanwhile is counted once. Inboxes are attached first (ATTACH is refused
+        inside a transaction); one registered after that is left out."""
+        with self.db.lock:
+            if self.inbox_folder is not None:
+                with self.db.read() as conn:
+                    inbox.pending_counts(conn, self.db.read_inboxes, self.inbox_folder)
+            with self.db.snapshot() as conn:
+                yield conn
 
     def _inbox_depths(self, conn: Any) -> list[tuple[str, str, str, int]]:
         if self.inbox_folder is None:

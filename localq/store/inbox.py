@@ -330,6 +330,8 @@ class Attachments:
         if conn is not self.conn:
             self.conn, self.names = conn, {}
         wanted = [n for n in dict.fromkeys(names) if ours(n)][:MAX_ATTACHED]
+        if conn.in_transaction:         # a snapshot (Database.snapshot): those attached
+            return {n: a for n, a in self.names.items() if n in wanted}
         missing = [n for n in wanted if n not in self.names]
         short = len(missing) - (MAX_ATTACHED - len(self.names))
         if short > 0:                   # make room: detach some that are not wanted now

@@ -26,6 +26,7 @@ from .records import (
     Claimed,
     Outcome,
     column_names,
+    in_list,
     job_dict,
 )
 
@@ -75,8 +76,7 @@ def states(conn: sqlite3.Connection, job_ids: Sequence[str]) -> dict[str, str]:
     custom = [i for i in job_ids if parse_id(i) is None]
     seqs = list(by_seq)
     for start in range(0, len(seqs), 500):
-        chunk = seqs[start:start + 500]
-        marks = ",".join("?" * len(chunk))
+        marks, chunk = in_list(seqs[start:start + 500])
         for seq, st in conn.execute(f"SELECT seq, state FROM jobs WHERE id IS NULL "
                                     f"AND seq IN ({marks})", chunk):
             out[by_seq[seq]] = st
@@ -232,12 +232,12 @@ def _succeed(conn: sqlite3.Connection, owner: int, rows: list[tuple]) -> list[tu
     guard as the UPDATE, in this transaction: exactly those jobs change."""
     changed: list[tuple] = []
     for start in range(0, len(rows), 256):
-        seqs = [row[0] for row in rows[start:start + 256]]
+        marks, seqs = in_list([row[0] for row in rows[start:start + 256]])
         seqs.append(owner)
         changed.extend(conn.execute(
             "SELECT CASE WHEN root_id IS NOT NULL THEN seq END, CASE WHEN root_id IS NULL "
             f"THEN group_id END, CASE WHEN root_id IS NULL THEN group_index / {canvas.PART} "
-            f"END, count(*) FROM jobs WHERE seq IN ({','.join('?' * (len(seqs) - 1))}) AND "
+            f"END, count(*) FROM jobs WHERE seq IN ({marks}) AND "
             "state = 'STARTED' AND owner = ? AND (root_id IS NOT NULL OR (group_id IS NOT "
             "NULL AND EXISTS (SELECT 1 FROM canvas_groups c WHERE c.id = jobs.group_id "
             "AND c.remaining > 0))) GROUP BY 1, 2, 3",

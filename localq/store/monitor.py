@@ -16,7 +16,7 @@ import time
 from typing import Any, Sequence
 
 from .jobs import record_attempt, where_id
-from .records import READY_WHERE, column_names, job_dict
+from .records import READY_WHERE, column_names, in_list, job_dict
 
 SCAN_WINDOW = 5_000            # rows a filtered page of jobs reads at a time
 SCAN_BUDGET = 0.025            # seconds a filtered page goes on reading windows, at most
@@ -208,10 +208,10 @@ def states_of(conn: sqlite3.Connection, seqs: Sequence[int]) -> dict[int, tuple]
     out: dict[int, tuple] = {}
     seqs = list(seqs)
     for start in range(0, len(seqs), 500):
-        chunk = seqs[start:start + 500]
+        marks, chunk = in_list(seqs[start:start + 500])
         for seq, *rest in conn.execute(
                 f"SELECT seq, state, exc_type, started, done FROM jobs WHERE seq IN "
-                f"({','.join('?' * len(chunk))})", chunk):
+                f"({marks})", chunk):
             out[seq] = tuple(rest)
     return out
 
@@ -237,10 +237,6 @@ class Monitor:
     def group_members(self, group_id: str, limit: int = 100) -> list[dict]:
         with self.db.read() as conn:
             return group_members(conn, group_id, limit)
-
-    def queue_depths(self) -> dict[str, list]:
-        with self.db.read() as conn:
-            return queue_depths(conn)
 
     def running(self) -> list[dict]:
         with self.db.read() as conn:
