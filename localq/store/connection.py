@@ -115,7 +115,8 @@ class Database:
             try:
                 yield conn
             finally:
-                conn.execute("COMMIT")        # a read transaction: nothing to write
+                if conn.in_transaction:       # a read transaction: nothing to write
+                    conn.execute("COMMIT")
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:

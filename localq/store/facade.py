@@ -427,7 +427,7 @@ class Store:
         with self.db.lock:
             if self.inbox_folder is not None:
                 with self.db.read() as conn:
-                    inbox.pending_counts(conn, self.db.read_inboxes, self.inbox_folder)
+                    inbox.attach_registered(conn, self.db.read_inboxes, self.inbox_folder)
             with self.db.snapshot() as conn:
                 yield conn
 

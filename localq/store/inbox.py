@@ -439,11 +439,19 @@ def waiting(conn: sqlite3.Connection, attachments: Attachments, folder: str,
     return False
 
 
+def attach_registered(conn: sqlite3.Connection, attachments: Attachments, folder: str
+                      ) -> tuple[list[tuple[int, str, int | None, str | None, int]],
+                                 dict[str, str]]:
+    """The registered inboxes (``registered``'s rows) and those of them attached to
+    ``conn`` (name -> alias), attached now if need be and if there is room."""
+    rows = registered(conn)
+    return rows, attachments.ensure(conn, folder, [r[1] for r in rows])
+
+
 def pending_counts(conn: sqlite3.Connection, attachments: Attachments, folder: str
                    ) -> list[tuple[str, str, str, int]]:
     """(queue, task, 'PENDING', count) of the jobs still in inboxes."""
-    rows = registered(conn)
-    attached = attachments.ensure(conn, folder, [r[1] for r in rows])
+    rows, attached = attach_registered(conn, attachments, folder)
     out = []
     for _slot, name, _pid, _start, pos in rows:
         alias = attached.get(name)
