@@ -24,7 +24,14 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator
 from .builtins import builtin
 from .exceptions import ChordError, ConfigurationError, NotRegistered, TimeoutError
 from .ids import format_id, new_seq, new_seqs
-from .result import AsyncResult, EagerResult, ResultSet, Waiter, result_content
+from .result import (
+    AsyncResult,
+    EagerResult,
+    ResultSet,
+    Waiter,
+    assert_will_not_block,
+    result_content,
+)
 from .serializer import check_accepted, decode_value, encode_call, encode_exception
 from .store.canvas import GROUP_BODY, WAITING, RowClash
 from .store.records import FINAL_STATES, JobRow, decode_options
@@ -1157,9 +1164,12 @@ class GroupResult(ResultSet):
     def get(self, timeout: float | None = None, propagate: bool = True,
             interval: float | None = None, callback: Any = None,
             disable_sync_subtasks: bool = True, **ignored: Any) -> list:
-        """Every member's value, in order; the first failure (in order) raises."""
+        """Every member's value, in order; the first failure (in order) raises. Inside a
+        task it raises RuntimeError, as ``AsyncResult.get`` does."""
         if not self._stored() or callback is not None:
             return super().get(timeout, propagate, interval, callback, disable_sync_subtasks)
+        if disable_sync_subtasks:
+            assert_will_not_block(f"the results of group {self.id}")
         app = self.app
         waiter: Waiter | None = None
         # Members mostly finish in order: while the last one is not final, one lookup by
@@ -1189,9 +1199,10 @@ class GroupResult(ResultSet):
                 if first is not None and propagate:
                     member = self.results[first]
                     if member.ready():
-                        member.get(propagate=True)      # raises
-                if done >= total:
-                    return [r.get(propagate=propagate) for r in self.results]
+                        member.get(propagate=True, disable_sync_subtasks=False)   # raises
+                if done >= total:      # every member final: no get() below waits
+                    return [r.get(propagate=propagate, disable_sync_subtasks=False)
+                            for r in self.results]
                 if waiter is None:
                     waiter = Waiter(app.path, timeout)
                 if not waiter.wait():

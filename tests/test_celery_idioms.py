@@ -664,6 +664,25 @@ def test_allow_join_result_lets_a_task_wait_and_denied_join_result_refuses(worke
         assert r.get(timeout=30) == 1
 
 
+@app.task(name="idioms.waits_on_a_group")
+def waits_on_a_group(allowed: bool) -> Any:
+    results = group(echo.s(i) for i in range(3)).apply_async()
+    if allowed:
+        with allow_join_result():
+            return results.get(timeout=30)
+    try:
+        results.get(timeout=5)
+    except RuntimeError as exc:
+        return str(exc)
+    return "waited"
+
+
+def test_a_groups_get_inside_a_task_raises_like_a_jobs_unless_allowed(worker_app):
+    with worker_app.worker(concurrency=2):
+        assert waits_on_a_group.delay(False).get(timeout=30).startswith("Never call")
+        assert waits_on_a_group.delay(True).get(timeout=30) == [0, 1, 2]
+
+
 # ------------------------------------------------------------------ ResultSet
 
 def test_result_set(worker_app):
