@@ -387,7 +387,9 @@ _join_allowed: list[bool | None] = [None]
 def allow_join_result() -> Iterator[None]:
     """Celery's ``celery.result.allow_join_result``: under it, ``get()`` inside a task
     waits instead of raising (``get(disable_sync_subtasks=False)`` for every call). The
-    risk is the task's: with every child waiting, no job can finish."""
+    risk is the task's: jobs already queued behind it in its own child (a child takes
+    several short jobs at a time) wait with it, and with every child waiting no job can
+    finish."""
     previous, _join_allowed[0] = _join_allowed[0], True
     try:
         yield
