@@ -247,13 +247,22 @@ def decode_exception(payload: str | bytes | None, exc_type: str | None,
     info = stored_exception_info(payload)
     name = info.get("exc_type") or exc_type or "Exception"
     message = info.get("exc_message", "")
-    cls = find_exception_class(str(name))
+    return exception_from_fields(str(name), info.get("exc_args", [message]), str(message),
+                                 traceback)
+
+
+def exception_from_fields(name: str, args: list, message: str,
+                          traceback: str | None = None) -> BaseException:
+    """An exception of the class with this dotted name, found among the modules already
+    imported (``find_exception_class``) and built with ``args``; a :class:`TaskError`
+    naming it when there is no such class or it refuses those arguments."""
+    cls = find_exception_class(name)
     if cls is not None:
         try:
-            return cls(*info.get("exc_args", [message]))
+            return cls(*args)
         except Exception:
             pass
-    return TaskError(str(name), str(message), traceback)
+    return TaskError(name, message, traceback)
 
 
 def stored_exception_info(payload: str | bytes | None) -> dict:

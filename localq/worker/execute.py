@@ -46,8 +46,8 @@ from ..serializer import (
     encode_call,
     encode_exception,
     encode_value,
+    exception_from_fields,
     exception_type_name,
-    find_exception_class,
     safe_text,
     why,
 )
@@ -325,13 +325,7 @@ def held_exception(meta: Any) -> BaseException:
             name = f"{module}.{name}"
         message = meta.get("exc_message", "")
         args = list(message) if isinstance(message, (list, tuple)) else [message]
-        cls = find_exception_class(name)
-        if cls is not None:
-            try:
-                return cls(*args)
-            except Exception:       # noqa: BLE001 - the class's own arguments differ
-                pass
-        return TaskError(name, " ".join(map(str, args)))
+        return exception_from_fields(name, args, " ".join(map(str, args)))
     return TaskError("FAILURE", f"update_state(state='FAILURE', meta={meta!r:.200})")
 
 
