@@ -3,9 +3,11 @@
 ``get()`` sleeps on a doorbell that the supervisor rings after it writes
 outcomes, and re-checks the database on a backoff timer in case a ring is
 lost, so a waiting ``get()`` costs close to no CPU and sees its result within
-about a millisecond of it landing. The doorbells are the process's, lent to a
-thread for one wait (see ``_take_bell``), so threads that come and go cost no
-descriptors.
+about a millisecond of it landing. A ring that carries the job's outcome (a short
+SUCCESS, see wakeup.outcomes_message) saves the read of the file: the result then
+holds only what ``result`` needs, and anything else reads the whole row once. The
+doorbells are the process's, lent to a thread for one wait (see ``_take_bell``), so
+threads that come and go cost no descriptors.
 
 ``ResultSet`` is Celery's set of AsyncResults waited on together (``GroupResult``
 derives from it); ``allow_join_result()`` lets a task wait on a result.
@@ -22,6 +24,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Callable, Generic, Iterable, Iterator, TypeVar
 
 from .exceptions import ConfigurationError, TaskRevokedError, TimeoutError
+from .ids import parse_id
 from .serializer import (
     check_accepted,
     decode_call,
@@ -32,7 +35,7 @@ from .serializer import (
 )
 from .store.records import FINAL_STATES
 from .task import content_accepted
-from .wakeup import Doorbell, waiter_name, wake_folder
+from .wakeup import Doorbell, carried_outcomes, waiter_name, wake_folder
 
 if TYPE_CHECKING:
     from .app import Localq
@@ -43,6 +46,7 @@ R = TypeVar("R")
 # for the length of one wait and gives it back, so a process holds as many as it
 # has threads waiting at once (plus MAX_IDLE), however many threads come and go.
 MAX_IDLE = 4
+_CARRIED = "carried"      # a row built from a ring: only what ``result`` reads
 NO_WORKER_GRACE = 1.0     # seconds a get() waits before it warns that no worker is running
 _idle: dict[str, list[Doorbell]] = {}       # per wake-up folder
 _live: weakref.WeakSet[Doorbell] = weakref.WeakSet()
@@ -104,14 +108,27 @@ def close_bells(folder: str | None = None) -> None:
 
 class Waiter:
     """Sleep until a supervisor rings (outcomes were written) or a backoff timer
-    passes; the caller re-checks the database after each :meth:`wait`, and
+    passes; the caller re-checks the database after each :meth:`wait` unless a ring
+    carried the outcome of job ``seq`` (``carried``: task, serializer, result), and
     calls :meth:`close` when done (garbage collection closes the bell otherwise)."""
 
-    def __init__(self, db_path: str, timeout: float | None) -> None:
+    def __init__(self, db_path: str, timeout: float | None, seq: int | None = None) -> None:
         self.deadline = None if timeout is None else time.monotonic() + timeout
+        self.seq = seq
+        self.carried: tuple[str, str, str] | None = None
         self.bell: Doorbell | None = _take_bell(db_path)
-        self.bell.drain_messages()     # rings from before this wait mean nothing now
+        # Rings from before this wait: only a carried outcome means something now
+        # (it is final); the caller checks the file after this anyway.
+        self._look(self.bell.drain_messages())
         self.fallback = 0.005
+
+    def _look(self, messages: list[bytes]) -> None:
+        if self.seq is None:
+            return
+        for message in messages:
+            for seq, task, serializer, result in carried_outcomes(message):
+                if seq == self.seq:
+                    self.carried = task, serializer, result
 
     def wait(self) -> bool:
         """False once the deadline has passed."""
@@ -123,7 +140,7 @@ class Waiter:
             wait = min(wait, remaining)
         assert self.bell is not None, "wait() after close()"
         if self.bell.poller.poll(wait * 1000):
-            self.bell.drain_messages()
+            self._look(self.bell.drain_messages())
         else:
             self.fallback = min(self.fallback * 2, 0.5)
         return True
@@ -168,8 +185,10 @@ class AsyncResult(Generic[R]):
     # -------------------------------------------------------------- reading
 
     def _load(self) -> dict | None:
-        if self._row is not None and self._row["state"] in FINAL_STATES:
-            return self._row      # final: it never changes again
+        """The whole row (kept once final: it never changes again)."""
+        row = self._row
+        if row is not None and row["state"] in FINAL_STATES and not row.get(_CARRIED):
+            return row
         self._row = self.app.store.job(self.id)
         return self._row
 
@@ -213,7 +232,9 @@ class AsyncResult(Generic[R]):
         """The value when SUCCESS, the exception when FAILURE or REVOKED, the meta of a
         custom state (update_state) while the job runs, else None (as Celery's,
         ``info`` is the same)."""
-        row = self._load()
+        row = self._row
+        if row is None or row["state"] not in FINAL_STATES:
+            row = self._load()
         if row is not None and row["state"] == "STARTED":
             custom = self.app.store.task_state(self.id)
             if custom is not None:
@@ -335,12 +356,18 @@ class AsyncResult(Generic[R]):
         row = self._final()
         if row is not None:
             return row
-        waiter = Waiter(self.app.path, timeout)
+        seq = parse_id(self.id)
+        waiter = Waiter(self.app.path, timeout, seq)
         # A worker started together with this wait registers within a fraction of a
         # second: only a wait that outlasts NO_WORKER_GRACE (or times out) looks for one.
         look_at: float | None = time.monotonic() + NO_WORKER_GRACE
         try:
             while True:
+                if waiter.carried is not None:
+                    task, serializer, result = waiter.carried
+                    self._row = {"seq": seq, "id": None, "state": "SUCCESS", "task": task,
+                                 "serializer": serializer, "result": result, _CARRIED: True}
+                    return self._row
                 if (row := self._final()) is not None:
                     return row
                 waited = waiter.wait()

@@ -8,6 +8,12 @@ full or dead bell is skipped (and a dead one removed), because every sleeper
 also re-checks the database on a timer. So a lost ring costs latency, never
 correctness.
 
+A supervisor's ring may carry the outcomes it announces (``outcomes_message``): a
+waiter whose job is among them skips its read of the file. Only outcomes that the
+supervisor's transaction wrote are carried, and the ring comes after its commit, so
+what a waiter takes from it is what the file holds; a waiter whose job is not carried
+reads the file as after any ring.
+
 Another local user may have made the folder, or put a symlink in its place: it
 is used only when ``lstat`` shows a directory of this user with mode 0700 (made
 here with mkdir 0700 when missing), checked again whenever a ringer looks at
@@ -24,8 +30,10 @@ import os
 import select
 import socket
 import stat
+import struct
 import threading
 import time
+from typing import Iterable, Iterator
 
 # sun_path holds 108 bytes on Linux; leave room for the bell's own name.
 _MAX_FOLDER = 90
@@ -33,6 +41,10 @@ _counter = itertools.count()
 RELIST = 0.05
 REFRESH = 1.0
 CONNECTED = 4
+# A ring that carries outcomes: b"S", then per job its seq and the byte lengths of its
+# task's name, serializer and encoded result (_CARRIED), then those three texts.
+CARRY_MAX = 2048         # bytes in such a ring, at most; a bell reads this much at once
+_CARRIED = struct.Struct("<QHHI")
 _warned: set[str] = set()
 
 
@@ -146,7 +158,7 @@ class Doorbell:
         messages = []
         while True:
             try:
-                messages.append(self.sock.recv(64))
+                messages.append(self.sock.recv(CARRY_MAX))
             except OSError:   # BlockingIOError: nothing more to read
                 return messages
 
@@ -294,6 +306,43 @@ class Ringer:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+
+
+def outcomes_message(outcomes: Iterable[tuple[int, str, str, str]]) -> bytes:
+    """A ring that carries these SUCCESS outcomes, (seq, task, serializer, encoded
+    result) each, as many as fit in CARRY_MAX; a plain ring if none fits."""
+    parts, size = [b"S"], 1
+    for seq, task, serializer, result in outcomes:
+        try:
+            texts = task.encode(), serializer.encode(), result.encode()
+        except UnicodeEncodeError:
+            continue
+        size += _CARRIED.size + sum(map(len, texts))
+        if size > CARRY_MAX:
+            break
+        parts += (_CARRIED.pack(seq, *map(len, texts)), *texts)
+    return b"".join(parts) if len(parts) > 1 else b"!"
+
+
+def carried_outcomes(message: bytes) -> Iterator[tuple[int, str, str, str]]:
+    """The outcomes a ring carries (see outcomes_message); nothing for a plain ring or
+    one that does not parse."""
+    if message[:1] != b"S":
+        return
+    pos, end = 1, len(message)
+    try:
+        while pos < end:
+            seq, *sizes = _CARRIED.unpack_from(message, pos)
+            pos += _CARRIED.size
+            texts = []
+            for size in sizes:
+                texts.append(message[pos:pos + size].decode())
+                pos += size
+            if pos > end:
+                return
+            yield seq, texts[0], texts[1], texts[2]
+    except (struct.error, UnicodeDecodeError):
+        return
 
 
 def _datagram_socket() -> socket.socket:

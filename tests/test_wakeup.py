@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 
-from localq.wakeup import Doorbell, Ringer
+from localq.wakeup import CARRY_MAX, Doorbell, Ringer, carried_outcomes, outcomes_message
 
 
 def test_a_bell_bound_again_under_the_same_name_is_rung_and_kept(tmp_path):
@@ -48,3 +48,32 @@ def test_a_dead_bell_is_removed_and_the_others_still_rung(tmp_path):
         ringer.close()
         for b in bells:
             b.close()
+
+
+def test_a_ring_carries_outcomes_that_fit_and_a_waiter_reads_them_back():
+    outcomes = [(7, "tasks.add", "json", "5"), (2**40, "tasks.é", "json", '"ü\\n"')]
+    message = outcomes_message(outcomes)
+    assert list(carried_outcomes(message)) == outcomes
+    # Too big for one ring: those that fit are carried, the rest is left to the file.
+    big = [(i, "t", "json", "x" * 600) for i in range(8)]
+    assert [o[0] for o in carried_outcomes(outcomes_message(big))] == [0, 1, 2]
+    assert outcomes_message([(1, "t", "json", "x" * CARRY_MAX)]) == b"!"
+    assert outcomes_message([(1, "t", "json", "\udce9")]) == b"!"    # not storable text
+    # A plain ring, or one cut short or garbled, carries nothing (it still wakes).
+    for junk in (b"!", b"", b"S", message[:-1], message[:5], b"S" + b"\xff" * 40):
+        assert [o for o in carried_outcomes(junk) if o not in outcomes] == []
+    assert list(carried_outcomes(message[:-1])) == outcomes[:1]
+
+
+def test_a_bell_reads_a_carrying_ring_whole(tmp_path):
+    folder = str(tmp_path / "q.db.d")
+    bell = Doorbell(folder, "g1.0")
+    ringer = Ringer(folder, "g")
+    try:
+        outcomes = [(i, "t", "json", "y" * 200) for i in range(CARRY_MAX // 230)]
+        ringer.ring(outcomes_message(outcomes))
+        [message] = bell.drain_messages()
+        assert list(carried_outcomes(message)) == outcomes
+    finally:
+        ringer.close()
+        bell.close()

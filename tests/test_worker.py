@@ -140,6 +140,38 @@ def test_get_is_woken_by_the_workers_ring_not_by_a_poll(app):
         assert woke and all(woke) and r.get(timeout=10) == "done"
 
 
+def test_a_ring_carries_a_short_result_and_the_rest_is_read_from_the_file(app):
+    """The worker's ring after a lone job carries its result, so get() need not read the
+    file; what the ring does not carry (when it ended, its arguments, its retries) is
+    read from the file as before."""
+    from sample_tasks import add, flaky
+
+    from localq.ids import parse_id
+    from localq.result import Waiter
+    with app.worker(concurrency=1):
+        add.delay(0, 0).get(timeout=10)
+        r = add.delay(2, 3)
+        waiter = Waiter(app.path, timeout=30, seq=parse_id(r.id))
+        try:
+            while waiter.carried is None and waiter.wait():
+                pass
+            carried = waiter.carried
+        finally:
+            waiter.close()
+        assert carried == ("sample_tasks.add", "json", "5")
+        assert r.get(timeout=10) == 5
+        assert r.args == (2, 3) and r.kwargs == {} and r.name == "sample_tasks.add"
+        assert r.date_done is not None and r.traceback is None and r.retries == 0
+        retried = flaky.delay(1)
+        assert retried.get(timeout=10) == 1
+        assert retried.retries == 1 and len(retried.attempts) == 2
+        assert [a["outcome"] for a in retried.attempts] == ["RETRY", "SUCCESS"]
+        big = add.delay("x" * 5000, "y")                  # too long to carry: read
+        assert big.get(timeout=10) == "x" * 5000 + "y"
+        chosen = add.apply_async((1, 1), task_id="my-own-id")   # not carried: read
+        assert chosen.get(timeout=10) == 2
+
+
 def worker_running_a_job(app, start_worker, concurrency: str, label: str, seconds: float):
     """A CLI worker, and a job of ``seconds`` that it has started."""
     from sample_tasks import slow_record

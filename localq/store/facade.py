@@ -37,10 +37,11 @@ class Transaction:
         """Is this worker still registered (not presumed dead by another)?"""
         return workers.is_registered(self._conn, worker_id)
 
-    def finish(self, owner: int, outcomes: Sequence[Outcome]) -> int:
+    def finish(self, owner: int, outcomes: Sequence[Outcome],
+               written: list[int] | None = None) -> int:
         """Write outcomes, each guarded by ``owner``; returns how many jobs the canvas
-        made ready because of them (0: none)."""
-        return jobs.finish(self._conn, owner, outcomes)
+        made ready because of them (0: none). ``written``: see jobs.finish."""
+        return jobs.finish(self._conn, owner, outcomes, written)
 
     def set_task_states(self, owner: int, states: Sequence[tuple[int, str, Any]],
                         now: float) -> None:

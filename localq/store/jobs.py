@@ -157,9 +157,12 @@ def revoke_requests(conn: sqlite3.Connection, owner: int) -> list[tuple[int, int
                         "owner = ? AND revoke > 0", (owner,)).fetchall()
 
 
-def finish(conn: sqlite3.Connection, owner: int, outcomes: Sequence[Outcome]) -> int:
+def finish(conn: sqlite3.Connection, owner: int, outcomes: Sequence[Outcome],
+           written: list[int] | None = None) -> int:
     """Write outcomes, each guarded by ``owner``; returns how many jobs they made ready
-    (the canvas's follow-ups: 0 means none)."""
+    (the canvas's follow-ups: 0 means none). ``written``, if given, gets the seqs of
+    SUCCESS outcomes known to be written: those of a transaction with fewer than the
+    smallest chunk of them, written one statement each (see _succeed)."""
     success, done, retry, back = [], [], [], []
     for o in outcomes:
         st = o.state
@@ -173,7 +176,7 @@ def finish(conn: sqlite3.Connection, owner: int, outcomes: Sequence[Outcome]) ->
             done.append((st, o.result, o.exc_type, o.traceback, o.ended, o.pid,
                          o.started, o.seq, owner))
     # What the canvas needs of the jobs that succeeded here: see _succeed
-    succeeded = _succeed(conn, owner, success) if success else []
+    succeeded = _succeed(conn, owner, success, written) if success else []
     if done:
         conn.executemany(
             "UPDATE jobs SET state = ?, result = ?, exc_type = ?, traceback = ?, done = ?, "
@@ -223,7 +226,8 @@ _SUCCESS_CHUNKS = {
     for size in (256, 64, 16)}
 
 
-def _succeed(conn: sqlite3.Connection, owner: int, rows: list[tuple]) -> list[tuple]:
+def _succeed(conn: sqlite3.Connection, owner: int, rows: list[tuple],
+             written: list[int] | None = None) -> list[tuple]:
     """Write SUCCESS outcomes. Returns what the canvas needs of the jobs they change:
     (seq, None, None, None) of each job sent in a workflow (root_id: it may have a
     canvas row), and (None, group id, part, how many) of the bulk-sent members of a
@@ -251,7 +255,12 @@ def _succeed(conn: sqlite3.Connection, owner: int, rows: list[tuple]) -> list[tu
             start += size
     if start < count:
         own = (owner,)
-        conn.executemany(_SUCCESS_ONE, [row + own for row in rows[start:]])
+        if written is None or start:
+            conn.executemany(_SUCCESS_ONE, [row + own for row in rows[start:]])
+        else:
+            for row in rows:
+                if conn.execute(_SUCCESS_ONE, row + own).rowcount:
+                    written.append(row[0])
     return changed
 
 

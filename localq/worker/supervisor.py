@@ -65,7 +65,7 @@ from ..store import Claimed, Outcome, Store, records
 from ..store.inbox import ORPHAN_AGE, no_inbox_here, owner_gone
 from ..store.schema import BUSY_TIMEOUT_MS
 from ..task import Request
-from ..wakeup import Doorbell, Ringer, supervisor_name, wake_folder
+from ..wakeup import Doorbell, Ringer, outcomes_message, supervisor_name, wake_folder
 from . import execute, protocol
 from .execute import LimitCache, revoked_outcome
 from .pool import DIED, Child, Inflight, death_outcome, fork_child
@@ -97,6 +97,13 @@ HOLD_QUEUED = 16         # ... if every child still has this many jobs queued, a
 # take less than this, during which the loop polls for its outcome instead of sleeping:
 # a round trip is spared a wake-up, for at most this much CPU per lone job.
 LONE_SPIN = 0.0003
+# A transaction with this many outcomes at most rings the waiters with the short
+# SUCCESS results among them (CARRY_RESULT characters at most each): a waiter on one
+# of them skips its read of the file. More outcomes mean a stream or a drain, where
+# the ring rarely finds its waiter still waiting and the reads cost less than the
+# carrying would.
+CARRY_JOBS = 8
+CARRY_RESULT = 512
 # A write that finds the lock held this long gives up, and the loop goes on (children
 # report, time limits are enforced) until it tries again, at most WRITE_BACKOFF_MAX later.
 WRITE_PATIENCE = 0.5
@@ -161,6 +168,7 @@ class Supervisor:
         self.outcomes: list[Outcome] = []
         self.task_states: dict[int, tuple[int, str, Any]] = {}   # update_state, by seq
         self.final_outcomes = False
+        self.carry: list[tuple[int, str, str, str]] = []   # outcomes a ring may carry
         self.want_work = True                     # there may be claimable jobs
         self.checkpointer: Checkpointer | None = None
         self.rings = 0                            # producers' rings since the last write
@@ -610,6 +618,7 @@ class Supervisor:
                 child.kill("presumed dead")
         self.ready.clear()
         self.outcomes = []
+        self.carry.clear()
         self.want_work = True
         self.worker_id = self.upkeep.register(now.wall)
         self._keep_pool_whole()
@@ -633,6 +642,7 @@ class Supervisor:
         pop = child.pop
         note = self.tally.note
         stale = None
+        carry = self.carry
         for o in outcomes:
             job = pop(o.seq)
             if job is None:            # no longer this worker's (see _rejoin): dropped
@@ -640,6 +650,9 @@ class Supervisor:
                 stale.add(o.seq)
                 continue
             note(job.task, o)
+            if len(carry) < CARRY_JOBS and o.state == "SUCCESS" and job.custom_id is None \
+                    and type(o.result) is str and len(o.result) <= CARRY_RESULT:
+                carry.append((o.seq, job.task, job.serializer, o.result))
             busy += o.ended - (o.started or o.ended)
             if o.state == "REVOKED":
                 if o.started is None:       # skipped by the child: revoked meanwhile
@@ -750,8 +763,12 @@ class Supervisor:
             # The outcomes stay in self.outcomes until the transaction that writes them
             # commits: a write that fails loses nothing and is tried again.
             outcomes = self.outcomes
+            # The SUCCESS outcomes this write is known to write, if the ring may carry them
+            written: list[int] | None = \
+                [] if self.carry and len(outcomes) <= CARRY_JOBS else None
             try:
-                claimed, revoked, drained, due = self._write(outcomes, claim, slots, now)
+                claimed, revoked, drained, due = self._write(outcomes, claim, slots, now,
+                                                             written)
             except _PresumedDead:
                 now = self.clock()
                 safely(self._rejoin, now)
@@ -771,7 +788,9 @@ class Supervisor:
             self.task_states.clear()
             if self.final_outcomes or revoked:   # first: someone may be waiting on these
                 self.final_outcomes = False
-                self.waiters.ring()
+                self.waiters.ring(outcomes_message(c for c in self.carry if c[0] in written)
+                                  if written else b"!")
+            self.carry.clear()
             if self.peers_have_work:
                 self.peers_have_work = False
                 self.peers.ring()
@@ -787,10 +806,12 @@ class Supervisor:
                 self.next_eta.at = due
         return now
 
-    def _write(self, outcomes: list[Outcome], claim: bool, slots: int,
-               when: Now) -> tuple[list[Claimed], list[Claimed], bool, float | None]:
+    def _write(self, outcomes: list[Outcome], claim: bool, slots: int, when: Now,
+               written: list[int] | None = None
+               ) -> tuple[list[Claimed], list[Claimed], bool, float | None]:
         """One transaction: the outcomes, then the claim. Raises _PresumedDead, without
-        writing anything, when another worker has taken this one's jobs back."""
+        writing anything, when another worker has taken this one's jobs back.
+        ``written``: see jobs.finish."""
         now = when.wall
         attached = {}
         if self.absorb_due:
@@ -811,7 +832,7 @@ class Supervisor:
                     claim = slots > 0
             if self.task_states:      # before the outcomes: a finished job takes none
                 tx.set_task_states(self.worker_id, list(self.task_states.values()), now)
-            released = tx.finish(self.worker_id, outcomes)
+            released = tx.finish(self.worker_id, outcomes, written)
             if released:                  # the canvas made jobs ready
                 self.want_work = True
                 claim = slots > 0
