@@ -41,6 +41,13 @@ from .task import (
 )
 from .wakeup import Ringer, safe_folder, wake_folder
 
+# A send that comes more than LONE_GAP seconds after this app's previous one ended goes
+# straight into the file even while a worker runs: the worker then claims it without
+# attaching and copying an inbox (a shorter round trip), and a producer this slow meets
+# the write lock rarely. Sends closer together (a loop of delay(): tens of us apart) use
+# the inbox, so a stream never competes with the worker for the lock.
+LONE_GAP = 0.00025
+
 
 class Localq:
     """The app: ``Localq("jobs.db")``, or as Celery's ``Celery("proj", ...)``.
@@ -76,6 +83,7 @@ class Localq:
         self._store: Store | None = None
         self._ringer: Ringer | None = None
         self._waiters_ringer: Ringer | None = None
+        self._last_send = 0.0       # monotonic time the last send ended (see LONE_GAP)
         self._path = os.path.abspath(os.fspath(path or os.environ.get("LOCALQ_DB")
                                                or "localq.db"))
         Localq._instances.add(self)
@@ -152,10 +160,11 @@ class Localq:
         """Send through this process's inbox (store/inbox.py)? Only while a worker runs,
         to copy it (its bell is there), and when the wake-up folder is <db>.d/ beside
         the file (not the temporary folder a long path gets) and private (the Ringer
-        checked). With no worker, jobs go straight into the file, as a script expects."""
+        checked). With no worker, jobs go straight into the file, as a script expects;
+        so does a send that follows the previous one after more than LONE_GAP."""
         if self._ringer is None:
             self._ringer = Ringer(wake_folder(self._path), "w")
-        if not self._ringer.has_bells():
+        if time.monotonic() - self._last_send > LONE_GAP or not self._ringer.has_bells():
             return False
         if store.inbox_folder is None:
             folder = self._ringer.folder
@@ -302,6 +311,7 @@ class Localq:
         inbox = self._use_inbox(store)
         seq = store.send(JobRow(new_seq(), None, task.name, d.queue, d.lane, d.priority,
                                 d.serializer, payload, d.options, 0.0, expires, now), inbox)
+        self._last_send = time.monotonic()
         self.nudge_workers(store.inbox_bell if inbox else b"!")
         return Result(format_id(seq), self)
 
@@ -330,6 +340,7 @@ class Localq:
             store = self.store
             inbox = self._use_inbox(store)
             job = job._replace(seq=store.send(job, inbox))
+            self._last_send = time.monotonic()
             self.nudge_workers(store.inbox_bell if inbox else b"!")
         else:                            # a chosen id: checked at once, in jobs
             self.store.enqueue(job)
