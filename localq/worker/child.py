@@ -123,7 +123,7 @@ def _loop(app: WorkerApp, conn: Connection, running: memoryview, max_tasks: int 
                 enumerate(batch):
             opts, soft, hard = limits.get(task_name, options)
             if buffered and (hard or soft or speed.get(task_name, 1.0) > FAST):
-                conn.send(protocol.outcomes_message(buffered))
+                protocol.send(conn, protocol.outcomes_message(buffered))
                 buffered = []
             job_id = job_id or format_id(seq)
             if info:
@@ -156,11 +156,11 @@ def _loop(app: WorkerApp, conn: Connection, running: memoryview, max_tasks: int 
             if reason:
                 # One message, so the supervisor learns of the outcomes and of the exit
                 # together and never hands this child more work in between.
-                conn.send(protocol.exit_message(
+                protocol.send(conn, protocol.exit_message(
                     reason, [job[0] for job in batch[index + 1:]], buffered))
                 return
             if time.perf_counter() - first_buffered > FLUSH_AFTER:
-                conn.send(protocol.outcomes_message(buffered))
+                protocol.send(conn, protocol.outcomes_message(buffered))
                 buffered = []
         if buffered:
-            conn.send(protocol.outcomes_message(buffered))
+            protocol.send(conn, protocol.outcomes_message(buffered))

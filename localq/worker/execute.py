@@ -185,7 +185,7 @@ def update_state(task: Task, task_id: str | None, state: str, meta: Any) -> None
                           f"encoded with the {serializer} serializer ({why(exc)}): pass "
                           f"plain data, such as {{'done': 3, 'total': 10}}") from None
     if running_here and channel[0] is not None:
-        channel[0].send(protocol.state_message(_current[0], state, encoded))
+        protocol.send(channel[0], protocol.state_message(_current[0], state, encoded))
     else:
         task.app.store.set_task_state(job_id, state, encoded, time.time())  # type: ignore[attr-defined]
 

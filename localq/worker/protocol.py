@@ -20,6 +20,9 @@ Plain tuples and lists, the cheapest things to pickle: an outcome travels as a
 plain tuple in ``Outcome``'s field order (a NamedTuple pickles at about three
 times the cost, and most messages carry one outcome while jobs stream in);
 ``read`` gives the supervisor ``Outcome``s again and, for an exit, an ``Exit``.
+``send`` pickles with the plain pickler (multiprocessing's ``Connection.send`` builds a
+``ForkingPickler`` per message, several times the cost, for reductions of sockets and
+the like that these messages never hold); the other end reads them with ``recv()``.
 
 Beside the channel, each child shares one page of memory with its supervisor, its
 slot, mapped before the fork (``new_slot``) and read as 8-byte words
@@ -34,9 +37,13 @@ default KillMode, ``timeout``), is meant for the supervisor, and the child ignor
 from __future__ import annotations
 
 import mmap
-from typing import Any, Iterable, NamedTuple
+import pickle
+from typing import TYPE_CHECKING, Any, Iterable, NamedTuple
 
 from ..store.records import Claimed, Outcome
+
+if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
 
 STOP = None
 _OUTCOMES, _EXIT, _STATE = "o", "x", "s"
@@ -74,6 +81,11 @@ class Exit(NamedTuple):
     """A child's notice that it leaves on its own."""
     reason: str
     not_started: list[int]       # seqs of the jobs it was handed but did not start
+
+
+def send(conn: Connection, message: Any) -> None:
+    """Send one message of this module over a child's channel (see the docstring)."""
+    conn.send_bytes(pickle.dumps(message, pickle.HIGHEST_PROTOCOL))
 
 
 def jobs_message(jobs: Iterable[Claimed]) -> list[tuple]:

@@ -953,7 +953,7 @@ class Supervisor:
                 continue
             child.hand(items)
             try:
-                child.conn.send(protocol.jobs_message(item.job for item in items))
+                protocol.send(child.conn, protocol.jobs_message(item.job for item in items))
             except OSError:          # it died: what it was handed goes to the others
                 self._child_exited(child, now)
                 lost_child = True
@@ -979,7 +979,7 @@ class Supervisor:
         elif first:
             for child in self.children.values():
                 try:
-                    child.conn.send(protocol.STOP)
+                    protocol.send(child.conn, protocol.STOP)
                 except OSError:
                     pass
 
