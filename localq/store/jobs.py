@@ -11,6 +11,7 @@ moves a job that was already finished, recovered or revoked.
 from __future__ import annotations
 
 import sqlite3
+from collections import Counter
 from itertools import chain
 from operator import itemgetter
 from typing import Any, Sequence
@@ -161,8 +162,8 @@ def finish(conn: sqlite3.Connection, owner: int, outcomes: Sequence[Outcome],
            written: list[int] | None = None) -> int:
     """Write outcomes, each guarded by ``owner``; returns how many jobs they made ready
     (the canvas's follow-ups: 0 means none). ``written``, if given, gets the seqs of
-    SUCCESS outcomes known to be written: those of a transaction with fewer than the
-    smallest chunk of them, written one statement each (see _succeed)."""
+    the SUCCESS outcomes written, when there are at most ONE_BY_ONE of them (written one
+    statement each, see _succeed); with more it stays empty."""
     success, done, retry, back = [], [], [], []
     for o in outcomes:
         st = o.state
@@ -213,12 +214,21 @@ def finish(conn: sqlite3.Connection, owner: int, outcomes: Sequence[Outcome],
 # one statement each, joined to their values (UPDATE ... FROM (VALUES ...)): ~20 %
 # cheaper per row than one execution per row; fixed sizes, so that a handful of
 # statements is prepared once and stays in the connection's statement cache. The rest
-# (fewer than the smallest chunk) is one execution per row.
+# (fewer than the smallest chunk) is one execution per row; a transaction of at most
+# ONE_BY_ONE of them, one UPDATE ... RETURNING per row, which also says what the canvas
+# needs to know of it (no read first).
 _SUCCESS_SET = ("state = 'SUCCESS', result = {0}2, done = {0}3, pid = {0}4, "
                 "started = coalesce({0}5, started), owner = NULL, exc_type = NULL, "
                 "traceback = NULL")   # and an earlier retry's
 _SUCCESS_ONE = (f"UPDATE jobs SET {_SUCCESS_SET.format('?')} "
                 "WHERE seq = ?1 AND state = 'STARTED' AND owner = ?6")
+# A bulk-sent group member (no root_id) whose group's chord still waits for members.
+_CHORD_WAITS = ("EXISTS (SELECT 1 FROM canvas_groups c WHERE c.id = jobs.group_id "
+                "AND c.remaining > 0)")
+ONE_BY_ONE = 8      # SUCCESS outcomes in a transaction written one UPDATE each, at most
+_SUCCESS_RETURNING = (
+    f"{_SUCCESS_ONE} RETURNING root_id IS NOT NULL, group_id, group_index / {canvas.PART}, "
+    f"group_id IS NOT NULL AND root_id IS NULL AND {_CHORD_WAITS}")
 _SUCCESS_CHUNKS = {
     size: (f"UPDATE jobs SET {_SUCCESS_SET.format('v.column')} FROM (VALUES "
            f"{','.join(['(?,?,?,?,?)'] * size)}) AS v WHERE jobs.seq = v.column1 "
@@ -232,8 +242,11 @@ def _succeed(conn: sqlite3.Connection, owner: int, rows: list[tuple],
     (seq, None, None, None) of each job sent in a workflow (root_id: it may have a
     canvas row), and (None, group id, part, how many) of the bulk-sent members of a
     chord that waits (store/canvas.py's settle counts them; a plain group's members
-    cost a probe of canvas_groups here, and nothing more). Read first, under the same
-    guard as the UPDATE, in this transaction: exactly those jobs change."""
+    cost a probe of canvas_groups here, and nothing more). Exactly the jobs that change
+    count: up to ONE_BY_ONE rows are written one statement each, which returns them;
+    more are read first under the same guard as the UPDATE, in this transaction."""
+    if len(rows) <= ONE_BY_ONE:
+        return _succeed_one_by_one(conn, owner, rows, written)
     changed: list[tuple] = []
     for start in range(0, len(rows), 256):
         marks, seqs = in_list([row[0] for row in rows[start:start + 256]])
@@ -243,8 +256,7 @@ def _succeed(conn: sqlite3.Connection, owner: int, rows: list[tuple],
             f"THEN group_id END, CASE WHEN root_id IS NULL THEN group_index / {canvas.PART} "
             f"END, count(*) FROM jobs WHERE seq IN ({marks}) AND "
             "state = 'STARTED' AND owner = ? AND (root_id IS NOT NULL OR (group_id IS NOT "
-            "NULL AND EXISTS (SELECT 1 FROM canvas_groups c WHERE c.id = jobs.group_id "
-            "AND c.remaining > 0))) GROUP BY 1, 2, 3",
+            f"NULL AND {_CHORD_WAITS})) GROUP BY 1, 2, 3",
             seqs).fetchall())
     start, count = 0, len(rows)
     for size, sql in _SUCCESS_CHUNKS.items():
@@ -255,12 +267,28 @@ def _succeed(conn: sqlite3.Connection, owner: int, rows: list[tuple],
             start += size
     if start < count:
         own = (owner,)
-        if written is None or start:
-            conn.executemany(_SUCCESS_ONE, [row + own for row in rows[start:]])
-        else:
-            for row in rows:
-                if conn.execute(_SUCCESS_ONE, row + own).rowcount:
-                    written.append(row[0])
+        conn.executemany(_SUCCESS_ONE, [row + own for row in rows[start:]])
+    return changed
+
+
+def _succeed_one_by_one(conn: sqlite3.Connection, owner: int, rows: list[tuple],
+                        written: list[int] | None) -> list[tuple]:
+    """_succeed for a few rows: one UPDATE ... RETURNING each, no read before."""
+    changed: list[tuple] = []
+    members: Counter[tuple[str, int]] = Counter()
+    own = (owner,)
+    for row in rows:
+        found = conn.execute(_SUCCESS_RETURNING, row + own).fetchone()
+        if found is None:             # not this worker's job any more
+            continue
+        if written is not None:
+            written.append(row[0])
+        in_workflow, group_id, part, chord_waits = found
+        if in_workflow:
+            changed.append((row[0], None, None, 1))
+        elif chord_waits:
+            members[(group_id, part)] += 1
+    changed.extend((None, group_id, part, n) for (group_id, part), n in members.items())
     return changed
 
 
