@@ -94,6 +94,7 @@ class Child:
         self.queued_bytes = 0         # the arguments' size of what is in flight
         self.last_report = 0.0        # monotonic time of its last outcomes
         self.avg_duration: float | None = None
+        self._prefetch = 1            # prefetch(), kept up to date by note_duration
         self.handed = 0               # jobs handed over in its life (for max_tasks)
         self.state = ChildState.ACTIVE
         self.kill_reason: str | None = None   # STOPPING: time_limit, revoke, shutdown...
@@ -189,13 +190,12 @@ class Child:
 
     def prefetch(self) -> int:
         """How many jobs to keep queued in the child: about 5 ms of work."""
-        if self.avg_duration is None:
-            return 1
-        return max(1, min(PREFETCH_MAX, int(0.005 / max(self.avg_duration, 1e-6))))
+        return self._prefetch
 
     def note_duration(self, seconds: float) -> None:
         avg = self.avg_duration
-        self.avg_duration = seconds if avg is None else 0.8 * avg + 0.2 * seconds
+        self.avg_duration = avg = seconds if avg is None else 0.8 * avg + 0.2 * seconds
+        self._prefetch = max(1, min(PREFETCH_MAX, int(0.005 / max(avg, 1e-6))))
 
     @property
     def takes_work(self) -> bool:

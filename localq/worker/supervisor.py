@@ -389,7 +389,7 @@ class Supervisor:
         any event ends. No wait while there is something to write, unless a failed
         write waits for its retry (a timer)."""
         if (self.outcomes or self.task_states or self.absorb_due
-                or self._should_claim(self._free_slots())) and now.mono >= self.write_again_at:
+                or self._should_claim()) and now.mono >= self.write_again_at:
             held = self._held(now.mono)
             if held is None:
                 return 0.0, False
@@ -401,13 +401,18 @@ class Supervisor:
             return (wait if timeout is None else min(wait, timeout)), False
         return self.timers.wait(now), False
 
-    def _should_claim(self, slots: int) -> bool:
-        """Claim now? Only if there may be work and room for it, and either outcomes are
-        to be written anyway (one transaction does both) or a child sits idle. A ring
-        while every child still has work waits for the next batch of outcomes, so a
-        stream of enqueues does not turn into a stream of claim transactions that
-        compete with the producer for the write lock."""
-        if not self.want_work or slots <= 0 or self.stopping:
+    def _should_claim(self, slots: int | None = None) -> bool:
+        """Claim now? Only if there may be work and room for it (``slots``: the free
+        slots, counted here if not given), and either outcomes are to be written anyway
+        (one transaction does both) or a child sits idle. A ring while every child still
+        has work waits for the next batch of outcomes, so a stream of enqueues does not
+        turn into a stream of claim transactions that compete with the producer for the
+        write lock."""
+        if not self.want_work or self.stopping:
+            return False
+        if slots is None:
+            slots = self._free_slots()
+        if slots <= 0:
             return False
         return bool(self.outcomes) or any(not c.inflight and self._room(c) > 0
                                           for c in self.children.values())
@@ -457,7 +462,7 @@ class Supervisor:
         """A failed write is tried again at ``write_again_at`` (by the write step), if
         there is still something to write."""
         if self.write_failures and (self.outcomes or self.task_states or self.absorb_due
-                                    or self._should_claim(self._free_slots())):
+                                    or self._should_claim()):
             return self.write_again_at
         return None
 
