@@ -837,7 +837,7 @@ class Supervisor:
                     claim = slots > 0
             if self.task_states:      # before the outcomes: a finished job takes none
                 tx.set_task_states(self.worker_id, list(self.task_states.values()), now)
-            released = tx.finish(self.worker_id, outcomes, written)
+            released = tx.finish(self.worker_id, outcomes, written) if outcomes else 0
             if released:                  # the canvas made jobs ready
                 self.want_work = True
                 claim = slots > 0
