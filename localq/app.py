@@ -41,12 +41,13 @@ from .task import (
 )
 from .wakeup import Ringer, safe_folder, wake_folder
 
-# A send that comes more than LONE_GAP seconds after this app's previous one ended goes
-# straight into the file even while a worker runs: the worker then claims it without
-# attaching and copying an inbox (a shorter round trip), and a producer this slow meets
-# the write lock rarely. Sends closer together (a loop of delay(): tens of us apart) use
-# the inbox, so a stream never competes with the worker for the lock.
-LONE_GAP = 0.00025
+# While a worker runs, the first send after a get() that waited for a job (call and wait,
+# call and wait) goes straight into the file: the worker claims it without attaching and
+# copying an inbox, a shorter round trip; such a producer meets the write lock rarely.
+# Every other send uses the process's inbox, so a loop of delay() never competes with
+# the worker for the lock (however its sends are spaced: a producer descheduled between
+# two of them is still a stream). False: every send through the inbox (its tests).
+DIRECT_AFTER_WAIT = True
 
 
 class Localq:
@@ -83,7 +84,7 @@ class Localq:
         self._store: Store | None = None
         self._ringer: Ringer | None = None
         self._waiters_ringer: Ringer | None = None
-        self._last_send = 0.0       # monotonic time the last send ended (see LONE_GAP)
+        self._waited = True         # a get() waited since the last send (DIRECT_AFTER_WAIT)
         self._path = os.path.abspath(os.fspath(path or os.environ.get("LOCALQ_DB")
                                                or "localq.db"))
         Localq._instances.add(self)
@@ -161,10 +162,14 @@ class Localq:
         to copy it (its bell is there), and when the wake-up folder is <db>.d/ beside
         the file (not the temporary folder a long path gets) and private (the Ringer
         checked). With no worker, jobs go straight into the file, as a script expects;
-        so does a send that follows the previous one after more than LONE_GAP."""
+        so does the first send after a get() that waited (see DIRECT_AFTER_WAIT)."""
         if self._ringer is None:
             self._ringer = Ringer(wake_folder(self._path), "w")
-        if time.monotonic() - self._last_send > LONE_GAP or not self._ringer.has_bells():
+        if self._waited:
+            self._waited = False
+            if DIRECT_AFTER_WAIT:
+                return False
+        if not self._ringer.has_bells():
             return False
         if store.inbox_folder is None:
             folder = self._ringer.folder
@@ -172,6 +177,11 @@ class Localq:
                 return False
             store.inbox_folder = folder
         return True
+
+    def note_waited(self) -> None:
+        """A get() waited for a job: the next send goes straight into the file
+        (DIRECT_AFTER_WAIT)."""
+        self._waited = True
 
     def nudge_waiters(self) -> None:
         """Wake processes waiting in ``get()`` on this database (best effort)."""
@@ -311,7 +321,6 @@ class Localq:
         inbox = self._use_inbox(store)
         seq = store.send(JobRow(new_seq(), None, task.name, d.queue, d.lane, d.priority,
                                 d.serializer, payload, d.options, 0.0, expires, now), inbox)
-        self._last_send = time.monotonic()
         self.nudge_workers(store.inbox_bell if inbox else b"!")
         return Result(format_id(seq), self)
 
@@ -340,7 +349,6 @@ class Localq:
             store = self.store
             inbox = self._use_inbox(store)
             job = job._replace(seq=store.send(job, inbox))
-            self._last_send = time.monotonic()
             self.nudge_workers(store.inbox_bell if inbox else b"!")
         else:                            # a chosen id: checked at once, in jobs
             self.store.enqueue(job)

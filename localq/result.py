@@ -367,8 +367,10 @@ class AsyncResult(Generic[R]):
                     task, serializer, result = waiter.carried
                     self._row = {"seq": seq, "id": None, "state": "SUCCESS", "task": task,
                                  "serializer": serializer, "result": result, _CARRIED: True}
+                    self.app.note_waited()
                     return self._row
                 if (row := self._final()) is not None:
+                    self.app.note_waited()
                     return row
                 waited = waiter.wait()
                 if look_at is not None and (not waited or time.monotonic() >= look_at):

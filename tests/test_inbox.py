@@ -24,9 +24,9 @@ from localq.wakeup import Doorbell, supervisor_name, wake_folder
 
 @pytest.fixture(autouse=True)
 def always_through_the_inbox(monkeypatch):
-    """Every send while a worker runs goes through the inbox here, however far apart
-    (by default a send long after the previous one goes straight into the file)."""
-    monkeypatch.setattr("localq.app.LONE_GAP", float("inf"))
+    """Every send while a worker runs goes through the inbox here (by default the first
+    send after a get() that waited goes straight into the file)."""
+    monkeypatch.setattr("localq.app.DIRECT_AFTER_WAIT", False)
 
 
 @contextmanager
@@ -71,7 +71,7 @@ PRODUCER = textwrap.dedent("""\
     import os, sys, time
     import localq.app
     import sample_tasks
-    localq.app.LONE_GAP = float("inf")     # every send through the inbox
+    localq.app.DIRECT_AFTER_WAIT = False     # every send through the inbox
     ids = open(sys.argv[1], "a", buffering=1)
     n = int(sys.argv[2])
     for i in range(n):
@@ -118,23 +118,23 @@ def test_delay_goes_through_an_inbox_while_a_worker_runs(app, db_path, start_wor
     assert inbox_files(db_path) == [] and registered(db_path) == []
 
 
-def test_a_send_long_after_the_last_goes_straight_into_the_file(app, db_path, monkeypatch):
-    """While a worker runs, sends in quick succession go through the inbox; one that comes
-    more than LONE_GAP after the previous goes straight into the file (a lone job: the
-    worker claims it without copying an inbox)."""
-    monkeypatch.setattr("localq.app.LONE_GAP", 0.5)
-    add = app.tasks["sample_tasks.add"]
-    with bell_nobody_answers(db_path):
-        time.sleep(1.0)                    # a gap of twice LONE_GAP at least (the app's
-        first, second = add.delay(1, 1), add.delay(2, 2)   # last send: an earlier test's)
-        time.sleep(1.0)
-        lone = add.delay(3, 3)
-        in_file = states(db_path)
-        assert inbox_slot(parse_id(first.id)) is None and parse_id(first.id) in in_file
-        assert inbox_slot(parse_id(second.id)) is not None
-        assert parse_id(second.id) not in in_file
-        assert inbox_slot(parse_id(lone.id)) is None and parse_id(lone.id) in in_file
-        assert {r.state for r in (first, second, lone)} == {"PENDING"}
+def test_a_send_after_a_get_that_waited_goes_straight_into_the_file(app, monkeypatch):
+    """While a worker runs, the first send after a get() that waited goes straight into
+    the file (call and wait: the worker claims it without copying an inbox); the sends
+    of a loop go through the inbox."""
+    monkeypatch.setattr("localq.app.DIRECT_AFTER_WAIT", True)
+    add, sleep_then = app.tasks["sample_tasks.add"], app.tasks["sample_tasks.sleep_then"]
+    with app.worker(concurrency=1):
+        assert sleep_then.delay(0.2, "a").get(timeout=10) == "a"      # it waited
+        lone = add.delay(1, 1)
+        loop = [add.delay(i, i) for i in range(20)]
+        assert sleep_then.delay(0.2, "b").get(timeout=10) == "b"      # it waited
+        after = add.delay(2, 2)
+        assert [r.get(timeout=10) for r in (lone, *loop, after)] == \
+            [2, *(2 * i for i in range(20)), 4]
+    assert inbox_slot(parse_id(lone.id)) is None
+    assert [inbox_slot(parse_id(r.id)) is not None for r in loop] == [True] * 20
+    assert inbox_slot(parse_id(after.id)) is None
 
 
 def test_a_job_waiting_in_an_inbox_is_seen_revoked_and_purged(app, db_path, start_worker,
