@@ -166,6 +166,7 @@ class AsyncResult(Generic[R]):
     ``get()`` returns (a task's ``delay()`` gives ``AsyncResult[<its return type>]``)."""
 
     parent: Any = None      # the canvas: the previous step of a chain, a chord's header
+    _final_state: str | None = None     # the state, once read final (it never changes)
 
     def __init__(self, id: str, app: Localq) -> None:
         self.id = id
@@ -204,12 +205,16 @@ class AsyncResult(Generic[R]):
 
     @property
     def state(self) -> str:
-        # Only the state column until the job is final (ready() is polled in loops);
-        # the whole row is read once, when something asks for more than the state.
+        # Only the state column until the job is final (ready() is polled in loops),
+        # then kept; the whole row is read once, when something asks for more.
         row = self._row
         if row is not None and row["state"] in FINAL_STATES:
             return row["state"]
+        if self._final_state is not None:
+            return self._final_state
         state = self.app.store.state(self.id)
+        if state in FINAL_STATES:
+            self._final_state = state
         if state == "STARTED":      # a custom state the task set (update_state)?
             custom = self.app.store.task_state(self.id)
             if custom is not None:
@@ -393,7 +398,7 @@ class AsyncResult(Generic[R]):
     def forget(self) -> None:
         """Delete a finished job's stored result."""
         self.app.store.forget(self.id)
-        self._row = None
+        self._row = self._final_state = None
 
     def revoke(self, terminate: bool = False, signal: Any = None) -> None:
         self.app.control.revoke(self.id, terminate=terminate)

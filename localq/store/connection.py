@@ -105,6 +105,15 @@ class Database:
         with self._lock, _errors(self.path):
             yield self._reader()
 
+    def read_one(self, sql: str, params: Any = ()) -> Any:
+        """One statement's first row (None if none) on the reading connection: the hot
+        path of ``AsyncResult.ready()`` polled in a loop, without context managers."""
+        with self._lock:
+            try:
+                return (self._conn or self._reader()).execute(sql, params).fetchone()
+            except sqlite3.Error as exc:
+                raise database_error(self.path, exc) from None
+
     @contextmanager
     def snapshot(self) -> Iterator[sqlite3.Connection]:
         """The reading connection inside one read transaction: every statement of the

@@ -296,11 +296,11 @@ class Store:
 
     def state(self, job_id: str) -> str | None:
         """One job's state (None when there is no such job): a fraction of job()'s cost."""
-        with self.db.read() as conn:
-            found = jobs.state(conn, job_id)
-        if found is None and (job := self._in_inbox(job_id)) is not None:
-            return job["state"]
-        return found
+        row = self.db.read_one(*jobs.state_query(job_id))
+        if row is None:
+            job = self._in_inbox(job_id)
+            return None if job is None else job["state"]
+        return row[0]
 
     def states(self, job_ids: Sequence[str]) -> dict[str, str]:
         with self.db.read() as conn:

@@ -34,12 +34,16 @@ from .records import (
 _PRIORITY, _SEQ = itemgetter(0), itemgetter(1)
 
 
+_BY_SEQ = "seq = ? AND id IS NULL"     # a generated id: its row number
+_BY_ID = "id = ?"                      # an id the sender chose
+
+
 def where_id(job_id: str) -> tuple[str, Any]:
     """The WHERE clause that finds a job by its public id, and its parameter."""
     seq = parse_id(job_id)
     if seq is not None:
-        return "seq = ? AND id IS NULL", seq
-    return "id = ?", job_id
+        return _BY_SEQ, seq
+    return _BY_ID, job_id
 
 
 def job(conn: sqlite3.Connection, job_id: str) -> dict | None:
@@ -65,10 +69,14 @@ def seq_of(conn: sqlite3.Connection, job_id: str) -> int | None:
     return None if row is None else row[0]
 
 
-def state(conn: sqlite3.Connection, job_id: str) -> str | None:
-    where, key = where_id(job_id)
-    row = conn.execute(f"SELECT state FROM jobs WHERE {where}", (key,)).fetchone()
-    return None if row is None else row[0]
+_STATE_BY_SEQ = f"SELECT state FROM jobs WHERE {_BY_SEQ}"
+_STATE_BY_ID = f"SELECT state FROM jobs WHERE {_BY_ID}"
+
+
+def state_query(job_id: str) -> tuple[str, tuple]:
+    """The statement and parameters that read one job's state (see where_id)."""
+    seq = parse_id(job_id)
+    return (_STATE_BY_ID, (job_id,)) if seq is None else (_STATE_BY_SEQ, (seq,))
 
 
 def states(conn: sqlite3.Connection, job_ids: Sequence[str]) -> dict[str, str]:
