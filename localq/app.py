@@ -319,8 +319,10 @@ class Localq:
         expires = None if d.expires is None else expires_at(d.expires, now)
         store = self.store
         inbox = self._use_inbox(store)
-        seq = store.send(JobRow(new_seq(), None, task.name, d.queue, d.lane, d.priority,
-                                d.serializer, payload, d.options, 0.0, expires, now), inbox)
+        # Into an inbox, the seq is drawn there (0: none drawn here)
+        seq = store.send(JobRow(0 if inbox else new_seq(), None, task.name, d.queue, d.lane,
+                                d.priority, d.serializer, payload, d.options, 0.0, expires,
+                                now), inbox)
         self.nudge_workers(store.inbox_bell if inbox else b"!")
         return Result(format_id(seq), self)
 

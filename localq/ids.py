@@ -36,12 +36,21 @@ _state = {"ms": -1, "n": 0}
 _start = random.Random().getrandbits
 
 
+_pid = [os.getpid()]
+
+
+def current_pid() -> int:
+    """os.getpid(), without its system call on every send (kept by the fork hook)."""
+    return _pid[0]
+
+
 def _after_fork() -> None:
     """A forked child must not repeat its parent's numbers: its counter starts anew."""
     global _lock, _start
     _lock = threading.Lock()
     _start = random.Random().getrandbits
     _state["ms"] = -1
+    _pid[0] = os.getpid()
 
 
 os.register_at_fork(after_in_child=_after_fork)

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from typing import Any, Iterable, Iterator, Sequence
 
 from ..exceptions import DatabaseError
-from ..ids import new_seq, parse_id
+from ..ids import current_pid, new_seq, parse_id
 from . import beat, canvas, flow, inbox, jobs, maps, monitor, workers
 from .connection import Database
 from .records import INSERT_JOB, Claimed, JobRow, Outcome
@@ -162,14 +162,16 @@ class Store:
     def send(self, job: JobRow, use_inbox: bool) -> int:
         """Store a job with a generated id (``job.seq`` is a first draw): into this
         process's inbox if ``use_inbox`` (a worker runs to copy it), else into jobs,
-        drawing again on a clash. Returns the job's seq."""
+        drawing again on a clash (and drawing it first if it is 0). Returns the seq."""
         if use_inbox and self.inbox_folder is not None and inbox.allowed():
             box = self._inbox
-            if box is None or box.pid != os.getpid():
+            if box is None or box.pid != current_pid():
                 box = self._new_inbox()
                 if box is None:
                     return self.send(job, False)
             return box.put(job, self._inbox_position)
+        if not job.seq:
+            job = job._replace(seq=new_seq())
         while not self.enqueue(job):
             job = job._replace(seq=new_seq())  # two producers drew the same row number
         return job.seq or 0

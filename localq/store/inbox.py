@@ -46,7 +46,7 @@ import threading
 import weakref
 from typing import Any, Iterable
 
-from ..ids import SLOTS, SlotSeqs, inbox_slot
+from ..ids import SLOTS, SlotSeqs, current_pid, inbox_slot
 from .records import JOB_COLUMNS, JobRow, _columns, job_dict
 from .schema import BUSY_TIMEOUT_MS, database_error
 
@@ -157,7 +157,7 @@ def no_inbox_here(off: bool = True) -> None:
 
 
 def allowed() -> bool:
-    return os.getpid() not in _no_inbox_in
+    return current_pid() not in _no_inbox_in
 
 
 class Inbox:
