@@ -9,6 +9,7 @@ from __future__ import annotations
 import atexit
 import fnmatch
 import importlib
+import math
 import os
 import socket
 import time
@@ -39,7 +40,7 @@ from .task import (
     job_options,
     seconds,
 )
-from .wakeup import Ringer, safe_folder, wake_folder
+from .wakeup import INBOX_RING_EVERY, Ringer, safe_folder, wake_folder
 
 # While a worker runs, the first send after a get() that waited for a job (call and wait,
 # call and wait) goes straight into the file: the worker claims it without attaching and
@@ -85,6 +86,7 @@ class Localq:
         self._ringer: Ringer | None = None
         self._waiters_ringer: Ringer | None = None
         self._waited = True         # a get() waited since the last send (DIRECT_AFTER_WAIT)
+        self._inbox_rung = -math.inf   # monotonic time of the last ring after an inbox send
         self._path = os.path.abspath(os.fspath(path or os.environ.get("LOCALQ_DB")
                                                or "localq.db"))
         Localq._instances.add(self)
@@ -156,6 +158,17 @@ class Localq:
         if self._ringer is None:
             self._ringer = Ringer(wake_folder(self._path), "w")
         self._ringer.ring(message)
+
+    def _nudge_after_send(self, store: Store, inbox: bool) -> None:
+        """Ring after a send: for a send into the inbox, at most once per
+        INBOX_RING_EVERY (the supervisors watch the inboxes meanwhile: wakeup.py)."""
+        message = store.inbox_bell if inbox else b"!"
+        if message[:1] == b"I":               # it went into the inbox
+            mono = time.monotonic()
+            if mono - self._inbox_rung < INBOX_RING_EVERY:
+                return
+            self._inbox_rung = mono
+        self.nudge_workers(message)
 
     def _use_inbox(self, store: Store) -> bool:
         """Send through this process's inbox (store/inbox.py)? Only while a worker runs,
@@ -323,7 +336,7 @@ class Localq:
         seq = store.send(JobRow(0 if inbox else new_seq(), None, task.name, d.queue, d.lane,
                                 d.priority, d.serializer, payload, d.options, 0.0, expires,
                                 now), inbox)
-        self.nudge_workers(store.inbox_bell if inbox else b"!")
+        self._nudge_after_send(store, inbox)
         return Result(format_id(seq), self)
 
     def send_job(self, task: Task, args: tuple, kwargs: dict, *, countdown: float | None,
@@ -351,7 +364,7 @@ class Localq:
             store = self.store
             inbox = self._use_inbox(store)
             job = job._replace(seq=store.send(job, inbox))
-            self.nudge_workers(store.inbox_bell if inbox else b"!")
+            self._nudge_after_send(store, inbox)
         else:                            # a chosen id: checked at once, in jobs
             self.store.enqueue(job)
             self.nudge_workers()

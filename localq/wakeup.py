@@ -41,6 +41,15 @@ _counter = itertools.count()
 RELIST = 0.05
 REFRESH = 1.0
 CONNECTED = 4
+# A producer sending into its inbox rings the supervisors at most once per
+# INBOX_RING_EVERY; a supervisor that hears an inbox ring looks at the inboxes every
+# INBOX_RING_EVERY until INBOX_WATCH has passed since it heard the last one, so a job
+# sent without a ring (its producer rang less than INBOX_RING_EVERY before) is copied as
+# soon as if it had rung. A stream of delay() then costs a ring per INBOX_RING_EVERY, not
+# one system call (and a wake-up to read it) per job. INBOX_WATCH must exceed
+# INBOX_RING_EVERY by a look's interval, with room.
+INBOX_RING_EVERY = 0.0005
+INBOX_WATCH = 0.002
 # A ring that carries outcomes: b"S", then per job its seq and the byte lengths of its
 # task's name, serializer and encoded result (_CARRIED), then those three texts.
 CARRY_MAX = 2048         # bytes in such a ring, at most; a bell reads this much at once

@@ -20,8 +20,11 @@ from typing import Any, Iterator
 import pytest
 
 from localq import Localq, TimeLimitExceeded
+from localq.ids import inbox_slot, parse_id
 from localq.serializer import encode_value
 from localq.store import records
+from localq.store.inbox import no_inbox_here
+from localq.wakeup import INBOX_RING_EVERY, INBOX_WATCH
 from localq.worker import protocol
 from localq.worker.options import resolve
 from localq.worker.pool import KILL_GRACE, Child
@@ -249,6 +252,35 @@ def test_the_loop_polls_for_a_lone_short_jobs_outcome_and_sleeps_otherwise(app, 
     plain.delay(3)
     assert len(turns.settle(succeed=False)) == 1
     assert sup._lone_job_due(clock.mono) is None
+
+
+def test_after_an_inbox_ring_the_inboxes_are_looked_at_until_the_watch_ends(
+        app, clock, turns, monkeypatch):
+    """A producer streaming into its inbox rings at most once per INBOX_RING_EVERY; the
+    supervisor that heard it looks at the inboxes every INBOX_RING_EVERY until INBOX_WATCH
+    has passed, so a job sent without a ring meanwhile is copied and run all the same.
+    After the watch, only a ring (or the fallback check) brings one in."""
+    monkeypatch.setattr("localq.app.INBOX_RING_EVERY", 3600.0)    # this producer: one ring
+    no_inbox_here(False)                 # this process sends as a producer would, too
+    plain = app.tasks["plain"]
+    plain.delay(0)                       # a process's first send goes into the file
+    turns.settle()
+    first = plain.delay(1)               # into the inbox, with a ring
+    assert records.split_id(first.id)[0] in [job.seq for job in turns.settle()]
+    assert turns.sup.timers.deadlines(clock())["inbox watch"] == pytest.approx(INBOX_RING_EVERY)
+    quiet = plain.delay(2)               # into the inbox, no ring
+    assert turns.settle() == [] and quiet.state == "PENDING"
+    clock.advance(INBOX_RING_EVERY)
+    assert [job.seq for job in turns.settle()] == [records.split_id(quiet.id)[0]]
+    assert quiet.state == "SUCCESS"
+    clock.advance(INBOX_WATCH)           # past the watch: the last look
+    turns.settle()
+    assert "inbox watch" not in turns.sup.timers.deadlines(clock())
+    late = plain.delay(3)                # no ring, no watch: the fallback check finds it
+    assert turns.settle() == [] and late.state == "PENDING"
+    clock.advance(FALLBACK_CHECK)
+    assert [job.seq for job in turns.settle()] == [records.split_id(late.id)[0]]
+    assert all(inbox_slot(parse_id(r.id)) is not None for r in (first, quiet, late))
 
 
 def test_a_job_claimed_after_it_expired_ends_revoked_and_is_never_handed_out(app, clock,

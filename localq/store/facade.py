@@ -197,7 +197,7 @@ class Store:
     def inbox_bell(self) -> bytes:
         """What a ring after ``send`` says: which inbox has work (b"I<slot>")."""
         box = self._inbox
-        return box.message if box is not None and box.pid == os.getpid() else b"!"
+        return box.message if box is not None and box.pid == current_pid() else b"!"
 
     def _inbox_position(self, slot: int) -> int | None:
         with self.db.read() as conn:

@@ -65,7 +65,15 @@ from ..store import Claimed, Outcome, Store, records
 from ..store.inbox import ORPHAN_AGE, no_inbox_here, owner_gone
 from ..store.schema import BUSY_TIMEOUT_MS
 from ..task import Request
-from ..wakeup import Doorbell, Ringer, outcomes_message, supervisor_name, wake_folder
+from ..wakeup import (
+    INBOX_RING_EVERY,
+    INBOX_WATCH,
+    Doorbell,
+    Ringer,
+    outcomes_message,
+    supervisor_name,
+    wake_folder,
+)
 from . import execute, protocol
 from .execute import LimitCache, revoked_outcome
 from .pool import DIED, Child, Inflight, death_outcome, fork_child
@@ -242,6 +250,8 @@ class Supervisor:
         no_inbox_here()
         self.inbox_names: list[str] = []
         self.inbox_rung: list[str] = []     # rang since the last write: attached first
+        self.inbox_look_at: float | None = None   # next look at the inboxes (monotonic)
+        self.inbox_watch_until = 0.0              # ... while before this
         self.absorb_due = False
         self._refresh_inboxes()
         self._sweep_inboxes(now)
@@ -267,6 +277,7 @@ class Supervisor:
                      now)
         timers.every("recovery", RECOVERY_EVERY, self._recover, now)
         timers.every("inbox orphans", ORPHAN_AGE, self._sweep_inboxes, now)
+        timers.add("inbox watch", lambda now: self.inbox_look_at, self._look_at_inboxes)
         timers.add("result expiry", lambda now: self.upkeep.next_expiry, self._expire)
         if (beat := self.beat) is not None:
             timers.add("beat", lambda now: None if self.stopping else beat.next_due(),
@@ -482,6 +493,21 @@ class Supervisor:
             if owner_gone(folder, name):
                 safely(self._free_inbox, name)
 
+    def _watch_inboxes(self, now: Now) -> None:
+        """An inbox ring: look at the inboxes every INBOX_RING_EVERY until INBOX_WATCH
+        after the last one (its producer rings no more often: see wakeup.py)."""
+        self.inbox_watch_until = now.mono + INBOX_WATCH
+        if self.inbox_look_at is None:
+            self.inbox_look_at = now.mono + INBOX_RING_EVERY
+
+    def _look_at_inboxes(self, now: Now) -> bool:
+        """Copy what the inboxes hold at the next write; the last look comes after the
+        watch has ended, so a job sent before its end without a ring is copied."""
+        self.absorb_due = True
+        self.inbox_look_at = None if now.mono >= self.inbox_watch_until \
+            else now.mono + INBOX_RING_EVERY
+        return False
+
     def _sweep_inboxes(self, now: Now) -> None:
         """Remove inbox files that no registered inbox names, left by producers killed
         as they made or removed them (store/inbox.py's ``orphans``)."""
@@ -540,6 +566,7 @@ class Supervisor:
                 elif message[:1] == b"I":         # a producer's inbox has work
                     self.absorb_due = True
                     self.rings += 1
+                    self._watch_inboxes(now)
                     name = message[1:].decode(errors="replace")
                     if name not in self.inbox_names:
                         self._refresh_inboxes()
