@@ -87,6 +87,7 @@ class Localq:
         self._waiters_ringer: Ringer | None = None
         self._waited = True         # a get() waited since the last send (DIRECT_AFTER_WAIT)
         self._inbox_rung = -math.inf   # monotonic time of the last ring after an inbox send
+        self._inbox_rang = b""             # ... and what it said (which inbox)
         self._path = os.path.abspath(os.fspath(path or os.environ.get("LOCALQ_DB")
                                                or "localq.db"))
         Localq._instances.add(self)
@@ -165,9 +166,9 @@ class Localq:
         message = store.inbox_bell if inbox else b"!"
         if message[:1] == b"I":               # it went into the inbox
             mono = time.monotonic()
-            if mono - self._inbox_rung < INBOX_RING_EVERY:
-                return
-            self._inbox_rung = mono
+            if mono - self._inbox_rung < INBOX_RING_EVERY and message == self._inbox_rang:
+                return                        # (a new inbox, a forked child's: rung)
+            self._inbox_rung, self._inbox_rang = mono, message
         self.nudge_workers(message)
 
     def _use_inbox(self, store: Store) -> bool:
