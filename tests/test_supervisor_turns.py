@@ -254,6 +254,32 @@ def test_the_loop_polls_for_a_lone_short_jobs_outcome_and_sleeps_otherwise(app, 
     assert sup._lone_job_due(clock.mono) is None
 
 
+def test_after_a_lone_short_jobs_outcome_the_loop_polls_a_while_for_the_next(app, clock,
+                                                                           turns):
+    """A caller that waited for a lone job sends its next one just after: the loop polls
+    for up to LONE_SPIN after a lone short job's outcome came, not after a long one's."""
+    plain = app.tasks["plain"]
+    sup = turns.sup
+    plain.delay(0)
+    turns.settle()                           # a duration is known: jobs take no time
+    plain.delay(1)
+    [job] = turns.settle(succeed=False)
+    [child] = [c for c in turns.children if c.jobs]
+    child.answer(job, turns.success(job))
+    turns.settle()
+    assert sup._lone_job_due(clock.mono) == clock.mono + LONE_SPIN   # its outcome came now
+    clock.advance(LONE_SPIN)
+    assert sup._lone_job_due(clock.mono) is None
+    for c in turns.children:
+        c.note_duration(10 * LONE_SPIN)                      # their jobs take long
+    plain.delay(2)
+    [job] = turns.settle(succeed=False)
+    [child] = [c for c in turns.children if c.jobs]
+    child.answer(job, turns.success(job))
+    turns.settle()
+    assert sup._lone_job_due(clock.mono) is None
+
+
 def test_after_an_inbox_ring_the_inboxes_are_looked_at_until_the_watch_ends(
         app, clock, turns, monkeypatch):
     """A producer streaming into its inbox rings at most once per INBOX_RING_EVERY; the

@@ -102,8 +102,10 @@ COALESCE = 0.001         # seconds: while jobs stream in, one write per this, at
 DRAIN_HOLD = 0.002       # seconds: while a backlog drains, one write per this, at most
 HOLD_QUEUED = 16         # ... if every child still has this many jobs queued, at least
 # Seconds after handing over a lone job (nothing else in flight) of a child whose jobs
-# take less than this, during which the loop polls for its outcome instead of sleeping:
-# a round trip is spared a wake-up, for at most this much CPU per lone job.
+# take less than this, during which the loop polls for its outcome instead of sleeping,
+# and again after its outcome came (a caller that waited for it sends the next one
+# about then): a round trip is spared two wake-ups, for at most twice this much CPU
+# per lone job.
 LONE_SPIN = 0.0003
 # A transaction with this many outcomes at most rings the waiters with the short
 # SUCCESS results among them (CARRY_RESULT characters at most each): a waiter on one
@@ -176,6 +178,7 @@ class Supervisor:
         self.outcomes: list[Outcome] = []
         self.task_states: dict[int, tuple[int, str, Any]] = {}   # update_state, by seq
         self.final_outcomes = False
+        self.lone_done = 0.0                      # monotonic time a lone job's outcome came
         self.carry: list[tuple[int, str, str, str]] = []   # outcomes a ring may carry
         self.want_work = True                     # there may be claimable jobs
         self.checkpointer: Checkpointer | None = None
@@ -364,8 +367,9 @@ class Supervisor:
             time.sleep(timeout)
             timeout = 0.0
         elif timeout != 0.0 and (until := self._lone_job_due(now.mono)) is not None:
-            # Poll instead of sleeping while a lone short job runs: its outcome is
-            # due within LONE_SPIN, and a wake-up from sleep costs tens of us of it.
+            # Poll instead of sleeping while a lone short job runs (its outcome is due
+            # within LONE_SPIN) and just after (the next job of a caller that waited
+            # for it): a wake-up from sleep costs tens of us.
             select = self.selector.select
             spin_end = min(until, now.mono + timeout) if timeout is not None else until
             while (mono := time.monotonic()) < spin_end:
@@ -377,10 +381,11 @@ class Supervisor:
         return [key.data for key, _ in self.selector.select(timeout)]
 
     def _lone_job_due(self, mono: float) -> float | None:
-        """Until when to poll for a lone job's outcome: one job in flight in the whole
+        """Until when to poll: for a lone job's outcome (one job in flight in the whole
         pool, of a child whose jobs take under LONE_SPIN, handed over under LONE_SPIN
-        ago. None: sleep (several jobs in flight keep the loop busy anyway; a long job
-        is worth no one's CPU)."""
+        ago), or for the next job after a lone job's outcome came under LONE_SPIN ago
+        (nothing in flight). None: sleep (several jobs in flight keep the loop busy
+        anyway; a long job is worth no one's CPU)."""
         if self.ready or self.stopping:
             return None
         lone = None
@@ -389,9 +394,12 @@ class Supervisor:
                 if lone is not None or len(child.inflight) > 1:
                     return None
                 lone = child
-        if lone is None or (lone.avg_duration or 0.0) > LONE_SPIN:
+        if lone is None:
+            until = self.lone_done + LONE_SPIN
+        elif (lone.avg_duration or 0.0) > LONE_SPIN:
             return None
-        until = lone.inflight[0].sent + LONE_SPIN
+        else:
+            until = lone.inflight[0].sent + LONE_SPIN
         return until if until > mono else None
 
     def _wait_time(self, now: Now) -> tuple[float | None, bool]:
@@ -698,6 +706,11 @@ class Supervisor:
         self.outcomes.extend(outcomes)
         if outcomes:
             child.note_duration(max(0.0, busy / len(outcomes)))
+            # A lone short job's outcome: poll a while for the next (_lone_job_due)
+            avg = child.avg_duration
+            lone = len(outcomes) == 1 and not child.inflight and avg is not None \
+                and avg <= LONE_SPIN
+            self.lone_done = now.mono if lone else 0.0
         self.final_outcomes = True
 
     def _child_exited(self, child: Child, now: Now) -> None:
