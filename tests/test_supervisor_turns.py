@@ -225,10 +225,12 @@ def test_the_loop_sleeps_until_the_nearest_deadline(app, clock, turns):
     assert len(turns.settle()) == 1
 
 
-def test_the_loop_polls_for_a_lone_short_jobs_outcome_and_sleeps_otherwise(app, clock, turns):
+def test_the_loop_polls_for_a_lone_short_job_and_just_after_it_and_sleeps_otherwise(
+        app, clock, turns):
     """A lone job of a child whose jobs are short is polled for (its outcome is due
-    within LONE_SPIN) until LONE_SPIN after it was handed over; with two jobs in flight,
-    or a child whose jobs take longer, the loop sleeps."""
+    within LONE_SPIN) until LONE_SPIN after it was handed over, and again until LONE_SPIN
+    after its outcome came (a caller that waited for it sends its next one then); with
+    two jobs in flight, or a child whose jobs take longer, the loop sleeps."""
     plain = app.tasks["plain"]
     sup = turns.sup
     plain.delay(0)
@@ -239,8 +241,15 @@ def test_the_loop_polls_for_a_lone_short_jobs_outcome_and_sleeps_otherwise(app, 
     assert sup._lone_job_due(clock.mono) == handed + LONE_SPIN
     clock.advance(LONE_SPIN)
     assert sup._lone_job_due(clock.mono) is None            # overdue: a long job
-    clock.advance(-LONE_SPIN)
+    [child] = [c for c in turns.children if c.jobs]
+    child.answer(job, turns.success(job))
+    turns.settle()
+    assert sup._lone_job_due(clock.mono) == clock.mono + LONE_SPIN   # its outcome came now
+    clock.advance(LONE_SPIN)
+    assert sup._lone_job_due(clock.mono) is None
     plain.delay(2)
+    assert len(turns.settle(succeed=False)) == 1
+    plain.delay(3)
     assert len(turns.settle(succeed=False)) == 1
     assert sup._lone_job_due(clock.mono) is None            # two in flight
     for child in turns.children:
@@ -249,35 +258,13 @@ def test_the_loop_polls_for_a_lone_short_jobs_outcome_and_sleeps_otherwise(app, 
     turns.settle()
     for child in turns.children:
         child.note_duration(10 * LONE_SPIN)                  # their jobs take long
-    plain.delay(3)
-    assert len(turns.settle(succeed=False)) == 1
-    assert sup._lone_job_due(clock.mono) is None
-
-
-def test_after_a_lone_short_jobs_outcome_the_loop_polls_a_while_for_the_next(app, clock,
-                                                                           turns):
-    """A caller that waited for a lone job sends its next one just after: the loop polls
-    for up to LONE_SPIN after a lone short job's outcome came, not after a long one's."""
-    plain = app.tasks["plain"]
-    sup = turns.sup
-    plain.delay(0)
-    turns.settle()                           # a duration is known: jobs take no time
-    plain.delay(1)
+    plain.delay(4)
     [job] = turns.settle(succeed=False)
+    assert sup._lone_job_due(clock.mono) is None
     [child] = [c for c in turns.children if c.jobs]
     child.answer(job, turns.success(job))
     turns.settle()
-    assert sup._lone_job_due(clock.mono) == clock.mono + LONE_SPIN   # its outcome came now
-    clock.advance(LONE_SPIN)
-    assert sup._lone_job_due(clock.mono) is None
-    for c in turns.children:
-        c.note_duration(10 * LONE_SPIN)                      # their jobs take long
-    plain.delay(2)
-    [job] = turns.settle(succeed=False)
-    [child] = [c for c in turns.children if c.jobs]
-    child.answer(job, turns.success(job))
-    turns.settle()
-    assert sup._lone_job_due(clock.mono) is None
+    assert sup._lone_job_due(clock.mono) is None            # nor after a long one's
 
 
 def test_after_an_inbox_ring_the_inboxes_are_looked_at_until_the_watch_ends(
