@@ -812,8 +812,7 @@ class Supervisor:
             written: list[int] | None = \
                 [] if self.carry and len(outcomes) <= CARRY_JOBS else None
             try:
-                claimed, revoked, drained, due = self._write(outcomes, claim, slots, now,
-                                                             written)
+                claimed, revoked, drained, due = self._write(outcomes, claim, slots, written)
             except _PresumedDead:
                 now = self.clock()
                 safely(self._rejoin, now)
@@ -851,13 +850,12 @@ class Supervisor:
                 self.next_eta.at = due
         return now
 
-    def _write(self, outcomes: list[Outcome], claim: bool, slots: int, when: Now,
+    def _write(self, outcomes: list[Outcome], claim: bool, slots: int,
                written: list[int] | None = None
                ) -> tuple[list[Claimed], list[Claimed], bool, float | None]:
         """One transaction: the outcomes, then the claim. Raises _PresumedDead, without
         writing anything, when another worker has taken this one's jobs back.
         ``written``: see jobs.finish."""
-        now = when.wall
         attached = {}
         if self.absorb_due:
             # Those that rang first, then the others; SQLite attaches a few files at most,
@@ -869,6 +867,10 @@ class Supervisor:
         with self.store.transaction() as tx:
             if not tx.is_registered(self.worker_id):
                 raise _PresumedDead
+            # The time of this transaction, read once it holds the lock: every job it
+            # sees was sent before, so no claim's start precedes its job's send (a
+            # rate limit's bucket, too, counts from the moment of the claim).
+            now = self.clock().wall
             for name, alias in attached.items():    # producers' new jobs, into jobs
                 copied, left = tx.absorb(name, alias)
                 more = more or left
