@@ -75,8 +75,8 @@ _STATE_BY_ID = f"SELECT state FROM jobs WHERE {_BY_ID}"
 
 def state_query(job_id: str) -> tuple[str, tuple]:
     """The statement and parameters that read one job's state (see where_id)."""
-    seq = parse_id(job_id)
-    return (_STATE_BY_ID, (job_id,)) if seq is None else (_STATE_BY_SEQ, (seq,))
+    where, key = where_id(job_id)
+    return (_STATE_BY_SEQ if where == _BY_SEQ else _STATE_BY_ID), (key,)
 
 
 def states(conn: sqlite3.Connection, job_ids: Sequence[str]) -> dict[str, str]:

@@ -63,6 +63,7 @@ from ..profiling import run_profiled
 from ..serializer import encode_exception, exception_type_name
 from ..store import Claimed, Outcome, Store, records
 from ..store.inbox import ORPHAN_AGE, no_inbox_here, owner_gone
+from ..store.jobs import ONE_BY_ONE
 from ..store.schema import BUSY_TIMEOUT_MS
 from ..task import Request
 from ..wakeup import (
@@ -111,8 +112,8 @@ LONE_SPIN = 0.0003
 # SUCCESS results among them (CARRY_RESULT characters at most each): a waiter on one
 # of them skips its read of the file. More outcomes mean a stream or a drain, where
 # the ring rarely finds its waiter still waiting and the reads cost less than the
-# carrying would.
-CARRY_JOBS = 8
+# carrying would. It is the bound up to which jobs.finish says which it wrote.
+CARRY_JOBS = ONE_BY_ONE
 CARRY_RESULT = 512
 # A write that finds the lock held this long gives up, and the loop goes on (children
 # report, time limits are enforced) until it tries again, at most WRITE_BACKOFF_MAX later.
